@@ -1,0 +1,54 @@
+"""The ``impl=`` keyword shared by every operation (API.md, "Conventions").
+
+``dispatch`` turns ``impl`` into one of the operation's implementations:
+
+* ``"naive"``, ``"vectorized"`` and operation-specific forms (``"quadratic"``
+  for ``ssd``) are plain functions of ``ssm_edu``;
+* ``"triton"`` is given as ``"module:function"`` inside ``ssm_edu.kernels`` and
+  imported only when asked for, so that ``ssm_edu`` imports without Triton;
+* ``"auto"`` picks ``"triton"`` for CUDA tensors when Triton is installed and
+  the operation has a kernel, else ``"vectorized"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Callable
+
+import torch
+
+__all__ = ["dispatch", "triton_available", "TRITON_INSTALL_HINT"]
+
+TRITON_INSTALL_HINT = (
+    "pip install triton==3.7.1 (Linux x86-64; the book's requirements.txt installs it). "
+    "On a machine without a GPU, Triton runs the kernel in its CPU interpreter."
+)
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def dispatch(op: str, impl: str, tensors, **impls: Callable | str | None) -> Callable:
+    """Return the function that implements ``op`` for ``impl``.
+
+    ``tensors`` are the call's tensor arguments (``None`` allowed), used by
+    ``"auto"`` to see whether the work is on a GPU. ``impls`` maps each
+    implementation name to a function, or for ``"triton"`` to a
+    ``"module:function"`` string inside ``ssm_edu.kernels``.
+    """
+    impls = {name: f for name, f in impls.items() if f is not None}
+    if not isinstance(impl, str) or (impl != "auto" and impl not in impls):
+        valid = ", ".join(repr(n) for n in ["auto", *impls])
+        raise ValueError(f"{op}: unknown impl={impl!r}; valid: {valid}")
+    if impl == "auto":
+        on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors)
+        impl = "triton" if ("triton" in impls and on_cuda and triton_available()) else "vectorized"
+    target = impls[impl]
+    if impl == "triton":
+        if not triton_available():
+            raise ImportError(f"{op}: impl='triton' needs Triton, which is not installed: {TRITON_INSTALL_HINT}")
+        module, _, name = target.partition(":")
+        target = getattr(importlib.import_module(f"ssm_edu.kernels.{module}"), name)
+    return target

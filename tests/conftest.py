@@ -1,0 +1,20 @@
+"""Shared pytest set-up: a non-interactive matplotlib backend and a fixed seed per test."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def gen():
+    """A fresh, seeded generator for tests that draw random inputs."""
+    return torch.Generator().manual_seed(1234)

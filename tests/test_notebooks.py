@@ -1,0 +1,44 @@
+"""Static checks of the chapter notebooks (their execution is nbval's job)."""
+
+import json
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    """Notebooks are committed clean: small diffs, and the book build is what executes them."""
+    nb = json.loads(path.read_text())
+    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not dirty, f"{path.name}: cells {dirty} carry outputs or execution counts; strip them (see CONTRIBUTING.md)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_shape(path):
+    """A title, the set-up cell naming the device, exercises with a checked one, and references."""
+    nb = json.loads(path.read_text())
+    md = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert re.match(r"#\s+\S", "".join(nb["cells"][0]["source"])), "the first cell is the chapter's title"
+    assert "ssm_edu.describe()" in code and "for_device(" in code, "the set-up cell names the device and picks sizes for it"
+    assert md.count("{exercise}") >= 4, "at least four exercises"
+    assert "check(" in code, "at least one automatically checked exercise"
+    assert "{cite:" in md, "citations into book/references.bib"
+    assert "{bibliography}" not in md, "chapters cite into the global bibliography page; a second directive duplicates citations"
+
+
+def test_toc_lists_exactly_the_chapters():
+    toc = (ROOT / "_toc.yml").read_text()
+    listed = set(re.findall(r"file:\s*chapters/(\S+)", toc))
+    assert listed == {p.stem for p in NOTEBOOKS}
+    for page in re.findall(r"file:\s*(book/\S+)", toc):
+        assert (ROOT / f"{page}.md").exists() or (ROOT / f"{page}.ipynb").exists(), page
