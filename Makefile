@@ -24,13 +24,16 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 book: $(STAMP)
-	MPLBACKEND=Agg $(VENV)/bin/jupyter-book build . -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo ""
 	@echo "The book is built. Open: file://$(CURDIR)/_build/html/index.html"
 	@echo "or run 'make serve' and visit http://localhost:$(PORT)"
 
+# One thread per process: the suite runs JOBS workers (and their notebook kernels)
+# side by side, and PyTorch's OpenMP threads spin-waiting for each other on a
+# small machine can make a notebook a hundred times slower.
 test: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest -n $(JOBS) --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist loadfile
 
 serve:
 	@test -f _build/html/index.html || { echo "No built book in _build/html: run 'make book' first."; exit 1; }

@@ -44,6 +44,12 @@ class Shapes:
     def __getitem__(self, dim: str):
         return self.sizes[dim]
 
+    def nonempty(self, *dims: str) -> None:
+        """Dimensions that must hold at least one element (a sequence length, say)."""
+        for dim in dims:
+            if self.sizes[dim] < 1:
+                raise ValueError(f"{self.op}: {dim} must be >= 1; got {dim} = {self.sizes[dim]}")
+
     def describe(self, spec: str) -> str:
         """``"N M"`` -> ``"(N, M) = (4, M)"`` with the sizes known so far."""
         names = spec.split()

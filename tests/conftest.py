@@ -1,8 +1,11 @@
 """Shared pytest set-up: a non-interactive matplotlib backend and a fixed seed per test."""
 
-import os
+import matplotlib
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+# In this process only: setting MPLBACKEND in the environment instead would
+# reach the notebook kernels (nbval, the book build) and replace their inline
+# backend, so that no figure would be rendered.
+matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

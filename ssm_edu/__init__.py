@@ -1,0 +1,66 @@
+"""ssm_edu: the companion package of the SSM book.
+
+Every algorithm of the book exists as a naive loop (the specification), a
+vectorized PyTorch version and, where it pays, a Triton kernel
+(``ssm_edu.kernels``). Each public operation takes ``impl=`` to choose one;
+API.md in the repository lists the public names and their semantics.
+"""
+
+import os as _os
+
+import torch as _torch
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated, so it must be set
+# before any module of ssm_edu.kernels is imported. Without a GPU the kernels
+# then run (slowly, in float32) in Triton's CPU interpreter. setdefault: a
+# reader's own setting wins.
+if not _torch.cuda.is_available():
+    _os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from ._dispatch import TRITON_INSTALL_HINT, triton_available  # noqa: E402
+from .convolution import causal_conv, lti_recurrence, ssm_kernel, toeplitz  # noqa: E402
+from .continuous import damped_oscillator, impulse_response, rc_filter, simulate, step_response  # noqa: E402
+from .device import default_device, describe, device_name, for_device, on_gpu  # noqa: E402
+from .discretize import METHODS, discretize, discretize_diag, init_log_dt, softplus_inverse  # noqa: E402
+from .exercises import check  # noqa: E402
+from .hippo import (MEASURES, MEMORY_MEASURES, hippo, hippo_basis, hippo_memorize, hippo_reconstruct,  # noqa: E402
+                    hippo_rmse, hippo_test_signal, sample_ages)
+from .numerics import rel_error, tolerance  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "MEASURES",
+    "MEMORY_MEASURES",
+    "hippo",
+    "hippo_basis",
+    "hippo_memorize",
+    "hippo_reconstruct",
+    "hippo_rmse",
+    "hippo_test_signal",
+    "sample_ages",
+    "TRITON_INSTALL_HINT",
+    "causal_conv",
+    "check",
+    "damped_oscillator",
+    "default_device",
+    "describe",
+    "device_name",
+    "discretize",
+    "discretize_diag",
+    "for_device",
+    "impulse_response",
+    "init_log_dt",
+    "lti_recurrence",
+    "on_gpu",
+    "rc_filter",
+    "rel_error",
+    "simulate",
+    "softplus_inverse",
+    "ssm_kernel",
+    "step_response",
+    "tolerance",
+    "toeplitz",
+    "triton_available",
+]

@@ -1,0 +1,114 @@
+"""ssm_edu.exercises.check: passes the reference, fails wrong answers, and says why."""
+
+import pytest
+import torch
+
+from ssm_edu import discretize, discretize_diag, hippo, impulse_response
+from ssm_edu.exercises import _REGISTRY, check, exercises
+
+# A correct solution and a deliberately wrong one for every registered exercise.
+SOLUTIONS = {
+    "ch01.impulse_response": (
+        lambda A, B, C, t: torch.stack([C @ torch.linalg.matrix_exp(A * s) @ B for s in t]),
+        lambda A, B, C, t: torch.stack([C @ (torch.eye(A.shape[0], dtype=A.dtype) + A * s) @ B for s in t]),  # first-order Taylor
+    ),
+    "ch01.is_stable": (
+        lambda A: bool((torch.linalg.eigvals(A).real < 0).all()),
+        lambda A: bool((torch.linalg.eigvals(A).real <= 0).all()),  # calls the undamped oscillator stable
+    ),
+    "ch02.zoh": (
+        lambda lam, B, dt: (torch.exp(dt * lam), torch.expm1(dt * lam) / lam * B),
+        lambda lam, B, dt: (torch.exp(dt * lam), dt * B),  # exponential-Euler's B̄
+    ),
+    "ch02.bilinear": (
+        lambda A, B, dt: discretize(A, B, dt, method="bilinear"),
+        lambda A, B, dt: discretize(A, B, dt, method="backward_euler"),
+    ),
+    "ch03.ssm_kernel": (
+        lambda Ab, Bb, C, L: torch.stack([C @ torch.linalg.matrix_power(Ab, k) @ Bb for k in range(L)]),
+        lambda Ab, Bb, C, L: torch.stack([C @ torch.linalg.matrix_power(Ab, k + 1) @ Bb for k in range(L)]),  # starts at Ā¹
+    ),
+    "ch03.fft_conv": (
+        lambda u, K: torch.fft.irfft(torch.fft.rfft(u, n=2 * u.shape[-1]) * torch.fft.rfft(K, n=2 * u.shape[-1]), n=2 * u.shape[-1])[..., : u.shape[-1]],
+        lambda u, K: torch.fft.irfft(torch.fft.rfft(u) * torch.fft.rfft(K), n=u.shape[-1]),  # no padding: circular
+    ),
+    "ch04.hippo_legs": (
+        lambda N: hippo(N, "legs"),
+        lambda N: (torch.tril(-torch.outer(hippo(N, "legs")[1], hippo(N, "legs")[1])), hippo(N, "legs")[1]),  # diagonal -(2n+1)
+    ),
+}
+
+
+def test_every_exercise_has_test_solutions():
+    assert set(SOLUTIONS) == set(_REGISTRY)
+    assert len(exercises()) == len(_REGISTRY)
+
+
+@pytest.mark.parametrize("name", sorted(SOLUTIONS))
+def test_check_passes_the_right_answer_and_fails_the_wrong_one(name, capsys):
+    right, wrong = SOLUTIONS[name]
+    assert check(name, right)
+    assert "✓" in capsys.readouterr().out
+    result = check(name, wrong)
+    assert not result
+    out = capsys.readouterr().out
+    assert "✗" in out and "Hint:" in out and f"seed={result.seed}" in out
+
+
+def test_report_names_case_and_error_but_not_the_solution(capsys):
+    check("ch02.zoh", SOLUTIONS["ch02.zoh"][1], seed=3)
+    out = capsys.readouterr().out
+    assert "case 1 of" in out and "relative error" in out
+    assert "expm1" not in out and "def " not in out and "lambda" not in out
+
+
+def test_same_seed_replays_the_same_cases(capsys):
+    a = check("ch01.impulse_response", SOLUTIONS["ch01.impulse_response"][1], seed=11)
+    b = check("ch01.impulse_response", SOLUTIONS["ch01.impulse_response"][1], seed=11)
+    assert a.report == b.report
+
+
+def test_learner_exceptions_shapes_and_nans_are_reported(capsys):
+    assert not check("ch02.zoh", lambda lam, B, dt: 1 / 0)
+    assert "raised ZeroDivisionError" in capsys.readouterr().out
+    assert not check("ch01.impulse_response", lambda A, B, C, t: torch.zeros(len(t), 1, dtype=A.dtype))
+    assert "expected shape" in capsys.readouterr().out
+    assert not check("ch01.impulse_response", lambda A, B, C, t: torch.full((len(t),), float("nan"), dtype=A.dtype))
+    assert "NaN" in capsys.readouterr().out
+    assert not check("ch02.zoh", lambda lam, B, dt: torch.exp(dt * lam))
+    assert "expected a tuple of 2 results" in capsys.readouterr().out
+
+
+def test_numpy_results_are_accepted():
+    assert check("ch01.impulse_response", lambda A, B, C, t: impulse_response(A, B, C, t).numpy(), quiet=True)
+
+
+def test_edge_cases_are_included():
+    """Each exercise is exercised at size 1 (a single mode / time point / state)."""
+    gen = torch.Generator().manual_seed(0)
+    for name, ex in _REGISTRY.items():
+        labels = " ".join(label for label, _ in ex.cases(gen))
+        assert any(s in labels for s in ("N = 1", "single", "RC filter")), name
+
+
+def test_unknown_exercise_and_non_callable():
+    with pytest.raises(ValueError, match="unknown exercise 'ch99.x'; known: ch01"):
+        check("ch99.x", print)
+    with pytest.raises(TypeError, match="must be your function"):
+        check("ch02.zoh", 3)
+
+
+def test_check_works_in_a_plain_script(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "s.py"
+    script.write_text("import torch\nfrom ssm_edu import check\nok = check('ch02.zoh', lambda l, b, dt: (torch.exp(dt*l), torch.expm1(dt*l)/l*b))\nraise SystemExit(0 if ok else 1)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "✓ ch02.zoh" in out.stdout
+
+
+def test_reference_of_zoh_matches_public_api():
+    lam, B = torch.tensor([-1.0 + 2j], dtype=torch.complex128), torch.tensor([1.0 + 0j], dtype=torch.complex128)
+    Ab, Bb = discretize_diag(lam, B, 0.1, impl="naive")
+    assert torch.allclose(Bb, torch.expm1(0.1 * lam) / lam * B)
