@@ -72,14 +72,14 @@ def checked(name: str, out, ref, dtype) -> None:
 @register("discretize_diag")
 def bench_discretize_diag(ctx: Context):
     """ZOH for a diagonal system, elementwise: memory-bound (Λ, B in; Ā, B̄ out; complex64)."""
-    for H, N in ((1024, 64), (8192, 256)):
+    for H, N in ((16, 64), (1024, 64), (8192, 256)):
         gen = torch.Generator(device=ctx.device).manual_seed(H)
         lam = torch.complex(-torch.rand(H, N, device=ctx.device, generator=gen), torch.randn(H, N, device=ctx.device, generator=gen))
         B = torch.randn(H, N, dtype=torch.complex64, device=ctx.device, generator=gen)
         dt = torch.rand(H, 1, device=ctx.device, generator=gen) * 0.1 + 1e-3
         ref = ssm_edu.discretize_diag(lam, B, dt, impl="vectorized")
         impls = {"vectorized": lambda: ssm_edu.discretize_diag(lam, B, dt, impl="vectorized")}
-        if H * N <= 1024 * 64:
+        if H * N <= 16 * 64:  # the naive loop launches a few kernels per mode: small sizes only
             impls["naive"] = lambda: ssm_edu.discretize_diag(lam, B, dt, impl="naive")
         for impl, fn in impls.items():
             checked(f"discretize_diag {impl}", fn()[1], ref[1], torch.float32)
@@ -87,6 +87,41 @@ def bench_discretize_diag(ctx: Context):
                 "op": "discretize_diag", "impl": impl, "pass": "fwd", "shape": f"H{H} N{N}", "dtype": "c64",
                 "median_us": ctx.time_us(fn), "floor_us": ctx.floor_us(bytes_=4 * H * N * 8, exps=H * N),
             }
+
+
+@register("causal_conv")
+def bench_causal_conv(ctx: Context):
+    """Causal convolution of a long kernel, bf16: the Triton block-Toeplitz product against FFT.
+
+    Floors: the direct method (triton) does about B*H*L² FLOPs (the triangle of
+    B*H*L²/2 multiply-adds) on the tensor cores; the FFT methods count bytes
+    only (u and K read once, y written once). The peer "torch" is plain
+    torch.fft: rfft/irfft padded to 2L in float32, as an S4 layer does it.
+    """
+    B, H, L = 64, 768, 4096
+    gen = torch.Generator(device=ctx.device).manual_seed(L)
+    u = torch.randn(B, H, L, device=ctx.device, generator=gen).to(torch.bfloat16)
+    decay = torch.exp(-torch.arange(L, device=ctx.device) / (L / 8))  # (L,) a kernel that fades over the sequence
+    K = (torch.randn(H, L, device=ctx.device, generator=gen) * decay / (L / 8) ** 0.5).to(torch.bfloat16)
+
+    def torch_fft():
+        n = 2 * L
+        return torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * torch.fft.rfft(K.float(), n=n), n=n)[..., :L].to(u.dtype)
+
+    ref = torch_fft()
+    impls = {
+        "triton": lambda: ssm_edu.causal_conv(u, K, impl="triton"),
+        "vectorized": lambda: ssm_edu.causal_conv(u, K, impl="vectorized"),
+        "torch": torch_fft,
+    }
+    bytes_ = 2 * (2 * B * H * L + H * L)
+    for impl, fn in impls.items():
+        checked(f"causal_conv {impl}", fn(), ref, torch.bfloat16)
+        flops = B * H * L * L if impl == "triton" else 0.0
+        yield {
+            "op": "causal_conv", "impl": impl, "pass": "fwd", "shape": f"B{B} H{H} L{L}", "dtype": "bf16",
+            "median_us": ctx.time_us(fn), "floor_us": ctx.floor_us(bytes_=bytes_, flops=flops),
+        }
 
 
 def gpu_slug(name: str) -> str:
