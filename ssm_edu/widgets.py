@@ -7,6 +7,8 @@ running kernel) sees exactly what the explorer shows at its default settings.
 
 from __future__ import annotations
 
+import io
+
 import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
@@ -23,31 +25,44 @@ __all__ = [
 ]
 
 
-
 def _slider(cls, value, lo, hi, step, description):
     # continuous_update=False: redraw when the slider is released, not at every pixel
     return cls(value=value, min=lo, max=hi, step=step, description=description, continuous_update=False,
                style={"description_width": "initial"})
 
 
-def _explorer(draw, *controls):
-    """A row of controls above an output area that ``draw(*values)`` fills.
+def _figure_png(draw, values) -> bytes:
+    """Run ``draw(*values)`` (which opens its own figure) and return the figure as PNG."""
+    before = set(plt.get_fignums())
+    draw(*values)
+    fig = plt.figure(max(set(plt.get_fignums()) - before))  # the figure draw() opened
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)  # closed, so the inline backend does not show it a second time
+    return buf.getvalue()
 
-    The figure is redrawn whenever a control changes. ``draw`` is the same
-    function that draws the chapter's static figure.
+
+def _explorer(draw, *controls):
+    """A row of controls above a picture that ``draw(*values)`` draws.
+
+    The picture is an ``ipywidgets.Image`` holding the figure as PNG and
+    redrawn whenever a control changes. ``draw`` is the same function that
+    draws the chapter's static figure. An Image rather than an Output widget:
+    when the book is built, nbclient mirrors every output captured by an
+    Output widget back to the kernel over the shell channel, and that traffic
+    can leave the cell's own reply unread until the cell times out
+    (jupyter/nbclient#312; seen on a 16-core GPU machine). The Image's PNG is
+    also what the rendered page shows, from the saved widget state.
     """
-    out = W.Output()
+    image = W.Image(value=_figure_png(draw, [c.value for c in controls]), format="png",
+                    layout=W.Layout(max_width="100%"))
 
     def redraw(*_):
-        with out:
-            out.clear_output(wait=True)
-            draw(*(c.value for c in controls))
-            plt.show()
+        image.value = _figure_png(draw, [c.value for c in controls])
 
     for c in controls:
         c.observe(redraw, "value")
-    redraw()
-    return W.VBox([W.HBox(list(controls)), out])
+    return W.VBox([W.HBox(list(controls)), image])
 
 
 def _modes_figure(re, im):
