@@ -26,6 +26,9 @@ from .exercises import check  # noqa: E402
 from .hippo import (MEASURES, MEMORY_MEASURES, hippo, hippo_basis, hippo_memorize, hippo_reconstruct,  # noqa: E402
                     hippo_rmse, hippo_test_signal, sample_ages)
 from .numerics import rel_error, tolerance  # noqa: E402
+from .s4 import S4Classifier, S4Layer, cauchy, nplr_legs, s4_kernel  # noqa: E402
+from .scan import linear_scan  # noqa: E402
+from .diagonal import S4D, S5, S4D_INITS, s4d_init, s4d_kernel  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -63,4 +66,15 @@ __all__ = [
     "tolerance",
     "toeplitz",
     "triton_available",
+    "S4Classifier",
+    "S4Layer",
+    "cauchy",
+    "nplr_legs",
+    "s4_kernel",
+    "linear_scan",
+    "S4D",
+    "S5",
+    "S4D_INITS",
+    "s4d_init",
+    "s4d_kernel",
 ]

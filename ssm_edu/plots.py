@@ -23,6 +23,7 @@ __all__ = [
     "draw_discrete_step", "draw_unit_circle",  # chapter 2
     "draw_kernel", "draw_toeplitz",  # chapter 3
     "draw_hippo_reconstruction",  # chapter 4
+    "draw_s4d_init",  # chapter 6
 ]
 
 #: Okabe-Ito colours, safe for the common colour-vision deficiencies.
@@ -198,3 +199,23 @@ def draw_toeplitz(ax, T, title: str = "", colorbar: bool = True):
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="weight of u_s in y_t")
     return im
+
+
+def draw_s4d_init(ax_eig, ax_kernel, Lambda, K, dt: float, title: str = ""):
+    """Chapter 6: the stored modes Λ of a diagonal SSM (left, the complex plane) and its kernel (right).
+
+    Lambda (N,) complex (conjugates are implied and drawn hollow); K (L,) real.
+    """
+    lam = torch.as_tensor(Lambda).detach().cpu()
+    ax_eig.scatter(lam.real, lam.imag, s=14, color=PALETTE[0], label="stored Λ_n")
+    ax_eig.scatter(lam.real, -lam.imag, s=14, facecolors="none", edgecolors=PALETTE[0], label="conjugates")
+    ax_eig.set_xlabel("Re Λ")
+    ax_eig.set_ylabel("Im Λ [rad per unit time]")
+    ax_eig.set_title(f"{title}: modes" if title else "modes")
+    ax_eig.legend(loc="best")
+    K = torch.as_tensor(K).detach().cpu()
+    ax_kernel.plot(K, color=PALETTE[1])
+    ax_kernel.set_xlabel("lag l [steps]")
+    ax_kernel.set_ylabel("K_l")
+    ax_kernel.set_title(f"kernel, Δ = {dt:.3g}")
+    return ax_eig, ax_kernel

@@ -22,6 +22,8 @@ __all__ = [
     "delta_explorer", "discrete_step_figure",  # chapter 2
     "kernel_explorer", "kernel_figure",  # chapter 3
     "hippo_explorer", "hippo_reconstruction_figure",  # chapter 4
+    "s4d_explorer", "s4d_figure",  # chapter 6
+    "s4_kernel_explorer", "s4_kernel_figure",  # chapter 5
 ]
 
 
@@ -167,3 +169,57 @@ def kernel_explorer(rho: float = 0.9, theta_deg: float = 20.0):
     return _explorer(kernel_figure,
                      _slider(W.FloatSlider, rho, 0.5, 1.06, 0.01, "ρ = |λ(Ā)|"),
                      _slider(W.FloatSlider, theta_deg, 0.0, 180.0, 1.0, "θ [deg]"))
+
+
+def s4_kernel_figure(N: int, log10_dt: float, ax=None, L: int = 256, seed: int = 0):
+    """Chapter 5: the S4 kernel of HiPPO-LegS (DPLR form) with N modes and step Δ.
+
+    C ~ CN(0, 1) with a fixed seed; K_l = Re(C Ā^l B̄) through ``s4_kernel``.
+    Larger Δ shortens the memory (the kernel decays within fewer steps).
+    """
+    from .s4 import nplr_legs, s4_kernel
+
+    ax = ax or plt.subplots(figsize=(8, 3.4))[1]
+    Lambda, P, B, _ = nplr_legs(N)
+    C = torch.randn(N, dtype=torch.complex128, generator=torch.Generator().manual_seed(seed))
+    dt = 10.0**log10_dt
+    K = s4_kernel(Lambda[None], P[None], B[None], C[None], dt, L)[0]
+    ax.plot(torch.arange(L), K, color=plots.PALETTE[0])
+    ax.set_xlabel("lag l [steps]")
+    ax.set_ylabel("K_l")
+    ax.set_title(f"S4 kernel, HiPPO-LegS, N = {N}, Δ = {dt:.3g} (memory ≈ 1/Δ = {1 / dt:.0f} steps)")
+    return ax
+
+
+def s4_kernel_explorer(N: int = 32, log10_dt: float = -2.0):
+    """Chapter 5: choose N and Δ (log scale); watch the S4 kernel."""
+    return _explorer(s4_kernel_figure,
+                     _slider(W.IntSlider, N, 1, 64, 1, "N"),
+                     _slider(W.FloatSlider, log10_dt, -3.0, 0.0, 0.1, "log10 Δ"))
+
+
+def s4d_figure(init: str, N: int, log10_dt: float, axes=None, L: int = 200):
+    """Chapter 6: an S4D initialisation's modes and the kernel they make at step Δ.
+
+    One channel, B = C = 1 for every mode (so the kernel shows the modes
+    themselves, not a random mixture), ZOH: K_l = 2 Re Σ_n B̄_n Ā_n^l.
+    """
+    from .diagonal import s4d_init, s4d_kernel
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1, 1.6]})
+    lam = s4d_init(N, init)[None]  # (1, N/2)
+    dt = 10.0 ** log10_dt
+    K = s4d_kernel(lam, torch.ones_like(lam), torch.ones_like(lam), torch.tensor([dt], dtype=torch.float64), L)[0]
+    plots.draw_s4d_init(axes[0], axes[1], lam[0], K, dt, title=f"S4D-{init.capitalize() if init != 'legs' else 'LegS'}, N = {N}")
+    return axes
+
+
+def s4d_explorer(init: str = "legs", N: int = 32, log10_dt: float = -1.0):
+    """Chapter 6: choose an S4D initialisation, the state size N and Δ; watch the modes and the kernel."""
+    from .diagonal import S4D_INITS
+
+    return _explorer(lambda i, n, d: s4d_figure(i, n, d),
+                     W.Dropdown(options=list(S4D_INITS), value=init, description="init"),
+                     _slider(W.IntSlider, N, 2, 128, 2, "N (state size)"),
+                     _slider(W.FloatSlider, log10_dt, -3.0, 0.0, 0.1, "log10 Δ"))

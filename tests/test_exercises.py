@@ -32,9 +32,23 @@ SOLUTIONS = {
         lambda u, K: torch.fft.irfft(torch.fft.rfft(u, n=2 * u.shape[-1]) * torch.fft.rfft(K, n=2 * u.shape[-1]), n=2 * u.shape[-1])[..., : u.shape[-1]],
         lambda u, K: torch.fft.irfft(torch.fft.rfft(u) * torch.fft.rfft(K), n=u.shape[-1]),  # no padding: circular
     ),
+    "ch06.scan_combine": (
+        lambda p, q: (q[0] * p[0], q[0] * p[1] + q[1]),
+        lambda p, q: (p[0] * q[0], p[0] * q[1] + p[1]),  # the steps in the wrong order
+    ),
+    "ch06.s4d_kernel": (
+        lambda A, B, C, dt, L: 2 * torch.einsum("hn,hnl->hl", C * torch.expm1(dt[:, None] * A) / A * B,
+                                                torch.exp(dt[:, None, None] * A[..., None] * torch.arange(L, dtype=torch.float64))).real,
+        lambda A, B, C, dt, L: torch.einsum("hn,hnl->hl", C * torch.expm1(dt[:, None] * A) / A * B,
+                                            torch.exp(dt[:, None, None] * A[..., None] * torch.arange(L, dtype=torch.float64))).real,  # no 2
+    ),
     "ch04.hippo_legs": (
         lambda N: hippo(N, "legs"),
         lambda N: (torch.tril(-torch.outer(hippo(N, "legs")[1], hippo(N, "legs")[1])), hippo(N, "legs")[1]),  # diagonal -(2n+1)
+    ),
+    "ch05.cauchy": (
+        lambda v, z, w: (v[..., None, :] / (z[:, None] - w[..., None, :])).sum(-1),
+        lambda v, z, w: (v[..., None, :] / (z[:, None] - w[..., None, :]) ** 2).sum(-1),  # squared denominator
     ),
 }
 
