@@ -33,7 +33,6 @@ dout/dv = 1/(z - w), dout/dw = v/(z - w)^2, dout/dz = -Σ_n v/(z - w)^2.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -78,10 +77,6 @@ def _cauchy_fwd(
     out_row = out_ptr + row * 2 * L
     tl.store(out_row + 2 * l, acc_r, mask=l_ok)
     tl.store(out_row + 2 * l + 1, acc_i, mask=l_ok)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def cauchy_fwd(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, block_l=None, block_n=None) -> torch.Tensor:

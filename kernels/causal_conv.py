@@ -65,11 +65,12 @@ correlation summed over the batch, by FFT in float32.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import interpreting, next_pow2
 
 __all__ = ["causal_conv_triton", "causal_conv_fwd"]
 
@@ -121,23 +122,15 @@ def _causal_conv_fwd(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=b_ok[:, None] & (t < L))
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _config(batch: int, L: int, interpreting: bool, block_t=None, target_m=None):
+def _config(batch: int, L: int, in_interpreter: bool, block_t=None, target_m=None):
     """Block sizes: BLOCK_B sequences x R t-blocks make M = R * BLOCK_B >= 16 rows."""
-    if interpreting:  # small tiles: the interpreter is slow, and tl.dot needs dims >= 16
+    if in_interpreter:  # small tiles: the interpreter is slow, and tl.dot needs dims >= 16
         block_t, target_m = block_t or 16, target_m or 16
     else:
         block_t, target_m = block_t or 64, target_m or 256
-    block_b = min(_next_pow2(batch), target_m)
+    block_b = min(next_pow2(batch), target_m)
     n_tb = triton.cdiv(L, block_t)
-    r = max(16 // block_b, min(target_m // block_b, _next_pow2(n_tb)), 1)
+    r = max(16 // block_b, min(target_m // block_b, next_pow2(n_tb)), 1)
     return block_b, block_t, r
 
 
@@ -149,8 +142,8 @@ def causal_conv_fwd(u: torch.Tensor, K: torch.Tensor, block_t=None, target_m=Non
     if u.dtype not in _SUPPORTED or K.dtype != u.dtype:
         raise ValueError(f"causal_conv(impl='triton') supports float32, bfloat16 and float16 inputs of one dtype; "
                          f"got u {u.dtype}, K {K.dtype} (use impl='vectorized' for float64)")
-    interpreting = _interpreting()
-    if interpreting and u.dtype != torch.float32:  # the interpreter computes in float32 only
+    in_interpreter = interpreting()
+    if in_interpreter and u.dtype != torch.float32:  # the interpreter computes in float32 only
         return causal_conv_fwd(u.float(), K.float()).to(u.dtype)
     batch, H, L = u.shape
     u = u.contiguous()
@@ -158,11 +151,11 @@ def causal_conv_fwd(u: torch.Tensor, K: torch.Tensor, block_t=None, target_m=Non
     y = torch.empty_like(u)
     if batch == 0 or H == 0:
         return y
-    block_b, block_t, r = _config(batch, L, interpreting, block_t, target_m)
+    block_b, block_t, r = _config(batch, L, in_interpreter, block_t, target_m)
     n_tb = triton.cdiv(L, block_t)
     grid = (triton.cdiv(n_tb, r), H, triton.cdiv(batch, block_b))
     extra = {}
-    if not interpreting:
+    if not in_interpreter:
         extra = dict(num_warps=num_warps or (8 if r * block_b >= 128 else 4), num_stages=num_stages or 3)
     _causal_conv_fwd[grid](
         u, K, y, batch, L, n_tb,

@@ -44,11 +44,12 @@ time-reversed inputs.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import interpreting, next_pow2
 
 __all__ = ["linear_scan_triton", "linear_scan_fwd"]
 
@@ -87,14 +88,6 @@ def _linear_scan_fwd(
         carry = tl.sum(tl.where(cols[None, :] == BLOCK_L - 1, h, 0.0), axis=1)  # h at the block's last column
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def linear_scan_fwd(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None,
                     block_r=None, block_l=None, num_warps=None) -> torch.Tensor:
     """Launch the forward kernel. a, b (..., L) and h0 (...) of one dtype -> h (..., L).
@@ -104,8 +97,8 @@ def linear_scan_fwd(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = 
     if a.dtype not in _SUPPORTED or b.dtype != a.dtype or (h0 is not None and h0.dtype != a.dtype):
         raise ValueError("linear_scan(impl='triton') supports real float32, bfloat16 and float16 inputs of one dtype; "
                          f"got a {a.dtype}, b {b.dtype}" + ("" if h0 is None else f", h0 {h0.dtype}"))
-    interpreting = _interpreting()
-    if interpreting and a.dtype != torch.float32:  # the interpreter computes in float32 only
+    in_interpreter = interpreting()
+    if in_interpreter and a.dtype != torch.float32:  # the interpreter computes in float32 only
         return linear_scan_fwd(a.float(), b.float(), None if h0 is None else h0.float()).to(a.dtype)
     shape = b.shape
     L = shape[-1]
@@ -116,13 +109,13 @@ def linear_scan_fwd(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = 
     if R == 0:
         return h.reshape(shape)
     h0_2 = h0.reshape(-1).contiguous() if h0 is not None else b2  # dummy pointer when HAS_H0 is False
-    if interpreting:
-        block_r = block_r or min(_next_pow2(R), 4)
-        block_l = block_l or min(_next_pow2(L), 32)
+    if in_interpreter:
+        block_r = block_r or min(next_pow2(R), 4)
+        block_l = block_l or min(next_pow2(L), 32)
         extra = {}
     else:
         block_r = block_r or 4
-        block_l = block_l or min(_next_pow2(L), 256)
+        block_l = block_l or min(next_pow2(L), 256)
         extra = dict(num_warps=num_warps or 4)
     grid = (triton.cdiv(R, block_r),)
     _linear_scan_fwd[grid](a2, b2, h0_2, h, R, L, HAS_H0=h0 is not None, BLOCK_R=block_r, BLOCK_L=block_l, **extra)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Shapes", "check_same_device", "check_dtype", "check_positive", "as_dt"]
+__all__ = ["Shapes", "check_same_device", "check_dtype", "check_positive", "check_length", "as_dt"]
 
 
 class Shapes:
@@ -102,6 +102,12 @@ def check_dtype(op: str, name: str, x: torch.Tensor, allowed) -> None:
     if x.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
         raise ValueError(f"{op}: {name} has dtype {str(x.dtype).replace('torch.', '')}; supported: {names}")
+
+
+def check_length(op: str, L) -> None:
+    """A requested sequence length L (a kernel's, say): a Python int >= 1."""
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise ValueError(f"{op}: L must be an int >= 1; got {L!r}")
 
 
 def check_positive(op: str, name: str, x) -> None:

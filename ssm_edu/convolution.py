@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ._dispatch import dispatch
-from ._validate import Shapes, check_dtype, check_same_device
+from ._validate import Shapes, check_dtype, check_length, check_same_device
 from .numerics import accumulation_dtype
 
 __all__ = [
@@ -104,7 +104,7 @@ def ssm_kernel(Ab, Bb, C, L, impl="auto"):
     check_same_device(op, Ab=Ab, Bb=Bb, C=C)
     for name, x in (("Ab", Ab), ("Bb", Bb), ("C", C)):
         check_dtype(op, name, x, _ANY)
-    _check_length(op, L)
+    check_length(op, L)
     out = torch.promote_types(torch.promote_types(Ab.dtype, Bb.dtype), C.dtype)
     work = accumulation_dtype(out)
     return fn(Ab.to(work), Bb.to(work), C.to(work), L).to(out)
@@ -236,7 +236,3 @@ def toeplitz(K):
     T = K[..., lag.clamp(min=0)]  # (..., L, L)
     return torch.where(lag >= 0, T, torch.zeros((), dtype=K.dtype, device=K.device))
 
-
-def _check_length(op, L):
-    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
-        raise ValueError(f"{op}: L must be an int >= 1; got {L!r}")

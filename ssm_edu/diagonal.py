@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._dispatch import dispatch
-from ._validate import Shapes, check_dtype, check_positive, check_same_device
+from ._validate import Shapes, check_dtype, check_length, check_positive, check_same_device
 from .convolution import causal_conv
 from .discretize import discretize_diag, init_log_dt
 from .hippo import hippo
@@ -162,8 +162,7 @@ def s4d_kernel(A, B, C, dt, L, method="zoh", impl="auto"):
         check_dtype(op, name, x, _COMPLEX + _REAL)
     check_dtype(op, "dt", dt, _REAL)
     check_positive(op, "dt", dt)
-    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
-        raise ValueError(f"{op}: L must be an int >= 1; got {L!r}")
+    check_length(op, L)
     double = any(x.dtype in (torch.float64, torch.complex128) for x in (A, B, C, dt))
     cdt, rdt = (torch.complex128, torch.float64) if double else (torch.complex64, torch.float32)
     return fn(A.to(cdt), B.to(cdt), C.to(cdt), dt.to(rdt), L, method)

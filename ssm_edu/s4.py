@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._dispatch import dispatch
-from ._validate import Shapes, as_dt, check_dtype, check_same_device
+from ._validate import Shapes, as_dt, check_dtype, check_length, check_same_device
 from .convolution import causal_conv
 from .discretize import discretize
 from .hippo import hippo
@@ -234,8 +234,7 @@ def s4_kernel(Lambda, P, B, C, dt, L, impl="auto"):
     check_same_device(op, Lambda=Lambda, P=P, B=B, C=C)
     for name, x in (("Lambda", Lambda), ("P", P), ("B", B), ("C", C)):
         check_dtype(op, name, x, _ANY)
-    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
-        raise ValueError(f"{op}: L must be an int >= 1; got {L!r}")
+    check_length(op, L)
     out = _COMPLEX_OF[accumulation_dtype(torch.promote_types(torch.promote_types(Lambda.dtype, P.dtype),
                                                                 torch.promote_types(B.dtype, C.dtype)))]
     real = torch.float64 if out == torch.complex128 else torch.float32
