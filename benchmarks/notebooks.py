@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         print(f"{path.name:40s} {seconds:8.1f} s  {'ok' if error is None else 'FAILED'}", flush=True)
         if error:
             print(error, file=sys.stderr)
-    doc = {"device": device, "torch": torch.__version__, "date": datetime.date.today().isoformat(), "results": rows}
+    doc = {"device": device, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+           "threads": torch.get_num_threads(), "results": rows}  # threads: the kernels inherit OMP_NUM_THREADS
     out = args.out or ROOT / "book" / "data" / "notebook_times" / f"{gpu_slug(device)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")

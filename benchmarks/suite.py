@@ -25,6 +25,7 @@ from ssm_edu.numerics import rel_error, tolerance
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXP_PER_S = 4.2e12  # MUFU exponentials per second on an H100 SXM (the suite's assumed rate)
 TENSOR_FLOP_S = 790e12  # dense bf16 tensor-core rate measured on the book's H100s
+CORE_FLOP_S = 67e12  # fp32 rate of the CUDA cores (FMA counted as 2), H100 SXM datasheet
 
 OPS: dict[str, Callable[["Context"], Iterator[dict]]] = {}
 
@@ -40,17 +41,27 @@ def register(name: str):
 class Context:
     """What every benchmark needs: the device, the measured bandwidth, a timer."""
 
-    def __init__(self):
+    def __init__(self, shapes: list[str] | None = None):
         self.device = torch.device("cuda")
         self.hbm_bytes_s = measure_hbm_bandwidth()
+        self.shapes = shapes
+
+    def wants(self, shape: str) -> bool:
+        """Whether the run was asked for this shape string (all shapes unless ``--shape`` was given)."""
+        return not self.shapes or shape in self.shapes
 
     def time_us(self, fn) -> float:
         from triton.testing import do_bench
 
         return 1e3 * do_bench(fn, warmup=25, rep=100, return_mode="median")
 
-    def floor_us(self, bytes_=0.0, exps=0.0, flops=0.0) -> float:
-        return 1e6 * max(bytes_ / self.hbm_bytes_s, exps / EXP_PER_S, flops / TENSOR_FLOP_S)
+    def floor_us(self, bytes_=0.0, exps=0.0, flops=0.0, core_flops=0.0) -> float:
+        """The roofline floor: the slowest of memory traffic, exponentials and arithmetic.
+
+        ``flops`` run on the tensor cores; ``core_flops`` are elementwise
+        arithmetic that cannot use them (complex division, say).
+        """
+        return 1e6 * max(bytes_ / self.hbm_bytes_s, exps / EXP_PER_S, flops / TENSOR_FLOP_S, core_flops / CORE_FLOP_S)
 
 
 def measure_hbm_bandwidth(n_bytes: int = 2 << 30) -> float:
@@ -124,26 +135,116 @@ def bench_causal_conv(ctx: Context):
         }
 
 
+@register("cauchy")
+def bench_cauchy(ctx: Context):
+    """S4's Cauchy product over the L roots of unity, complex64.
+
+    Floor: about 16 CUDA-core FLOPs per (h, l, n) term (a complex subtraction,
+    a complex division written as a multiply by the conjugate over |d|², an
+    accumulate); the bytes (v, w in, out written) are small beside them.
+    """
+    for H, N, L in ((16, 32, 256), (768, 64, 4096)):
+        shape = f"H{H} N{N} L{L}"
+        if not ctx.wants(shape):
+            continue
+        gen = torch.Generator(device=ctx.device).manual_seed(L)
+        v = torch.randn(H, N, dtype=torch.complex64, device=ctx.device, generator=gen)
+        w = torch.complex(-0.5 * torch.ones(H, N, device=ctx.device), torch.randn(H, N, device=ctx.device, generator=gen) * N)
+        z = torch.exp(2j * torch.pi * torch.arange(L, device=ctx.device) / L).to(torch.complex64)
+        ref = ssm_edu.cauchy(v, z, w, impl="vectorized")
+        impls = {"triton": "triton", "vectorized": "vectorized"} | ({"naive": "naive"} if H * L <= 4096 else {})
+        for impl in impls:
+            fn = lambda impl=impl: ssm_edu.cauchy(v, z, w, impl=impl)
+            checked(f"cauchy {impl}", fn(), ref, torch.float32)
+            yield {
+                "op": "cauchy", "impl": impl, "pass": "fwd", "shape": shape, "dtype": "c64",
+                "median_us": ctx.time_us(fn),
+                "floor_us": ctx.floor_us(bytes_=8 * (2 * H * N + L + H * L), core_flops=16 * H * N * L),
+            }
+
+
+@register("linear_scan")
+def bench_linear_scan(ctx: Context):
+    """h_t = a_t h_{t-1} + b_t along the last axis, float32: memory-bound (a, b in, h out)."""
+    for R, L in ((64, 1024), (16384, 4096)):
+        shape = f"R{R} L{L}"
+        if not ctx.wants(shape):
+            continue
+        gen = torch.Generator(device=ctx.device).manual_seed(R)
+        a = 0.9 + 0.1 * torch.rand(R, L, device=ctx.device, generator=gen)
+        b = torch.randn(R, L, device=ctx.device, generator=gen)
+        ref = ssm_edu.linear_scan(a, b, impl="vectorized")
+        impls = ["triton", "vectorized"] + (["naive"] if R * L <= 1 << 16 else [])
+        for impl in impls:
+            fn = lambda impl=impl: ssm_edu.linear_scan(a, b, impl=impl)
+            checked(f"linear_scan {impl}", fn(), ref, torch.float32)
+            yield {
+                "op": "linear_scan", "impl": impl, "pass": "fwd", "shape": shape, "dtype": "fp32",
+                "median_us": ctx.time_us(fn), "floor_us": ctx.floor_us(bytes_=3 * 4 * R * L),
+            }
+
+
+def missing_row(op: str, impl: str, pass_: str, shape: str, dtype: str, why: str) -> dict:
+    """A peer that is not available: the row says so, with no time."""
+    print(f"{op:>22} {impl:>10} {shape:>26}  missing: {why}")
+    return {"op": op, "impl": impl, "pass": pass_, "shape": shape, "dtype": dtype, "median_us": None, "floor_us": None, "missing": why}
+
+
 def gpu_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def run(ops, out: str | None = None) -> pathlib.Path:
+def run(ops, out: str | None = None, shapes: list[str] | None = None) -> pathlib.Path:
+    """Time ``ops`` and write the JSON.
+
+    Rows of the operations timed now replace that file's rows of the same
+    operation (and shape, when ``shapes`` narrows the run); rows of other
+    operations are kept, each with the date, device and versions it was
+    measured with, so the file can be refreshed one operation at a time.
+    """
     import triton
 
-    ctx = Context()
+    ctx = Context(shapes)
     name = torch.cuda.get_device_name()
+    stamp = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__}
     results = []
     for op in ops:
         for row in OPS[op](ctx):
-            row["fraction_of_floor"] = row["floor_us"] / row["median_us"]
+            if row.get("median_us") is not None:
+                row["fraction_of_floor"] = row["floor_us"] / row["median_us"]
+                print(f"{row['op']:>22} {row['impl']:>10} {row['pass']:>7} {row['shape']:>26} {row['median_us']:10.1f} us  floor {row['floor_us']:8.1f} us  ({100 * row['fraction_of_floor']:.0f}%)", flush=True)
             results.append(row)
-            print(f"{row['op']:>18} {row['impl']:>10} {row['shape']:>14} {row['median_us']:10.1f} us  floor {row['floor_us']:8.1f} us  ({100 * row['fraction_of_floor']:.0f}%)")
-    doc = {
-        "device": name, "torch": torch.__version__, "triton": triton.__version__,
-        "date": datetime.date.today().isoformat(), "hbm_tb_s": ctx.hbm_bytes_s / 1e12, "results": results,
-    }
     path = pathlib.Path(out) if out else ROOT / "book" / "data" / "benchmarks" / f"{gpu_slug(name)}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    doc = {"device": name, **stamp, "hbm_tb_s": ctx.hbm_bytes_s / 1e12, "results": results}
+    merge(doc, path, replace_shapes_only=bool(shapes))
     return path
+
+
+def merge(doc: dict, path: pathlib.Path, replace_shapes_only: bool = False) -> None:
+    """Write ``doc``'s rows into the JSON at ``path``, replacing the rows they re-measure.
+
+    A row is replaced when the new document has a row of the same operation
+    (and the same shape, with ``replace_shapes_only``); the others are kept
+    with their own date and versions, so the file can be refreshed one
+    operation at a time, or from a JSON measured on another machine.
+    """
+    stamp = {k: doc[k] for k in ("date", "torch", "triton") if k in doc}
+    new = [stamp | r for r in doc["results"]]
+    ops = {r["op"] for r in new}
+    shapes = {(r["op"], r["shape"]) for r in new}
+    kept = []
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("device") != doc["device"]:
+            raise ValueError(f"{path} holds results of {old.get('device')!r}, not {doc['device']!r}")
+        for r in old.get("results", []):
+            replaced = (r["op"], r["shape"]) in shapes if replace_shapes_only else r["op"] in ops
+            if not replaced:
+                kept.append({k: old[k] for k in ("date", "torch", "triton") if k in old} | r)
+    out = {k: doc[k] for k in ("device", "torch", "triton", "date", "hbm_tb_s")} | {"results": kept + new}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+
+
+from . import selective  # noqa: E402,F401  (registers the selective-SSM rows; it imports this module's helpers)
+from . import decode  # noqa: E402,F401  (registers the decoding rows of chapter 10)

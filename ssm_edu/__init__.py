@@ -28,7 +28,14 @@ from .hippo import (MEASURES, MEMORY_MEASURES, hippo, hippo_basis, hippo_memoriz
 from .numerics import rel_error, tolerance  # noqa: E402
 from .s4 import S4Classifier, S4Layer, cauchy, nplr_legs, s4_kernel  # noqa: E402
 from .scan import linear_scan  # noqa: E402
+from .delta import delta_rule  # noqa: E402
 from .diagonal import S4D, S5, S4D_INITS, s4d_init, s4d_kernel  # noqa: E402
+from .ssd import segsum, segsum_unstable, ssd  # noqa: E402
+from .selective import selective_scan, selective_scan_chunked, selective_state_update  # noqa: E402
+from .mamba3 import Mamba3State, mamba3, mamba3_step, rotate_pairs, trapezoid_weights  # noqa: E402
+from .mamba import Mamba  # noqa: E402
+from .lm import SequenceModel  # noqa: E402
+from .tasks import char_corpus, induction_heads, selective_copying  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -72,9 +79,26 @@ __all__ = [
     "nplr_legs",
     "s4_kernel",
     "linear_scan",
+    "delta_rule",
     "S4D",
     "S5",
     "S4D_INITS",
     "s4d_init",
     "s4d_kernel",
+    "segsum",
+    "segsum_unstable",
+    "ssd",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_state_update",
+    "Mamba3State",
+    "mamba3",
+    "mamba3_step",
+    "rotate_pairs",
+    "trapezoid_weights",
+    "Mamba",
+    "SequenceModel",
+    "char_corpus",
+    "induction_heads",
+    "selective_copying",
 ]

@@ -12,6 +12,12 @@ h(t) (impulse response) -> h.   Shapes: N state, T time points.
 
 The book's running examples are a damped oscillator and an RC low-pass filter.
 All systems here are single-input single-output: B and C are vectors (N,).
+
+Bad input (a wrong shape, a tensor on another device, an unsupported dtype)
+raises ValueError or TypeError before any work. The times t must be finite
+and >= 0 (ValueError otherwise). NaN or inf in A, B, C, D or the input are
+not checked for (that would cost a GPU synchronisation per call): they
+propagate into the outputs.
 """
 
 from __future__ import annotations
@@ -72,17 +78,33 @@ def rc_filter(tau=1.0, dtype=torch.float64):
     return A, B, C, torch.zeros((), dtype=dtype)
 
 
-def _check_siso(op, A, B, C, t):
+def _check_siso(op, A, B, C, t, D=None, x0=None):
+    """A (N, N), B (N,), C (N,), t (T,) with T >= 1; D a number or 0-dim tensor; x0 (N,) or None."""
     shapes = Shapes(op)
     shapes.check("A", A, "N N")
     shapes.check("B", B, "N")
     shapes.check("C", C, "N")
     shapes.check("t", t, "T")
-    check_same_device(op, A=A, B=B, C=C, t=t)
-    for name, x in (("A", A), ("B", B), ("C", C)):
-        check_dtype(op, name, x, _DTYPES)
-    if t.is_complex() or not bool(torch.all(torch.isfinite(t) & (t >= 0))):
+    shapes.nonempty("T")
+    if x0 is not None:
+        shapes.check("x0", x0, "N")
+    _check_scalar(op, "D", D)
+    check_same_device(op, A=A, B=B, C=C, t=t, D=D, x0=x0)
+    for name, x in (("A", A), ("B", B), ("C", C), ("x0", x0)):
+        if x is not None:
+            check_dtype(op, name, x, _DTYPES)
+    check_dtype(op, "t", t, (torch.float32, torch.float64))
+    if not bool(torch.all(torch.isfinite(t) & (t >= 0))):
         raise ValueError(f"{op}: t must hold real, finite times >= 0")
+
+
+def _check_scalar(op, name, x):
+    """A skip term D: None, a Python number or a 0-dim tensor."""
+    if x is None or (isinstance(x, (int, float, complex)) and not isinstance(x, bool)):
+        return
+    if not isinstance(x, torch.Tensor) or x.dim() != 0:
+        raise ValueError(f"{op}: {name} must be a number or a 0-dim tensor; got "
+                         f"{'shape ' + str(tuple(x.shape)) if isinstance(x, torch.Tensor) else repr(x)}")
 
 
 def impulse_response_naive(A, B, C, t):
@@ -121,6 +143,8 @@ def modes(A, B, C):
     shapes.check("B", B, "N")
     shapes.check("C", C, "N")
     check_same_device("modes", A=A, B=B, C=C)
+    for name, x in (("A", A), ("B", B), ("C", C)):
+        check_dtype("modes", name, x, _DTYPES)
     lam, V = torch.linalg.eig(A)  # (N,), (N, N) complex
     r = (C.to(V.dtype) @ V) * torch.linalg.solve(V, B.to(V.dtype))  # (N,)
     return lam, r
@@ -148,7 +172,7 @@ def step_response(A, B, C, D, t):
     t [[A, B], [0, 0]] (its top-right block), which needs no inverse of A:
     the same trick that gives ZOH its B̄ in chapter 2.
     """
-    _check_siso("step_response", A, B, C, t)
+    _check_siso("step_response", A, B, C, t, D=D)
     T, N = t.shape[0], A.shape[0]
     # ZOH's B̄ at step Δ = t is exactly ∫_0^t e^{As} ds B (chapter 2).
     integral_B = discretize_vectorized(A.expand(T, N, N), B.expand(T, N), t.to(A.dtype), "zoh")[1]  # (T, N)
@@ -165,7 +189,11 @@ def simulate(A, B, C, D, u: Callable[[torch.Tensor], torch.Tensor], t, x0=None, 
     slow because it is a sequential loop. Chapter 2 replaces it by an exact
     recurrence for piecewise-constant inputs.
     """
-    _check_siso("simulate", A, B, C, t)
+    _check_siso("simulate", A, B, C, t, D=D, x0=x0)
+    if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
+        raise ValueError(f"simulate: substeps must be an int >= 1; got {substeps!r}")
+    if not callable(u):
+        raise TypeError(f"simulate: u must be a function of time (use simulate_exact for sampled inputs); got {type(u).__name__}")
     x = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device) if x0 is None else x0.to(A.dtype)
 
     def f(s, x):
@@ -200,9 +228,12 @@ def simulate_exact(A, B, C, D, u, t, x0=None):
     (zero by default). Returns y (T,) with y_k = C x_k + D u_k, and the states
     x (T, N) at the times t.
     """
-    _check_siso("simulate_exact", A, B, C, t)
-    if u.shape != t.shape:
-        raise ValueError(f"simulate_exact: u must have shape (T,) = {tuple(t.shape)}; got {tuple(u.shape)}")
+    _check_siso("simulate_exact", A, B, C, t, D=D, x0=x0)
+    shapes = Shapes("simulate_exact")
+    shapes.check("t", t, "T")
+    shapes.check("u", u, "T")
+    check_same_device("simulate_exact", u=u, t=t)
+    check_dtype("simulate_exact", "u", u, _DTYPES)
     if t.numel() > 1 and not bool(torch.all(t[1:] > t[:-1])):
         raise ValueError("simulate_exact: t must be strictly increasing")
     N = A.shape[0]

@@ -17,6 +17,13 @@ mode, all tokens at once):
 ``causal_conv`` applies a kernel: directly (naive, O(L²)), through an FFT padded
 to 2L (vectorized, O(L log L)), or as a block-Toeplitz matrix product on the
 tensor cores (triton, O(L²) but at matrix-unit speed; ``kernels/causal_conv.py``).
+
+Bad input (a wrong rank, mismatched sizes, tensors on different devices, an
+unsupported dtype) raises ValueError or TypeError, naming the argument,
+before any work. NaN and inf in the inputs are not checked for (the check
+would cost a GPU synchronisation per call): they propagate into the outputs
+that depend on them, and through the FFT of ``causal_conv``'s vectorized
+version a single NaN reaches every output of its channel.
 """
 
 from __future__ import annotations
@@ -231,6 +238,7 @@ def toeplitz(K):
     y = T u is causal_conv for one channel: every diagonal of T holds one
     K_j, so equal lags t - s get equal weights.
     """
+    Shapes("toeplitz").check("K", K, "... L")
     L = K.shape[-1]
     lag = torch.arange(L, device=K.device)[:, None] - torch.arange(L, device=K.device)[None, :]  # (L, L) t - s
     T = K[..., lag.clamp(min=0)]  # (..., L, L)

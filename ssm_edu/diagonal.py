@@ -4,7 +4,7 @@ Symbols -> code:  Λ (the diagonal of A) -> A (or Lambda),  B, C -> B, C,
 Δ -> dt,  Ā = e^{ΔΛ} (ZOH) -> Ab,  B̄ -> Bb,  K -> K,  S5's B̃, C̃ -> B, C.
 Shapes: H channels, N complex modes per channel (half of the real state size:
 the other half are the complex conjugates and are never stored), L length,
-b batch, P S5's number of stored modes.
+b batch, P S5's state size (its P/2 modes are stored, the conjugates are not).
 
 A real diagonal-complex SSM keeps its modes in conjugate pairs, so its kernel
 is a sum over half the modes (the Vandermonde kernel of S4D):
@@ -15,6 +15,12 @@ is a sum over half the modes (the Vandermonde kernel of S4D):
 product; ``s4d_init`` gives the four S4D initialisations of Λ; ``S4D`` and
 ``S5`` are layers (nn.Module): S4D convolves each channel with its own kernel,
 S5 runs one multi-input, multi-output state through ``linear_scan``.
+
+Bad input (a wrong rank, mismatched sizes, tensors on different devices, an
+unsupported dtype, L < 1) raises ValueError or TypeError, naming the
+argument, before any work; Δ must be finite and > 0 (ValueError). NaN and inf
+in A, B or C are not checked for (the check would cost a GPU synchronisation
+per call): they propagate into the kernel.
 """
 
 from __future__ import annotations
@@ -187,6 +193,10 @@ class S4D(nn.Module):
     def __init__(self, H: int, N: int = 64, init: str = "legs", dt_min: float = 1e-3, dt_max: float = 1e-1,
                  method: str = "zoh"):
         super().__init__()
+        if isinstance(H, bool) or not isinstance(H, int) or H < 1:
+            raise ValueError(f"S4D: H must be an int >= 1; got {H!r}")
+        if method not in ("zoh", "bilinear"):
+            raise ValueError(f"S4D: unknown method={method!r}; valid: 'zoh', 'bilinear'")
         lam = s4d_init(N, init).to(torch.complex64).expand(H, N // 2)  # (H, N/2)
         self.method = method
         self.log_A_real = nn.Parameter(torch.log(-lam.real).clone())
@@ -205,6 +215,9 @@ class S4D(nn.Module):
         return s4d_kernel(A, torch.ones_like(A), C, torch.exp(self.log_dt), L, method=self.method)  # (H, L)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        shapes = Shapes("S4D")
+        shapes.sizes["H"] = self.D.shape[0]
+        shapes.check("u", u, "b H L")
         y = causal_conv(u, self.kernel(u.shape[-1]), impl="vectorized") + self.D[:, None] * u  # (b, H, L)
         return F.glu(self.mix(F.gelu(y)), dim=1)  # (b, H, L)
 
@@ -231,6 +244,10 @@ class S5(nn.Module):
 
     def __init__(self, H: int, P: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1, scan_impl: str = "auto"):
         super().__init__()
+        if isinstance(H, bool) or not isinstance(H, int) or H < 1:
+            raise ValueError(f"S5: H must be an int >= 1; got {H!r}")
+        if isinstance(P, bool) or not isinstance(P, int) or P < 2 or P % 2:
+            raise ValueError(f"S5: P must be an even int >= 2 (the state size; P/2 modes are stored); got {P!r}")
         lam = legs_diagonal(P).to(torch.complex64)  # (P/2,)
         self.scan_impl = scan_impl
         self.log_A_real = nn.Parameter(torch.log(-lam.real).clone())
@@ -245,6 +262,9 @@ class S5(nn.Module):
 
     def ssm(self, u: torch.Tensor) -> torch.Tensor:
         """The linear system alone: u (b, H, L) -> 2 Re(C̃ x) + D u, (b, H, L)."""
+        shapes = Shapes("S5")
+        shapes.sizes["H"] = self.D.shape[0]
+        shapes.check("u", u, "b H L")
         lam = self.A()
         Ab, Bs = discretize_diag(lam, torch.ones_like(lam), torch.exp(self.log_dt))  # (P/2,) each
         Bb = Bs[:, None] * torch.view_as_complex(self.B)  # (P/2, H)

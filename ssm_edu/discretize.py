@@ -13,6 +13,14 @@ Every rule turns  x'(t) = A x(t) + B u(t)  into  x_k = Ā x_{k-1} + B̄ u_k:
 
 C and D are never changed. ``discretize`` takes dense matrices, ``discretize_diag``
 a diagonal (possibly complex) A given by its diagonal Λ.
+
+Bad input (a wrong rank, mismatched sizes, tensors on different devices, an
+unsupported dtype, an unknown method) raises ValueError or TypeError, naming
+the argument, before any work. Δ must be finite and > 0 (ValueError). NaN and
+inf in A, Λ or B are not checked for (the check would cost a GPU
+synchronisation per call): they propagate into Ā and B̄. ZOH's naive
+formulas need an invertible ΔA (Λ ≠ 0); with a singular one they raise
+(dense) or return inf/NaN (diagonal), where the vectorized versions do not.
 """
 
 from __future__ import annotations
@@ -82,6 +90,8 @@ def discretize_naive(A, B, dt, method="zoh"):
     N, batch = A.shape[-1], A.shape[:-2]
     Bm = B.unsqueeze(-1) if B.dim() == A.dim() - 1 else B  # (..., N, M)
     dt = torch.as_tensor(dt, dtype=_real_dtype(A), device=A.device).expand(batch)
+    if batch.numel() == 0:  # no system at all: nothing to loop over
+        return torch.empty_like(A), torch.empty_like(B)
     Ab_list, Bb_list = [], []
     for A1, B1, dt1 in zip(A.reshape(-1, N, N), Bm.reshape(-1, N, Bm.shape[-1]), dt.reshape(-1)):
         Ab1, Bb1 = _rule(A1, B1, dt1, method)
@@ -147,6 +157,7 @@ def discretize(A, B, dt, method="zoh", impl="auto"):
         raise ValueError(f"{op}: A must have shape (N, N) or (..., N, N); got {tuple(getattr(A, 'shape', ()))}")
     shapes.check("A", A, "... N N")
     shapes.check("B", B, "... N", "... N M")
+    shapes.nonempty("N")
     check_same_device(op, A=A, B=B, dt=dt)
     check_dtype(op, "A", A, _DTYPES)
     check_dtype(op, "B", B, _DTYPES)
@@ -171,6 +182,8 @@ def discretize_diag_naive(Lambda, B, dt, method="zoh"):
     """
     Lambda, B, dt = torch.broadcast_tensors(Lambda, B, torch.as_tensor(dt, device=Lambda.device))
     dtype = torch.promote_types(Lambda.dtype, B.dtype)
+    if Lambda.numel() == 0:  # no mode at all: nothing to loop over
+        return torch.empty_like(Lambda), torch.empty_like(B, dtype=dtype)
     Ab, Bb = [], []
     for lam, b, d in zip(Lambda.reshape(-1), B.reshape(-1), dt.reshape(-1)):
         if method == "zoh":
@@ -317,6 +330,7 @@ def diag_ssm_stack(u, Lambda, B, C, dt, depth, method="zoh"):
     """
     shapes = Shapes("diag_ssm_stack")
     shapes.check("u", u, "H L")
+    check_dtype("diag_ssm_stack", "u", u, (torch.float32, torch.float64))
     for name, x in (("Lambda", Lambda), ("B", B), ("C", C)):
         shapes.check(name, x, "H N")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:

@@ -26,6 +26,13 @@ a past input, the approximation is f(t - a) ≈ Σ_n c_n(t) g_n(a):
 P_n are the Legendre polynomials on [-1, 1], L_n the Laguerre polynomials.
 Conventions are the HiPPO paper's (Gu et al., 2020) with unit windows; see
 ``hippo`` for the differences from the S4 code.
+
+Bad input (a wrong shape or dtype, tensors on different devices, an unknown
+measure, N or L < 1) raises ValueError or TypeError before any work; Δ and
+the ages must be finite (ValueError). NaN and inf in a signal or a state are
+not checked for (the check would cost a GPU synchronisation per call): they
+propagate into every later state (and, through the FFT of the vectorized
+memory, into every state of that signal).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import numbers
 import torch
 
 from ._dispatch import dispatch
-from ._validate import Shapes, as_dt, check_dtype
+from ._validate import Shapes, as_dt, check_dtype, check_positive
 from .discretize import METHODS, discretize
 from .numerics import accumulation_dtype
 
@@ -397,6 +404,7 @@ def hippo_test_signal(L, T=1.0, dtype=torch.float64):
     starts smoothly, f(0) = f'(0) = 0: switching on a signal with a jump is a
     failure mode of its own (chapter 4). Returns (t (L,), u (L,)).
     """
+    _check_N("hippo_test_signal", L, "L")
     t = T * torch.arange(1, L + 1, dtype=dtype) / L
     nu = torch.tensor([1.0, 2, 3, 4, 5, 7], dtype=dtype)
     s = torch.tensor([1.0, 1, 1, -1, 1, -1], dtype=dtype)
@@ -411,6 +419,8 @@ def sample_ages(L, dt, dtype=torch.float64, device=None):
     sits, on average, half a step before t_k. Pass ``dt=1/L`` for the
     fractions of elapsed time that "legs_scaled" needs.
     """
+    _check_N("sample_ages", L, "L")
+    check_positive("sample_ages", "dt", dt)
     return dt * (torch.arange(L - 1, -1, -1, dtype=dtype, device=device) + 0.5)
 
 
@@ -421,18 +431,20 @@ def hippo_rmse(u, N, measure, dt=None, last=None, method="bilinear", impl="auto"
     them). Δ defaults to 1/L; "legs_scaled" reconstructs over fractions of
     the whole history.
     """
+    c = hippo_memorize(u, N, measure, dt=dt, method=method, impl=impl)[..., -1, :]  # (..., N); checks u
     L = u.shape[-1]
     dt = 1.0 / L if dt is None else dt
-    c = hippo_memorize(u, N, measure, dt=dt, method=method, impl=impl)[..., -1, :]  # (..., N)
+    if last is not None and (isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= L):
+        raise ValueError(f"hippo_rmse: last must be an int in 1..L = 1..{L}; got {last!r}")
     ages = sample_ages(L, 1.0 / L if measure == "legs_scaled" else dt, dtype=accumulation_dtype(u.dtype), device=u.device)
     last = L if last is None else last
     rec = hippo_reconstruct(c, measure, ages[L - last:])  # (..., last)
     return float((rec - u[..., L - last:]).pow(2).mean().sqrt())
 
 
-def _check_N(op, N):
+def _check_N(op, N, name="N"):
     if isinstance(N, bool) or not isinstance(N, numbers.Integral) or N < 1:
-        raise ValueError(f"{op}: N must be a positive int; got {N!r}")
+        raise ValueError(f"{op}: {name} must be a positive int; got {N!r}")
 
 
 def _check_measure(op, measure, valid):

@@ -20,6 +20,14 @@ K_l = Re(C Ā^l B̄), l < L, is computed without a single power of Ā:
 with the Cauchy products k(a, b)_j = Σ_n a_n b_n / (g_j - Λ_n); then
 K = Re(ifft(K̂)). ``cauchy`` is the one heavy operation (naive, vectorized,
 Triton: ``kernels/cauchy.py``).
+
+Bad input (a wrong rank, mismatched sizes, tensors on different devices, an
+unsupported dtype, L < 1) raises ValueError or TypeError, naming the
+argument, before any work; Δ must be finite and > 0 (ValueError). NaN and inf
+in the inputs are not checked for (the check would cost a GPU
+synchronisation per call): they propagate into the outputs (through the
+inverse FFT, into the whole kernel of that channel). A point z equal to a
+pole w divides by zero: inf or NaN, in every implementation.
 """
 
 from __future__ import annotations
@@ -97,6 +105,7 @@ def cauchy(v, z, w, impl="auto"):
     shapes.check("v", v, "... N")
     shapes.check("z", z, "L")
     shapes.check("w", w, "... N")
+    shapes.nonempty("L")
     check_same_device(op, v=v, z=z, w=w)
     for name, x in (("v", v), ("z", z), ("w", w)):
         check_dtype(op, name, x, _ANY)
@@ -261,6 +270,9 @@ class S4Layer(nn.Module):
 
     def __init__(self, H, N, L_max, dt_min=1e-3, dt_max=1e-1):
         super().__init__()
+        for name, value in (("H", H), ("N", N), ("L_max", L_max)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"S4Layer: {name} must be an int >= 1; got {value!r}")
         self.H, self.N, self.L_max = H, N, L_max
         Lambda, P, B, _ = nplr_legs(N)
         self.log_dt = nn.Parameter(math.log(dt_min) + torch.rand(H) * (math.log(dt_max) - math.log(dt_min)))
@@ -286,7 +298,12 @@ class S4Layer(nn.Module):
         return s4_generating_kernel(Lam, P, B, Ct, dt, self.L_max)[:, :L]
 
     def forward(self, u):
-        """u (batch, H, L) -> (batch, H, L)."""
+        """u (batch, H, L) -> (batch, H, L), L <= L_max."""
+        shapes = Shapes("S4Layer")
+        shapes.sizes["H"] = self.H
+        shapes.check("u", u, "batch H L")
+        if u.shape[-1] > self.L_max:
+            raise ValueError(f"S4Layer: u has length L = {u.shape[-1]} > L_max = {self.L_max} (C̃ belongs to L_max)")
         K = self.kernel(u.shape[-1])  # (H, L)
         y = causal_conv(u, K, impl="vectorized") + self.D[:, None] * u  # (batch, H, L)
         return F.glu(self.out(F.gelu(y)), dim=1)

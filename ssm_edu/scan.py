@@ -24,6 +24,12 @@ gives the same h: that is what lets a parallel scan replace the loop.
   blocks), then carry the state from block to block: the structure of the
   Triton kernel (``kernels/scan.py``) and of chunked scans (chapter 8).
 * ``triton``: ``tl.associative_scan`` inside a block, a carry across blocks.
+
+Bad input (a wrong rank, mismatched sizes, tensors on different devices, an
+unsupported dtype) raises ValueError or TypeError, naming the argument,
+before any work. NaN and inf in the inputs are not checked for (the check
+would cost a GPU synchronisation per call): they propagate into the outputs
+that depend on them (a NaN in a or b at step t makes h NaN from t on).
 """
 
 from __future__ import annotations
@@ -129,6 +135,8 @@ def linear_scan_blocked(a, b, h0=None, block=64):
     the carries themselves obey c_{k+1} = A_k c_k + h^local_{end of block k}
     with A_k the product of the block's a: a scan of length L / block.
     """
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"linear_scan_blocked: block must be an int >= 1; got {block!r}")
     L = b.shape[-1]
     n = -(-L // block)
     pad = n * block - L

@@ -50,6 +50,45 @@ SOLUTIONS = {
         lambda v, z, w: (v[..., None, :] / (z[:, None] - w[..., None, :])).sum(-1),
         lambda v, z, w: (v[..., None, :] / (z[:, None] - w[..., None, :]) ** 2).sum(-1),  # squared denominator
     ),
+    "primer.logsumexp": (
+        lambda x: torch.logsumexp(x, -1),
+        lambda x: torch.logsumexp(torch.nn.functional.pad(x, (0, (1 << (x.shape[-1] - 1).bit_length()) - x.shape[-1])), -1),  # masked lanes read as 0
+    ),
+    "ch07.selective_step": (
+        lambda h, x, dt, A, B, C: (lambda hn: (hn, (hn * C[:, None, :]).sum(-1)))(
+            torch.exp(dt[..., None] * A) * h + (dt * x)[..., None] * B[:, None, :]),
+        lambda h, x, dt, A, B, C: (torch.exp(dt[..., None] * A) * h + (dt * x)[..., None] * B[:, None, :],
+                                   (h * C[:, None, :]).sum(-1)),  # y reads the old state
+    ),
+    "ch08.segsum": (
+        lambda a: torch.exp(torch.cumsum(torch.tril(a[..., :, None].expand(*a.shape, a.shape[-1]), -1), -2)).tril(),
+        lambda a: torch.exp(a.cumsum(-1)[..., :, None] - a.cumsum(-1)[..., None, :]).tril(),  # cs_t - cs_s: cancels
+    ),
+    "ch09.trapezoid_weights": (
+        lambda dt, A, lam: (torch.exp(dt * A), (1 - lam) * dt * torch.exp(dt * A), lam * dt),
+        lambda dt, A, lam: (torch.exp(dt * A), (1 - lam) * dt, lam * dt),  # β not decayed by the step
+    ),
+    "ch10.carry_in": (
+        lambda h0, dt, A, C: (lambda free: ((free * C[:, None]).sum(2), free[..., -1]))(
+            torch.exp(dt.cumsum(-1)[:, :, None, :] * A[None, :, :, None]) * h0[..., None]),
+        lambda h0, dt, A, C: (lambda free: ((free * C[:, None]).sum(2), free[..., -1]))(
+            torch.exp((dt.cumsum(-1) - dt)[:, :, None, :] * A[None, :, :, None]) * h0[..., None]),  # decays before t only
+    ),
+    "ch10.kv_cache_bytes": (
+        lambda n_layers, n_kv_heads, head_dim, context, batch, e: 2 * n_layers * n_kv_heads * head_dim * context * batch * e,
+        lambda n_layers, n_kv_heads, head_dim, context, batch, e: n_layers * n_kv_heads * head_dim * context * batch * e,  # keys only
+    ),
+    "ch11.delta_step": (
+        lambda S, q, k, v, beta, g: (lambda Sd: (lambda Sn: (Sn, torch.einsum("bhkv,bhk->bhv", Sn, q) / q.shape[-1] ** 0.5))(
+            Sd + k[..., :, None] * (beta[..., None] * (v - torch.einsum("bhkv,bhk->bhv", Sd, k)))[..., None, :]))(
+            torch.exp(g)[..., None, None] * S),
+        lambda S, q, k, v, beta, g: (lambda Sn: (Sn, torch.einsum("bhkv,bhk->bhv", Sn, q) / q.shape[-1] ** 0.5))(
+            torch.exp(g)[..., None, None] * S + beta[..., None, None] * k[..., :, None] * v[..., None, :]),  # no correction
+    ),
+    "ch11.ut_transform": (
+        lambda K, beta: torch.linalg.inv(torch.eye(K.shape[-2], dtype=K.dtype) + torch.tril(beta[..., :, None] * (K @ K.mT), -1)),
+        lambda K, beta: torch.linalg.inv(torch.eye(K.shape[-2], dtype=K.dtype) + torch.tril(K @ K.mT, -1)),  # β left out
+    ),
 }
 
 

@@ -153,4 +153,4 @@ def _compare(label: str, expected, got, tol: float) -> str | None:
 
 
 # Each chapter module registers its exercises when imported.
-from . import ch01, ch02, ch03, ch04, ch05, ch06  # noqa: E402,F401
+from . import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11, primer  # noqa: E402,F401

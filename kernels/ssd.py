@@ -1,0 +1,441 @@
+"""Triton SSD, Mamba-2's chunked scan (chapter 8).
+
+Shapes as in ``ssm_edu/ssd.py``: x (b, L, H, P), dt (b, L, H), A (H,),
+B, C (b, L, G, N); Q is the chunk length.
+
+Work split. Two kernels (a third for long sequences with few heads, below).
+
+1. ``_ssd_cb``: one program per (batch, chunk, group) computes the chunk's
+   C Bᵀ (Q, Q) with ``tl.dot``. C Bᵀ does not
+   depend on the head, so with G groups it is computed G times per chunk
+   instead of H times (H / G = 128 heads share it in the benchmark shape).
+   It is stored in x's dtype (the products round it to that anyway), is
+   small (b L Q G values) and stays in L2 for the next kernel.
+2. ``_ssd_fwd``: one program per (batch, head, block of BLOCK_P of the P head
+   dims) walks the chunks in order, carrying the state S = hᵀ (N, BLOCK_P) in
+   registers, in float32. For chunk k, with a = Δ A log2(e) and its
+   cumulative sum a⁺ inside the chunk:
+     * diagonal block:  Y = (C Bᵀ ∘ exp2(a⁺_t - a⁺_s) [t >= s] ∘ Δ_s) X,
+     * off-diagonal:    Y += exp2(a⁺_t) C S,            (the state entering k)
+     * state update:    S <- exp2(a⁺_Q) S + (exp2(a⁺_Q - a⁺_s) Δ_s B_s)ᵀ X,
+     * then Y + D x and ⊙ SiLU(z), stored in x's dtype.
+   These are the four steps of the chunked algorithm (ssm_edu.ssd), fused:
+   steps 2-4 share the state, which never leaves the registers.
+
+Where the state lives, and why. The chunk states are (b, c, H, P, N): larger
+than x itself when N > Q (for N = 128, Q = 64, twice x, and four times in
+float32). A pipeline of separate kernels (chunk states, state passing,
+output) writes and reads them several times; here they are never written,
+and global memory sees x, dt, B, C and z read once (B, C once per head, from
+L2), y written once, and the small C Bᵀ. The price is a sequential walk over
+the L / Q chunks in each program, so parallelism comes from batch x heads x
+P blocks: with fewer than two (batch, head) pairs per SM the launcher uses
+two P blocks of 32.
+
+Segments, for long sequences with few (batch, head) pairs. The launcher then
+also splits L into segments of whole chunks (at least 64 each), one program
+each, every segment after the first starting from a zero state.
+``_ssd_fwd`` stores each segment's last state and total decay;
+``_ssd_seg_fix`` folds those in order to get the state entering each segment
+(step 3 once more) and adds what it contributes to the segment's outputs
+(step 4 once more, decayed from the segment's start). The extra traffic (y
+read and written again, C read again) buys parallelism where the GPU would
+otherwise idle.
+
+Measured (H100, bf16, B4 L4096 H128 P64 N128 G1, forward): 534 us, against
+1164 us for mamba_ssm's mamba_chunk_scan_combined (chunk 256) and 1319 us for
+fla's chunk_simple_gla in the same run; the roofline floor is 183 us.
+
+Work per chunk and head: three matrix products of Q x Q x P, Q x N x P and
+N x Q x P, on tensor cores (bfloat16 / float16 operands, float32
+accumulation; float32 inputs use IEEE float32 products so that they meet the
+1e-5 tolerance). Exponentials through exp2, with log2(e) folded into A.
+
+Chunk length. The result does not depend on it, so the kernel uses
+chunk_size rounded up to a power of two and clamped to [16, 64]: ``tl.dot``
+needs at least 16, and beyond 64 the Q x Q tiles cost more registers and
+work than the shorter walk saves (measured: Q = 32, 64, 128 took 647, 534
+and 939 us on the shape above). Where the tiles would not fit in shared
+memory (float32 with N = 256, say) the launcher drops a pipeline stage, then
+halves Q, then the P block. L need not be a multiple: steps past L
+load Δ = 0 (decay 1, no input) and are not stored.
+
+Precision. Δ (with bias and softplus), the decays, the state and every
+accumulation are float32. In Triton's CPU interpreter, half-precision
+arithmetic is not supported: the launcher computes in float32 there.
+
+Gradients. ``ssd_triton`` is differentiable: its backward pass recomputes the
+forward with the chunked PyTorch code (``ssm_edu.ssd.ssd_vectorized``) in
+float32 and differentiates that. Correct, not fast.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import interpreting, next_pow2
+
+__all__ = ["ssd_triton", "ssd_fwd"]
+
+_SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@triton.jit
+def _ssd_cb(
+    B_ptr, C_ptr, CB_ptr,
+    L, G, N, n_chunks,
+    IEEE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)  # batch * n_chunks + chunk
+    g = tl.program_id(1)
+    bi = pid // n_chunks
+    c = pid % n_chunks
+    q = tl.arange(0, BLOCK_Q)
+    t = c * BLOCK_Q + q  # (Q,) time steps of the chunk
+    row = (bi * L + t).to(tl.int64) * (G * N) + g * N  # (Q,)
+    acc = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        mask = (t < L)[:, None] & (n < N)[None, :]
+        cc = tl.load(C_ptr + row[:, None] + n[None, :], mask=mask, other=0.0)  # (Q, BLOCK_N)
+        bb = tl.load(B_ptr + row[:, None] + n[None, :], mask=mask, other=0.0)
+        if IEEE:
+            acc += tl.dot(cc, tl.trans(bb), input_precision="ieee")
+        else:
+            acc += tl.dot(cc, tl.trans(bb))
+    out = CB_ptr + (pid * G + g).to(tl.int64) * (BLOCK_Q * BLOCK_Q)  # CB (b, c, G, Q, Q)
+    tl.store(out + q[:, None] * BLOCK_Q + q[None, :], acc.to(CB_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _load_dt(dt_ptr, row, h, H, t_ok, bias, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
+    """Δ for one chunk, (Q,) float32: + dt_bias, softplus, and exactly 0 past L."""
+    dt = tl.load(dt_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += bias
+    if DT_SOFTPLUS:
+        u = tl.exp(tl.minimum(dt, 20.0))
+        v = 1.0 + u
+        # log1p(u) to full precision without a log1p: log(v) u / (v - 1) (Goldberg)
+        log1p_u = tl.where(v == 1.0, u, tl.log(v) * (u / (v - 1.0)))
+        dt = tl.where(dt > 20.0, dt, log1p_u)
+    return tl.where(t_ok, dt, 0.0)
+
+
+@triton.jit
+def _ssd_fwd(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, CB_ptr, D_ptr, z_ptr, dt_bias_ptr, h0_ptr, y_ptr, hT_ptr, seg_a_ptr,
+    L, H, G, P, N, n_chunks, seg_len,
+    HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_STATE: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)  # batch * H + head
+    seg = tl.program_id(2)  # segment of seg_len chunks (one segment unless the launcher splits L)
+    n_seg = tl.num_programs(2)
+    bi = pid // H
+    h = pid % H
+    g = h // (H // G)  # the group of B and C this head reads
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # (BLOCK_P,) head dims
+    n = tl.arange(0, BLOCK_N)  # (N,)
+    q = tl.arange(0, BLOCK_Q)  # (Q,)
+    p_ok = p < P
+    n_ok = n < N
+    dot_t = x_ptr.dtype.element_ty  # tensor-core operand type (float32 only with IEEE)
+
+    A2 = tl.load(A_ptr + h).to(tl.float32) * 1.4426950408889634  # log2(e) folded in: exp(Δ A) = exp2(Δ A2)
+    bias = 0.0
+    if HAS_DT_BIAS:
+        bias = tl.load(dt_bias_ptr + h).to(tl.float32)
+    if HAS_D:
+        if D_PER_DIM:
+            Dh = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0).to(tl.float32)  # (BLOCK_P,)
+        else:
+            Dh = tl.load(D_ptr + h).to(tl.float32)
+    state_offs = (pid.to(tl.int64) * P + p[None, :]) * N + n[:, None]  # hᵀ (N, BLOCK_P) of (b, H, P, N)
+    state_mask = n_ok[:, None] & p_ok[None, :]
+    if HAS_H0:  # h_{-1} enters the first segment only; the others start from zero
+        S = tl.load(h0_ptr + state_offs, mask=state_mask & (seg == 0), other=0.0).to(tl.float32)  # (N, BLOCK_P)
+    else:
+        S = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)
+    causal = q[:, None] >= q[None, :]  # (Q, Q): t >= s
+    last = q == BLOCK_Q - 1
+    a_seg = tl.zeros([BLOCK_Q], dtype=tl.float32)  # the segment's log2 decays, summed over its chunks
+
+    for c in range(seg * seg_len, tl.minimum(seg * seg_len + seg_len, n_chunks)):
+        t = c * BLOCK_Q + q
+        t_ok = t < L
+        row = (bi * L + t).to(tl.int64)  # (Q,) flat (batch, time) index
+        dt = _load_dt(dt_ptr, row, h, H, t_ok, bias, HAS_DT_BIAS, DT_SOFTPLUS)  # (Q,)
+        a_seg += dt * A2
+        a_cum = tl.cumsum(dt * A2, axis=0)  # (Q,) log2 decay from the chunk's start to t
+        a_end = tl.sum(tl.where(last, a_cum, 0.0), axis=0)  # the whole chunk's log2 decay
+
+        mask_x = t_ok[:, None] & p_ok[None, :]
+        x_offs = (row[:, None] * H + h) * P + p[None, :]  # (Q, BLOCK_P)
+        x = tl.load(x_ptr + x_offs, mask=mask_x, other=0.0)  # (Q, BLOCK_P)
+        mask_bc = t_ok[:, None] & n_ok[None, :]
+        bc_offs = (row[:, None] * G + g) * N + n[None, :]  # (Q, N)
+        Cc = tl.load(C_ptr + bc_offs, mask=mask_bc, other=0.0)
+        Bc = tl.load(B_ptr + bc_offs, mask=mask_bc, other=0.0)
+        cb_base = CB_ptr + ((bi * n_chunks + c) * G + g).to(tl.int64) * (BLOCK_Q * BLOCK_Q)
+        cb = tl.load(cb_base + q[:, None] * BLOCK_Q + q[None, :]).to(tl.float32)  # (Q, Q)
+
+        # 1. diagonal block: (C Bᵀ ∘ M ∘ Δ_s) X, M = exp2(a⁺_t - a⁺_s) on and below the diagonal
+        decay = tl.exp2(tl.where(causal, a_cum[:, None] - a_cum[None, :], float("-inf")))  # (Q, Q)
+        w = cb * decay * dt[None, :]
+        # 4. off-diagonal: the state entering the chunk, decayed to t, read out by C_t
+        out_decay = tl.exp2(a_cum)  # (Q,)
+        # 2 + 3. the state leaving the chunk: decay S over the chunk, add the chunk's inputs
+        in_w = tl.exp2(a_end - a_cum) * dt  # (Q,) weight of step s in the chunk's final state
+        wB = Bc.to(tl.float32) * in_w[:, None]  # (Q, N)
+        if IEEE:
+            y = tl.dot(w, x, input_precision="ieee")
+            y += tl.dot(Cc, S, input_precision="ieee") * out_decay[:, None]
+            S = S * tl.exp2(a_end) + tl.dot(tl.trans(wB), x, input_precision="ieee")
+        else:
+            y = tl.dot(w.to(dot_t), x)  # (Q, BLOCK_P)
+            y += tl.dot(Cc, S.to(dot_t)) * out_decay[:, None]
+            S = S * tl.exp2(a_end) + tl.dot(tl.trans(wB.to(dot_t)), x)  # (N, BLOCK_P)
+
+        if HAS_D:
+            if D_PER_DIM:
+                y += x.to(tl.float32) * Dh[None, :]
+            else:
+                y += x.to(tl.float32) * Dh
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_ptr + x_offs, y.to(y_ptr.dtype.element_ty), mask=mask_x)
+
+    if STORE_STATE:  # the final state, or with several segments each one's state from a zero start
+        seg_offs = (((bi * n_seg + seg) * H + h).to(tl.int64) * P + p[None, :]) * N + n[:, None]
+        tl.store(hT_ptr + seg_offs, S, mask=state_mask)
+        if tl.program_id(1) == 0:
+            tl.store(seg_a_ptr + (bi * n_seg + seg) * H + h, tl.sum(a_seg, axis=0))
+
+
+@triton.jit
+def _ssd_seg_fix(
+    dt_ptr, A_ptr, C_ptr, z_ptr, dt_bias_ptr, seg_ptr, seg_a_ptr, y_ptr, hT_ptr,
+    L, H, G, P, N, n_chunks, seg_len, n_seg,
+    HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
+    STORE_FINAL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Segment k = 1, 2, ...: add what the state entering it contributes (steps 3 and 4 again).
+
+    Program k folds the states the segments before it left, in order
+    (S <- exp2(a_seg_j) S + S_j), which gives the state entering segment k;
+    then it walks k's chunks adding exp2(a from the segment's start to t) C_t S.
+    Program k = n_seg has no chunks left: it stores the final state.
+    """
+    pid = tl.program_id(0)  # batch * H + head
+    bi = pid // H
+    h = pid % H
+    g = h // (H // G)
+    seg = tl.program_id(2) + 1
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    q = tl.arange(0, BLOCK_Q)
+    p_ok = p < P
+    n_ok = n < N
+    state_mask = n_ok[:, None] & p_ok[None, :]
+    A2 = tl.load(A_ptr + h).to(tl.float32) * 1.4426950408889634
+    bias = 0.0
+    if HAS_DT_BIAS:
+        bias = tl.load(dt_bias_ptr + h).to(tl.float32)
+    S = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)  # hᵀ entering segment seg
+    for j in range(0, seg):
+        seg_offs = (((bi * n_seg + j) * H + h).to(tl.int64) * P + p[None, :]) * N + n[:, None]
+        a_j = tl.load(seg_a_ptr + (bi * n_seg + j) * H + h)
+        S = S * tl.exp2(a_j) + tl.load(seg_ptr + seg_offs, mask=state_mask, other=0.0)
+    if STORE_FINAL:
+        final_offs = (pid.to(tl.int64) * P + p[None, :]) * N + n[:, None]
+        tl.store(hT_ptr + final_offs, S, mask=state_mask & (seg == n_seg))
+    if IEEE:
+        S_op = S
+    else:
+        S_op = S.to(y_ptr.dtype.element_ty)
+    a_run = tl.zeros([BLOCK_Q], dtype=tl.float32)  # log2 decay from the segment's start to the chunk's start
+    for c in range(seg * seg_len, tl.minimum(seg * seg_len + seg_len, n_chunks)):  # empty for seg = n_seg
+        t = c * BLOCK_Q + q
+        t_ok = t < L
+        row = (bi * L + t).to(tl.int64)
+        a = _load_dt(dt_ptr, row, h, H, t_ok, bias, HAS_DT_BIAS, DT_SOFTPLUS) * A2
+        a_cum = a_run + tl.cumsum(a, axis=0)  # (Q,)
+        a_run += tl.sum(a, axis=0)
+        Cc = tl.load(C_ptr + (row[:, None] * G + g) * N + n[None, :], mask=t_ok[:, None] & n_ok[None, :], other=0.0)
+        if IEEE:
+            corr = tl.dot(Cc, S_op, input_precision="ieee")
+        else:
+            corr = tl.dot(Cc, S_op)
+        corr = corr * tl.exp2(a_cum)[:, None]  # (Q, BLOCK_P)
+        mask_x = t_ok[:, None] & p_ok[None, :]
+        x_offs = (row[:, None] * H + h) * P + p[None, :]
+        if HAS_Z:  # the gate multiplies the whole SSM output, the correction included
+            zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
+            corr = corr * zz * tl.sigmoid(zz)
+        y = tl.load(y_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32) + corr
+        tl.store(y_ptr + x_offs, y.to(y_ptr.dtype.element_ty), mask=mask_x)
+
+
+def _num_sms(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# Shared memory, in the rough units of _smem_bytes: calibrated on an H100 (228 KiB per SM) where float32
+# N = 128 (Q 64, P block 64, 2 stages) compiled and float32 N = 256 with the same blocks ran out.
+_SMEM_BUDGET = 200 * 1024  # with a margin
+
+
+def _smem_bytes(elem, Q, block_p, block_n, stages):
+    """Estimate: the tiles each pipeline stage loads (x, B, C, C Bᵀ) plus the state and B operands of the products."""
+    return elem * (stages * (Q * block_p + 2 * Q * block_n + Q * Q) + block_n * block_p + Q * block_n)
+
+
+def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+            initial_states=None, return_final_states=False,
+            block_q=None, block_p=None, n_seg=None, num_warps=None, num_stages=None):
+    """Launch the kernels. Returns (y, final_states or None), in x's dtype.
+
+    Inputs as in ``ssm_edu.ssd`` (already validated); B and C are cast to x's
+    dtype. The keyword arguments after ``return_final_states`` override the
+    launch parameters (benchmarks and tests only).
+    """
+    if x.dtype not in _SUPPORTED:
+        raise ValueError(f"ssd(impl='triton') supports float32, bfloat16 and float16 x; got {x.dtype}")
+    given = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    if interpreting() and any(t is not None and t.dtype != torch.float32 for t in given):
+        f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
+        y, hT = ssd_fwd(f(x), f(dt), f(A), f(B), f(C), chunk_size, f(D), f(z), f(dt_bias), dt_softplus,
+                        f(initial_states), return_final_states, block_q, block_p, n_seg)
+        return y.to(x.dtype), None if hT is None else hT.to(x.dtype)
+    b, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
+    B, C = B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous()
+    BLOCK_N = max(16, next_pow2(N))
+    ieee = x.dtype == torch.float32
+    Q = block_q or min(max(next_pow2(chunk_size), 16), 64)
+    if interpreting():
+        block_p = block_p or max(16, min(next_pow2(P), 32))
+        stages, n_seg, extra = 1, n_seg or 1, {}
+    else:
+        sms = _num_sms(x.device)
+        if block_p is None:  # a second P block per head when (batch, head) pairs cannot fill the GPU
+            block_p = max(16, min(next_pow2(P), 64))
+            if block_p == 64 and b * H < 2 * sms:
+                block_p = 32
+        stages = num_stages or 2
+        if block_q is None:  # fit shared memory: fewer pipeline stages, then shorter chunks, then fewer P
+            while _smem_bytes(x.element_size(), Q, block_p, BLOCK_N, stages) > _SMEM_BUDGET:
+                if stages > 1:
+                    stages -= 1
+                elif Q > 32:
+                    Q //= 2
+                elif block_p > 16:
+                    block_p //= 2
+                else:
+                    break
+        n_chunks = triton.cdiv(L, Q)
+        if n_seg is None:  # long sequences with few (batch, head, P block): split L into segments too
+            programs = b * H * triton.cdiv(P, block_p)
+            n_seg = max(1, min(triton.cdiv(2 * sms, programs), n_chunks // 64)) if programs < sms else 1
+        extra = dict(num_warps=num_warps or 4, num_stages=stages)
+    n_chunks = triton.cdiv(L, Q)
+    seg_len = triton.cdiv(n_chunks, min(n_seg, n_chunks))
+    n_seg = triton.cdiv(n_chunks, seg_len)  # no empty segment
+
+    CB = torch.empty(b, n_chunks, G, Q, Q, device=x.device, dtype=x.dtype)  # rounded like the products' operands
+    cb_n = min(BLOCK_N, 128)
+    _ssd_cb[(b * n_chunks, G)](B, C, CB, L, G, N, n_chunks, IEEE=ieee, BLOCK_Q=Q, BLOCK_N=cb_n,
+                               **({} if interpreting() else dict(num_warps=4)))
+
+    y = torch.empty_like(x)
+    store_state = return_final_states or n_seg > 1
+    # each segment's last state (from h0 for the first, from zero for the others) and its total log2 decay
+    seg_states = torch.empty(b, n_seg, H, P, N, device=x.device, dtype=torch.float32) if store_state else y
+    seg_a = torch.empty(b, n_seg, H, device=x.device, dtype=torch.float32) if store_state else y
+    dummy = x
+    D_ = dummy if D is None else D.contiguous()
+    z_ = dummy if z is None else z.contiguous()
+    bias_ = dummy if dt_bias is None else dt_bias.contiguous()
+    h0_ = dummy if initial_states is None else initial_states.contiguous()
+    flags = dict(HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
+                 BLOCK_Q=Q, BLOCK_P=block_p, BLOCK_N=BLOCK_N, **extra)
+    _ssd_fwd[(b * H, triton.cdiv(P, block_p), n_seg)](
+        x, dt, A, B, C, CB, D_, z_, bias_, h0_, y, seg_states, seg_a,
+        L, H, G, P, N, n_chunks, seg_len,
+        HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_H0=initial_states is not None,
+        STORE_STATE=store_state, **flags,
+    )
+    if n_seg == 1:
+        return y, (seg_states[:, 0].to(x.dtype) if return_final_states else None)
+    final = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32) if return_final_states else y
+    n_fix = n_seg if return_final_states else n_seg - 1  # program n_seg - 1 stores the final state
+    _ssd_seg_fix[(b * H, triton.cdiv(P, block_p), n_fix)](
+        dt, A, C, z_, bias_, seg_states, seg_a, y, final,
+        L, H, G, P, N, n_chunks, seg_len, n_seg, STORE_FINAL=bool(return_final_states), **flags,
+    )
+    return y, (final.to(x.dtype) if return_final_states else None)
+
+
+_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+
+class _SSD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, chunk_size, dt_softplus, return_final_states, *tensors):
+        kw = dict(zip(_NAMES, tensors))
+        y, hT = ssd_fwd(chunk_size=chunk_size, dt_softplus=dt_softplus,
+                        return_final_states=return_final_states, **kw)
+        ctx.save_for_backward(*tensors)
+        ctx.chunk_size, ctx.dt_softplus = chunk_size, dt_softplus
+        ctx.set_materialize_grads(False)
+        return (y, hT) if return_final_states else y
+
+    @staticmethod
+    def backward(ctx, gy, ghT=None):
+        from ssm_edu.ssd import ssd_vectorized
+
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:]
+        work = [None if t is None else t.detach().float().requires_grad_(nd) for t, nd in zip(saved, needs)]
+        with torch.enable_grad():
+            kw = dict(zip(_NAMES, work))
+            y, hT = ssd_vectorized(chunk_size=ctx.chunk_size, dt_softplus=ctx.dt_softplus,
+                                   return_final_states=True, **kw)
+            outs, grads_out = [], []
+            if gy is not None:
+                outs.append(y)
+                grads_out.append(gy.float())
+            if ghT is not None:
+                outs.append(hT)
+                grads_out.append(ghT.float())
+            wanted = [t for t, nd in zip(work, needs) if t is not None and nd]
+            grads = torch.autograd.grad(outs, wanted, grads_out, allow_unused=True) if outs and wanted else []
+        grads = iter(grads)
+        result = []
+        for t, w, nd in zip(saved, work, needs):
+            if t is None or not nd:
+                result.append(None)
+            else:
+                gr = next(grads)
+                result.append(None if gr is None else gr.to(t.dtype))
+        return (None, None, None, *result)
+
+
+def ssd_triton(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+               initial_states=None, return_final_states=False):
+    """SSD in Triton (see the module docstring); differentiable in every tensor argument.
+
+    Arguments as in ``ssm_edu.ssd``; x float32, bfloat16 or float16. Returns y
+    (and the final state) in x's dtype.
+    """
+    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _SSD.apply(chunk_size, bool(dt_softplus), bool(return_final_states), *tensors)
+    y, hT = ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states)
+    return (y, hT) if return_final_states else y

@@ -1,0 +1,189 @@
+"""ssm_edu.inference: cache bytes, prefill/streaming through extend, Mamba-1's scan from a state, profiles."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ssm_edu.attention import CausalSelfAttention, transformer_block
+from ssm_edu.inference import (cache_nbytes, decode_profile, extend, extend_block, filled_caches, generate_with_prefill,
+                               layer_cache_bytes, long_context_profile, matched_models, model_cache_bytes, prefill,
+                               selective_scan_from)
+from ssm_edu.lm import SequenceModel, generate, s4d_block
+from ssm_edu.mamba import Mamba
+from ssm_edu.mamba2 import Mamba2
+from ssm_edu.mamba3_block import Mamba3
+from ssm_edu.numerics import rel_error
+from ssm_edu.selective import selective_scan, selective_state_update
+
+BLOCKS = {
+    "attention": lambda d: CausalSelfAttention(d, n_heads=2),
+    "transformer": transformer_block(n_heads=4),
+    "mamba": lambda d: Mamba(d, d_state=4, scan_impl="vectorized", step_impl="vectorized"),
+    "mamba2": lambda d: Mamba2(d, d_state=8, headdim=8, chunk_size=4, impl="vectorized"),
+    "mamba3": lambda d: Mamba3(d, d_state=8, headdim=8, chunk_size=4, impl="vectorized"),
+    "mamba3_mimo": lambda d: Mamba3(d, d_state=8, headdim=8, chunk_size=4, mimo_rank=2, impl="vectorized"),
+}
+
+
+class Ema(nn.Module):
+    """A block with step but no parallel form with a carried state: extend falls back to the step."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.a = nn.Parameter(torch.rand(d))
+
+    def forward(self, x):
+        h, out = torch.zeros_like(x[:, 0]), []
+        for t in range(x.shape[1]):
+            h = self.a * h + x[:, t]
+            out.append(h)
+        return torch.stack(out, 1)
+
+    def allocate_cache(self, batch, device=None, dtype=None):
+        return {"h": torch.zeros(batch, self.a.shape[0], device=device, dtype=dtype)}
+
+    def step(self, x, cache):
+        cache["h"].mul_(self.a).add_(x)
+        return cache["h"].clone()
+
+
+def _model(name, dtype=torch.float64, layers=2):
+    torch.manual_seed(0)
+    factory = Ema if name == "ema" else BLOCKS[name]
+    return SequenceModel(17, 16, layers, factory).to(dtype).eval()
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS) + ["ema"])
+@pytest.mark.parametrize("sizes", [(1, 2, 1, 6, 3), (13,), (3, 10)])
+def test_extend_chunk_by_chunk_equals_the_whole_sequence(name, sizes):
+    """Streaming: chunks of any size (shorter than the conv, length 1, longer than a chunk of SSD) = forward."""
+    model = _model(name)
+    x = torch.randint(0, 17, (2, sum(sizes)))
+    caches = model.allocate_cache(2)
+    outs, s = [], 0
+    for l in sizes:
+        outs.append(extend(model, x[:, s:s + l], caches))
+        s += l
+    assert rel_error(torch.cat(outs, 1), model(x)) < 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+@pytest.mark.parametrize("T", [1, 7])
+def test_prefill_then_step_continues_exactly(name, T):
+    model = _model(name)
+    x = torch.randint(0, 17, (3, T + 5))
+    logits, caches = prefill(model, x[:, :T])
+    after = torch.stack([model.step(x[:, t], caches) for t in range(T, T + 5)], 1)
+    assert rel_error(torch.cat([logits, after], 1), model(x)) < 1e-12
+    prompt = x[:, :T]
+    assert torch.equal(generate_with_prefill(model, prompt, 6), generate(model, prompt, 6, temperature=0, recurrent=False))
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2", "attention"])
+def test_extend_in_float32(name):
+    model = _model(name, torch.float32)
+    x = torch.randint(0, 17, (2, 12))
+    caches = model.allocate_cache(2)
+    out = torch.cat([extend(model, x[:, :5], caches), extend(model, x[:, 5:], caches)], 1)
+    assert rel_error(out, model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cache_bytes_formula_matches_the_tensors(name, dtype):
+    model = _model(name, dtype)
+    T = 9
+    _, caches = prefill(model, torch.randint(0, 17, (2, T)))
+    for block, cache in zip(model.blocks, caches):
+        assert layer_cache_bytes(block, T, batch=2, dtype=dtype) == cache_nbytes(cache)
+    assert model_cache_bytes(model, T, batch=2) == cache_nbytes(caches)
+    grows = name in ("attention", "transformer")
+    assert (model_cache_bytes(model, 2 * T, batch=2) == 2 * cache_nbytes(caches)) == grows
+    assert (model_cache_bytes(model, 2 * T, batch=2) == cache_nbytes(caches)) == (not grows)
+    filled = filled_caches(model, 50, batch=2)
+    assert cache_nbytes(filled) == model_cache_bytes(model, 50, batch=2)
+
+
+def test_cache_bytes_by_hand():
+    """The docstring's table for one configuration each."""
+    assert layer_cache_bytes(CausalSelfAttention(64, n_heads=4), 1000, dtype=torch.bfloat16) == 2 * 64 * 1000 * 2
+    m = Mamba(64, d_state=16)  # E D = 128 channels, W = 4
+    assert layer_cache_bytes(m, 10 ** 6, dtype=torch.bfloat16) == 128 * 4 * 2 + 128 * 16 * 4
+    m2 = Mamba2(64, d_state=32, headdim=16)  # H P = 128, conv over 128 + 2·32
+    assert layer_cache_bytes(m2, 7, batch=3) == 3 * (192 * 4 * 4 + 128 * 32 * 4)
+    with pytest.raises(TypeError, match="Linear"):
+        layer_cache_bytes(nn.Linear(3, 3), 5)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_selective_scan_from_carries_the_state(grouped):
+    torch.manual_seed(0)
+    b, D, N, L = 2, 6, 4, 11
+    f64 = dict(dtype=torch.float64)
+    u, delta, z = torch.randn(b, D, L, **f64), torch.randn(b, D, L, **f64), torch.randn(b, D, L, **f64)
+    A = -torch.rand(D, N, **f64) - 0.1
+    B, C = (torch.randn(b, 3, N, L, **f64) for _ in range(2)) if grouped else (torch.randn(b, N, L, **f64) for _ in range(2))
+    Dskip, bias = torch.randn(D, **f64), torch.randn(D, **f64)
+    kw = dict(D=Dskip, z=z, delta_bias=bias, delta_softplus=True)
+    y_all, h_all = selective_scan(u, delta, A, B, C, **kw, return_last_state=True, impl="naive")
+    ys, h = [], None
+    for s, e in ((0, 1), (1, 5), (5, 11)):
+        y, h = selective_scan_from(u[..., s:e], delta[..., s:e], A, B[..., s:e], C[..., s:e], Dskip, z[..., s:e], bias,
+                                   True, initial_state=h, impl="vectorized")
+        ys.append(y)
+    assert rel_error(torch.cat(ys, -1), y_all) < 1e-12 and rel_error(h, h_all) < 1e-12
+    # the decoding step, token by token, agrees with the scan's final state
+    state = torch.zeros(b, D, N, **f64)
+    Bt, Ct = (X.permute(0, 3, 1, 2) if grouped else X.permute(0, 2, 1) for X in (B, C))  # (b, L, [G,] N)
+    for t in range(L):
+        selective_state_update(state, u[..., t], delta[..., t], A, Bt[:, t], Ct[:, t], D=Dskip, z=z[..., t],
+                               dt_bias=bias, dt_softplus=True, impl="vectorized")
+    assert rel_error(state, h_all) < 1e-12
+    with pytest.raises(ValueError, match="initial_state"):
+        selective_scan_from(u, delta, A, B, C, initial_state=torch.zeros(b, D, N + 1, **f64))
+
+
+def test_extend_needs_a_state():
+    model = SequenceModel(11, 8, 1, lambda d: s4d_block(d, d_state=4))
+    with pytest.raises(NotImplementedError):
+        extend_block(model.blocks[0], torch.randn(1, 3, 8), {})
+    model = _model("mamba")
+    with pytest.raises(ValueError, match="idx"):
+        extend(model, torch.randint(0, 17, (5,)), model.allocate_cache(1))
+
+
+def test_decode_profile_and_long_context_rows():
+    models = matched_models(20, 16, 1, which=("Transformer", "Mamba-2"), impl="vectorized")
+    rows = decode_profile(models, [4, 64], n_tokens=2, warmup=1)
+    by = {(r["model"], r["context"]): r for r in rows}
+    assert by[("Transformer", 64)]["cache_bytes"] == 16 * by[("Transformer", 4)]["cache_bytes"]
+    assert by[("Mamba-2", 64)]["cache_bytes"] == by[("Mamba-2", 4)]["cache_bytes"]
+    assert all(r["s_per_token"] > 0 and r["peak_bytes"] >= r["cache_bytes"] for r in rows)
+    rows = long_context_profile([8, 32], d=8, n=4, heads=2, headdim=4, d_state=4)
+    assert {r["shape"] for r in rows} >= {"B1 D8 L32 N4", "B1 L32 H2 P4 N4 G1", "B1 H2 L32 P4"}
+    assert all(r["median_us"] > 0 for r in rows)
+
+
+def test_decode_benchmark_rows_on_cpu():
+    """benchmarks/decode.py's rows, with a CPU stand-in for the GPU context (tiny sizes)."""
+    from benchmarks.decode import decode_rows
+    from ssm_edu.timing import median_time
+
+    class CpuContext:
+        device = torch.device("cpu")
+        hbm_bytes_s = 1e11
+
+        def wants(self, shape):
+            return True
+
+        def time_us(self, fn):
+            return 1e6 * median_time(fn, repeats=2, warmup=0)
+
+    rows = list(decode_rows(CpuContext(), d_model=32, n_layers=1, contexts=(16, 256), dtype=torch.float32))
+    assert {r["impl"] for r in rows} == {"transformer", "mamba1", "mamba2", "mamba3"}
+    assert all(r["median_us"] > 0 and "missing" not in r for r in rows)
+    by = {(r["impl"], r["shape"]): r for r in rows}
+    kv = by[("transformer", "B1 ctx256 d32 layers1")]
+    assert kv["floor_us"] == pytest.approx(16 * by[("transformer", "B1 ctx16 d32 layers1")]["floor_us"])
+    assert kv["cache_mib"] * 2**20 == 2 * 32 * 256 * 4  # keys and values, H·P = d, float32
+    assert by[("mamba2", "B1 ctx256 d32 layers2")]["floor_us"] == by[("mamba2", "B1 ctx16 d32 layers2")]["floor_us"]
