@@ -264,21 +264,7 @@ def mamba3_step(state, x, dt, A, B, C, lam, theta, D=None, z=None):
     """
     op = "mamba3_step"
     shapes = Shapes(op)
-    spec = shapes.check("x", x, "batch H P", "batch H R P")
-    mimo = "R" in spec
-    for name, t in (("dt", dt), ("A", A), ("lam", lam)):
-        shapes.check(name, t, "batch H")
-    shapes.check("B", B, "batch G R N" if mimo else "batch G N")
-    shapes.check("C", C, "batch G R N" if mimo else "batch G N")
-    _check_heads_groups(op, shapes, B)
-    _check_even(op, shapes, B)
-    shapes.check("theta", theta, "batch H N/2")
-    if D is not None:
-        shapes.check("D", D, "H", "H P")
-    if z is not None:
-        shapes.check("z", z, spec)
-    if state is not None:
-        _check_state(op, shapes, state, "state", mimo)
+    _check_shapes(op, shapes, "batch", x, dt, A, B, C, lam, theta, D, z, state, "state")
     tensors = dict(x=x, dt=dt, A=A, B=B, C=C, lam=lam, theta=theta, D=D, z=z)
     check_same_device(op, **tensors, **({} if state is None or isinstance(state, torch.Tensor) else
                                         dict(zip(("h", "angle", "k", "x_prev"), state))))
@@ -421,6 +407,27 @@ def mamba3_vectorized(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64,
 # ---------------------------------------------------------------- public entry point
 
 
+def _check_shapes(op, shapes, lead, x, dt, A, B, C, lam, theta, D, z, state, state_name):
+    """Shapes shared by the scan (``lead`` = "batch L") and the step (``lead`` = "batch")."""
+    spec = shapes.check("x", x, f"{lead} H P", f"{lead} H R P")
+    mimo = "R" in spec
+    for name, t in (("dt", dt), ("A", A), ("lam", lam)):
+        shapes.check(name, t, f"{lead} H")
+    shapes.check("B", B, f"{lead} G R N" if mimo else f"{lead} G N")
+    shapes.check("C", C, f"{lead} G R N" if mimo else f"{lead} G N")
+    if "L" in lead.split():
+        shapes.nonempty("L")
+    _check_heads_groups(op, shapes, B)
+    _check_even(op, shapes, B)
+    shapes.check("theta", theta, f"{lead} H N/2")
+    if D is not None:
+        shapes.check("D", D, "H", "H P")
+    if z is not None:
+        shapes.check("z", z, spec)
+    if state is not None:
+        _check_state(op, shapes, state, state_name, mimo)
+
+
 def _check_heads_groups(op, shapes, B):
     shapes.nonempty("H", "G")
     if shapes["H"] % shapes["G"]:
@@ -486,22 +493,7 @@ def mamba3(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initial_st
     fn = dispatch(op, impl, (x, dt, A, B, C, lam, theta, D, z), naive=mamba3_naive, quadratic=mamba3_quadratic,
                   vectorized=mamba3_vectorized, triton="mamba3:mamba3_triton")
     shapes = Shapes(op)
-    spec = shapes.check("x", x, "batch L H P", "batch L H R P")
-    mimo = "R" in spec
-    for name, t in (("dt", dt), ("A", A), ("lam", lam)):
-        shapes.check(name, t, "batch L H")
-    shapes.check("B", B, "batch L G R N" if mimo else "batch L G N")
-    shapes.check("C", C, "batch L G R N" if mimo else "batch L G N")
-    shapes.nonempty("L")
-    _check_heads_groups(op, shapes, B)
-    _check_even(op, shapes, B)
-    shapes.check("theta", theta, "batch L H N/2")
-    if D is not None:
-        shapes.check("D", D, "H", "H P")
-    if z is not None:
-        shapes.check("z", z, spec)
-    if initial_state is not None:
-        _check_state(op, shapes, initial_state, "initial_state", mimo)
+    _check_shapes(op, shapes, "batch L", x, dt, A, B, C, lam, theta, D, z, initial_state, "initial_state")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"{op}: chunk_size must be an int >= 1; got {chunk_size!r}")
     tensors = dict(x=x, dt=dt, A=A, B=B, C=C, lam=lam, theta=theta, D=D, z=z)
