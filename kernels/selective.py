@@ -8,8 +8,8 @@ B and C. The program walks L in blocks of BLOCK_L steps: it loads u, delta
 (BLOCK_D, BLOCK_L) and B, C (N, BLOCK_L), forms the steps
 (a, b) = (exp(Δ A), Δ B x), scans them along t with ``tl.associative_scan``
 and the combine of chapter 6, (a, b) ∘ (a', b') = (a' a, a' b + b'), adds the
-carried state, reduces over N against C and writes y. Two forms of the block
-(the ``variant`` argument; both compute the same thing):
+carried state, reduces over N against C and writes y. Three forms of the block
+(the ``variant`` argument; all compute the same thing):
 
 * ``"rows"`` (the default for N <= 32): tiles (N, BLOCK_D, BLOCK_L) with
   BLOCK_L = 4 steps (for N = 16), at most one memory vector. Triton spreads
@@ -20,18 +20,41 @@ carried state, reduces over N against C and writes y. Two forms of the block
   carry enters through the block's first step, b_0 <- a_0 h + b_0, so only
   the b-part of the scan is used. The slab must fit in registers: N·BLOCK_L
   = 64 values per array does, 128 spills.
+* ``"nsplit"``: tiles (N / TN, TN, BLOCK_D, BLOCK_L), TN threads per channel
+  along N (knob ``tn``, default 4), each scanning N / TN modes over t in
+  registers; y sums its modes in the thread and then over the TN threads
+  (log2 TN shuffles per (d, t)). One warp per program (BLOCK_D = 32 / TN
+  channels), so the grid holds TN times the threads of "rows" (B·D·TN:
+  16 warps per SM at the goal shape instead of 4, the diagnosis of "rows"
+  being latency: one warp per scheduler waits ~1 us per block for its
+  loads) and ~96 registers instead of ~190. The price: the per-(d, t) work
+  (loads of u, Δ, z, the softplus, the gate: ~5 MUFU operations next to the
+  16 exp2) is repeated by the TN threads. B and C are loaded (N, BLOCK_L)
+  and reshaped, so that their load does not impose its layout on the block.
 * ``"nloop"``: a loop over the N state modes (unrolled), each scanning a
   (BLOCK_D, BLOCK_L) tile and accumulating its share of y, the loop order of
   mamba_ssm's CUDA kernel. Tiles are wide in t, so the scan crosses threads.
   Training uses it (it saves the checkpoints for the backward pass), and so
   does N > 32.
 
+Knobs of "rows" and "nsplit" (``selective_scan_fwd`` arguments, for the
+benchmarks): ``prefetch`` 1 loads the next block's u, Δ, z at the top of the
+loop body (loop-carried), so that the loads overlap this block's work; 2 also
+B, C. ``even`` (decided by the launcher): when the blocks tile L and D
+exactly and BLOCK_N = N, no masks (fewer instructions and registers); the
+prefetch of the last block then reloads it rather than read past L.
+
 Measured on an H100 (torch 2.11, Triton 3.6), batch 8, D = 2048, L = 2048,
 N = 16, bfloat16 with D, z, delta_bias and softplus: "rows" 623 us, "nloop"
-830-990 us (mamba_ssm's CUDA kernel: 532 us). The floor is 128 us (one exp2
-per (b, d, t, n) at the H100's 4.2e12 per second), so Triton's per-element
-overhead (the scan's combine, the masks) still dominates; forward plus
-backward: 12.7 ms.
+830-990 us (mamba_ssm's CUDA kernel: 532 us); "nsplit" and the knobs: not yet
+measured. Floors: 128 us for one exp2 per (b, d, t, n) at the H100's 4.2e12
+per second; with the softplus and the gate (exp2, lg2, rcp, exp2, rcp per
+(d, t)) 21 MUFU operations per (d, t), 168 us ("nsplit", TN = 4: 36, 288 us;
+TN = 2: 26, 208 us). Bytes: u, Δ, z, y (b·D·L each) and B, C (b·N·L each),
+about 270 MB, 85 us of HBM. Forward plus backward: 12.7 ms.
+Offline sm_90 compile (ptxas -v, goal shape, Triton 3.6): "rows" BLOCK_D 128,
+4 warps: 190 registers masked, 168 even, 238 with prefetch 1; "nsplit" TN = 4,
+BLOCK_L = 8, 1 warp: 80 registers, 96 with prefetch; no spills.
 
 Where the state lives. The carry h (BLOCK_D, N) stays in registers, in
 float32, for the whole sequence; the scanned block lives in registers while
@@ -108,14 +131,41 @@ def _step(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.cons
 
 
 @triton.jit
+def _ld(ptr, mask, EVEN: tl.constexpr):
+    """A load in the input's dtype; EVEN: every element exists (no mask, so the load can be vectorised)."""
+    if EVEN:
+        return tl.load(ptr)
+    else:
+        return tl.load(ptr, mask=mask, other=0.0)
+
+
+@triton.jit
+def _dt_of(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    dt = raw.to(tl.float32)
+    if HAS_BIAS:
+        dt += bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return dt
+
+
+@triton.jit
+def _modes(X, NPT: tl.constexpr, TN: tl.constexpr, BLOCK_L: tl.constexpr):
+    """(BLOCK_N, BLOCK_L) -> (NPT, TN, 1, BLOCK_L), mode n = j NPT + i at [i, j]."""
+    X = tl.permute(tl.reshape(X, (TN, NPT, BLOCK_L)), (1, 0, 2))
+    return X[:, :, None, :]
+
+
+@triton.jit
 def _selective_scan_fwd(
     u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr, ck_ptr,
     L, Dg, N,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE_CK: tl.constexpr, ROWS: tl.constexpr,
+    SAVE_CK: tl.constexpr, VARIANT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    EVEN: tl.constexpr = False, PREFETCH: tl.constexpr = 0, TN: tl.constexpr = 1,
 ):
     pid_d, g, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b64 = b.to(tl.int64)
@@ -133,45 +183,186 @@ def _selective_scan_fwd(
     ck_nd = (b64 * Dtot + d[None, :]) * tl.cdiv(L, BLOCK_L) * N + n[:, None]
     nd_ok = n_ok[:, None] & d_ok[None, :]
     carry = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)  # h at the end of the previous block, transposed
-    if ROWS:
+    if VARIANT == 1:  # "rows"
         # Tiles (BLOCK_N, BLOCK_D, BLOCK_L). Triton lays a load out along its contiguous axis (t) and then
         # along the axis before it (d): with BLOCK_L one vector wide, each thread owns whole (N, BLOCK_L)
         # slabs of its channels, so the scan over t, the sum over n and the carry never leave the thread.
+        # A longer BLOCK_L spreads t over a few threads (the scan then crosses threads).
         d3 = d[None, :, None]
         t0 = cols[None, None, :]  # (1, 1, BLOCK_L)
         dm3 = d_ok[None, :, None]
-        A2 = tl.load(A2_ptr + d3 * N + n[:, None, None], mask=dm3 & n_ok[:, None, None], other=0.0)  # (BLOCK_N, BLOCK_D, 1)
+        n3 = n[:, None, None]
+        nm3 = n_ok[:, None, None]
+        A2 = tl.load(A2_ptr + d3 * N + n3, mask=dm3 & nm3, other=0.0)  # (BLOCK_N, BLOCK_D, 1)
+        bias = 0.0
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d3, mask=dm3, other=0.0).to(tl.float32)  # (1, BLOCK_D, 1)
         if HAS_D:
             Dv = tl.load(D_ptr + d3, mask=dm3, other=0.0).to(tl.float32)
+        # base pointers; the tiles' offsets are formed in the loop (hoisted pointer tiles cost registers)
+        pu = u_ptr + b64 * s_ub
+        pdt = delta_ptr + b64 * s_db
+        pz = z_ptr + b64 * s_zb
+        py = y_ptr + b64 * Dtot * L
+        if PREFETCH >= 1:  # block 0's inputs; the loop loads block k + 1's while it computes block k
+            m0 = dm3 & (t0 < L)
+            u_nx = _ld(pu + d3 * s_ud + t0 * s_ul, m0, EVEN)
+            dt_nx = _ld(pdt + d3 * s_dd + t0 * s_dl, m0, EVEN)
+            if HAS_Z:
+                z_nx = _ld(pz + d3 * s_zd + t0 * s_zl, m0, EVEN)
+            if PREFETCH >= 2:
+                B_nx = _ld(B_ptr + n3 * s_Bn + t0 * s_Bl, nm3 & (t0 < L), EVEN)
+                C_nx = _ld(C_ptr + n3 * s_Cn + t0 * s_Cl, nm3 & (t0 < L), EVEN)
         for start in range(0, L, BLOCK_L):
             if SAVE_CK:  # h_{start-1}, for the backward pass
                 tl.store(ck_ptr + ck_nd + (start // BLOCK_L) * N, carry, mask=nd_ok)
             t3 = start + t0
             m3 = dm3 & (t3 < L)  # (1, BLOCK_D, BLOCK_L)
-            u = tl.load(u_ptr + b64 * s_ub + d3 * s_ud + t3 * s_ul, mask=m3, other=0.0).to(tl.float32)
-            dt = tl.load(delta_ptr + b64 * s_db + d3 * s_dd + t3 * s_dl, mask=m3, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt += bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            dt = tl.where(m3, dt, 0.0)  # identity steps past L
-            mn3 = n_ok[:, None, None] & (t3 < L)  # (BLOCK_N, 1, BLOCK_L)
-            Bt = tl.load(B_ptr + n[:, None, None] * s_Bn + t3 * s_Bl, mask=mn3, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + n[:, None, None] * s_Cn + t3 * s_Cl, mask=mn3, other=0.0).to(tl.float32)
+            mn3 = nm3 & (t3 < L)  # (BLOCK_N, 1, BLOCK_L)
+            if PREFETCH >= 1:
+                u_raw, dt_raw = u_nx, dt_nx
+                if HAS_Z:
+                    z_raw = z_nx
+                if PREFETCH >= 2:
+                    B_raw, C_raw = B_nx, C_nx
+                # the next block (EVEN: the last block reloads itself rather than read past L)
+                if EVEN:
+                    nxt = tl.minimum(start + BLOCK_L, L - BLOCK_L)
+                else:
+                    nxt = start + BLOCK_L
+                mx = dm3 & (nxt + t0 < L)
+                u_nx = _ld(pu + d3 * s_ud + (nxt + t0) * s_ul, mx, EVEN)
+                dt_nx = _ld(pdt + d3 * s_dd + (nxt + t0) * s_dl, mx, EVEN)
+                if HAS_Z:
+                    z_nx = _ld(pz + d3 * s_zd + (nxt + t0) * s_zl, mx, EVEN)
+                if PREFETCH >= 2:
+                    B_nx = _ld(B_ptr + n3 * s_Bn + (nxt + t0) * s_Bl, nm3 & (nxt + t0 < L), EVEN)
+                    C_nx = _ld(C_ptr + n3 * s_Cn + (nxt + t0) * s_Cl, nm3 & (nxt + t0 < L), EVEN)
+            else:
+                u_raw = _ld(pu + d3 * s_ud + (start + t0) * s_ul, m3, EVEN)
+                dt_raw = _ld(pdt + d3 * s_dd + (start + t0) * s_dl, m3, EVEN)
+                if HAS_Z:
+                    z_raw = _ld(pz + d3 * s_zd + (start + t0) * s_zl, m3, EVEN)
+            u = u_raw.to(tl.float32)
+            dt = _dt_of(dt_raw, bias, HAS_BIAS, SOFTPLUS)
+            if not EVEN:
+                dt = tl.where(m3, dt, 0.0)  # identity steps past L
+            if PREFETCH < 2:
+                B_raw = _ld(B_ptr + n3 * s_Bn + (start + t0) * s_Bl, mn3, EVEN)
+                C_raw = _ld(C_ptr + n3 * s_Cn + (start + t0) * s_Cl, mn3, EVEN)
             a = tl.exp2(dt * A2)  # (BLOCK_N, BLOCK_D, BLOCK_L)
-            bx = (dt * u) * Bt
+            bx = (dt * u) * B_raw.to(tl.float32)
             bx = tl.where(t0 == 0, a * carry[:, :, None] + bx, bx)  # the carry enters through the first step
             _, h = tl.associative_scan((a, bx), 2, _combine)
-            y = tl.sum(h * Ct, axis=0, keep_dims=True)  # (1, BLOCK_D, BLOCK_L)
+            y = tl.sum(h * C_raw.to(tl.float32), axis=0, keep_dims=True)  # (1, BLOCK_D, BLOCK_L)
             carry = tl.sum(tl.where(t0 == BLOCK_L - 1, h, 0.0), axis=2)  # (BLOCK_N, BLOCK_D)
             if HAS_D:
                 y += Dv * u
             if HAS_Z:
-                z = tl.load(z_ptr + b64 * s_zb + d3 * s_zd + t3 * s_zl, mask=m3, other=0.0).to(tl.float32)
+                z = z_raw.to(tl.float32)
                 y *= z * tl.sigmoid(z)
-            tl.store(y_ptr + (b64 * Dtot + d3) * L + t3, y.to(y_ptr.dtype.element_ty), mask=m3)
+            if EVEN:
+                tl.store(y_ptr + (b64 * Dtot + d3) * L + t3, y.to(y_ptr.dtype.element_ty))
+            else:
+                tl.store(y_ptr + (b64 * Dtot + d3) * L + t3, y.to(y_ptr.dtype.element_ty), mask=m3)
+    elif VARIANT == 2:  # "nsplit"
+        # Tiles (BLOCK_N // TN, TN, BLOCK_D, BLOCK_L): mode n = j * NPT + i sits at [i, j]. The inputs of a
+        # step, (1, TN, BLOCK_D, BLOCK_L), are loaded through pointers that do not move along j, which gives
+        # that axis TN threads (each of them loads and computes Δ, u for its channel: TN-fold redundant);
+        # each thread scans NPT = N / TN modes over t in registers; y sums over i in the thread and over j
+        # across the TN threads (shuffles).
+        NPT: tl.constexpr = BLOCK_N // TN
+        i4 = tl.arange(0, NPT)[:, None, None, None]
+        j4 = tl.arange(0, TN)[None, :, None, None]
+        n4 = j4 * NPT + i4  # (NPT, TN, 1, 1)
+        nm4 = n4 < N
+        d4 = d[None, None, :, None]
+        dm4 = d_ok[None, None, :, None]
+        t0 = cols[None, None, None, :]  # (1, 1, 1, BLOCK_L)
+        j0 = j4 * 0  # (1, TN, 1, 1): gives the step's inputs their TN axis
+        A2 = tl.load(A2_ptr + d4 * N + n4, mask=dm4 & nm4, other=0.0)  # (NPT, TN, BLOCK_D, 1)
+        dj4 = d4 + j0  # (1, TN, BLOCK_D, 1)
+        dmj4 = dm4 & (j0 == 0)  # (1, TN, BLOCK_D, 1): d_ok along every j
+        bias = 0.0
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + dj4, mask=dmj4, other=0.0).to(tl.float32)
+        if HAS_D:
+            Dv = tl.load(D_ptr + dj4, mask=dmj4, other=0.0).to(tl.float32)
+        pu = u_ptr + b64 * s_ub + dj4 * s_ud + t0 * s_ul  # (1, TN, BLOCK_D, BLOCK_L)
+        pdt = delta_ptr + b64 * s_db + dj4 * s_dd + t0 * s_dl
+        pz = z_ptr + b64 * s_zb + dj4 * s_zd + t0 * s_zl
+        # B and C are loaded (BLOCK_N, BLOCK_L), in a layout of their own, and reshaped to (NPT, TN, 1, BLOCK_L)
+        # (a 4-D load would impose its layout on the whole block)
+        n2 = n[:, None]
+        t2 = cols[None, :]
+        pB = B_ptr + n2 * s_Bn + t2 * s_Bl  # (BLOCK_N, BLOCK_L)
+        pC = C_ptr + n2 * s_Cn + t2 * s_Cl
+        nm2 = n_ok[:, None]
+        py = y_ptr + (b64 * Dtot + dj4) * L + t0
+        first = j4 == 0  # one of the TN threads stores y
+        carry4 = tl.zeros([NPT, TN, BLOCK_D], dtype=tl.float32)
+        if PREFETCH >= 1:
+            m0 = dmj4 & (t0 < L)
+            u_nx = _ld(pu, m0, EVEN)
+            dt_nx = _ld(pdt, m0, EVEN)
+            if HAS_Z:
+                z_nx = _ld(pz, m0, EVEN)
+            if PREFETCH >= 2:
+                B_nx = _ld(pB, nm2 & (t2 < L), EVEN)
+                C_nx = _ld(pC, nm2 & (t2 < L), EVEN)
+        for start in range(0, L, BLOCK_L):
+            t4 = start + t0
+            m4 = dmj4 & (t4 < L)  # (1, TN, BLOCK_D, BLOCK_L)
+            mn2 = nm2 & (start + t2 < L)  # (BLOCK_N, BLOCK_L)
+            if PREFETCH >= 1:
+                u_raw, dt_raw = u_nx, dt_nx
+                if HAS_Z:
+                    z_raw = z_nx
+                if PREFETCH >= 2:
+                    B_raw, C_raw = B_nx, C_nx
+                if EVEN:
+                    nxt = tl.minimum(start + BLOCK_L, L - BLOCK_L)
+                else:
+                    nxt = start + BLOCK_L
+                mx = dmj4 & (nxt + t0 < L)
+                u_nx = _ld(pu + nxt * s_ul, mx, EVEN)
+                dt_nx = _ld(pdt + nxt * s_dl, mx, EVEN)
+                if HAS_Z:
+                    z_nx = _ld(pz + nxt * s_zl, mx, EVEN)
+                if PREFETCH >= 2:
+                    B_nx = _ld(pB + nxt * s_Bl, nm2 & (nxt + t2 < L), EVEN)
+                    C_nx = _ld(pC + nxt * s_Cl, nm2 & (nxt + t2 < L), EVEN)
+            else:
+                u_raw = _ld(pu + start * s_ul, m4, EVEN)
+                dt_raw = _ld(pdt + start * s_dl, m4, EVEN)
+                if HAS_Z:
+                    z_raw = _ld(pz + start * s_zl, m4, EVEN)
+            if PREFETCH < 2:
+                B_raw = _ld(pB + start * s_Bl, mn2, EVEN)
+                C_raw = _ld(pC + start * s_Cl, mn2, EVEN)
+            B4 = _modes(B_raw.to(tl.float32), NPT, TN, BLOCK_L)
+            C4 = _modes(C_raw.to(tl.float32), NPT, TN, BLOCK_L)
+            u = u_raw.to(tl.float32)
+            dt = _dt_of(dt_raw, bias, HAS_BIAS, SOFTPLUS)
+            if not EVEN:
+                dt = tl.where(m4, dt, 0.0)
+            a = tl.exp2(dt * A2)  # (NPT, TN, BLOCK_D, BLOCK_L)
+            bx = (dt * u) * B4
+            bx = tl.where(t0 == 0, a * carry4[:, :, :, None] + bx, bx)
+            _, h = tl.associative_scan((a, bx), 3, _combine)
+            y = tl.sum(h * C4, axis=0, keep_dims=True)  # (1, TN, BLOCK_D, BLOCK_L): in-thread
+            y = tl.sum(y, axis=1, keep_dims=True)  # (1, 1, BLOCK_D, BLOCK_L): across the TN threads
+            carry4 = tl.sum(tl.where(t0 == BLOCK_L - 1, h, 0.0), axis=3)  # (NPT, TN, BLOCK_D)
+            if HAS_D:
+                y += Dv * u
+            if HAS_Z:
+                z = z_raw.to(tl.float32)
+                y *= z * tl.sigmoid(z)
+            tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=(m4 & first) if not EVEN else first)
+        # the carry (NPT, TN, BLOCK_D) -> last_state (batch, D, N)
+        n3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
+        d3 = d[None, None, :]
+        tl.store(last_ptr + (b64 * Dtot + d3) * N + n3, carry4, mask=(n3 < N) & d_ok[None, None, :])
     else:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
@@ -207,7 +398,8 @@ def _selective_scan_fwd(
                 z = tl.load(z_ptr + b64 * s_zb + d[:, None] * s_zd + t[None, :] * s_zl, mask=m, other=0.0).to(tl.float32)
                 y *= z * tl.sigmoid(z)
             tl.store(y_ptr + (b64 * Dtot + d[:, None]) * L + t[None, :], y.to(y_ptr.dtype.element_ty), mask=m)
-    tl.store(last_ptr + state_nd, carry, mask=nd_ok)
+    if VARIANT != 2:
+        tl.store(last_ptr + state_nd, carry, mask=nd_ok)
 
 
 @triton.jit
@@ -315,26 +507,50 @@ def _selective_scan_bwd(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2):
-    """The forward pass's variant and block sizes (the backward pass reuses BLOCK_L: the checkpoint spacing)."""
+VARIANTS = {"nloop": 0, "rows": 1, "nsplit": 2}
+
+
+def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2, prefetch=None, tn=None, even=None):
+    """The forward pass's variant and meta-parameters (the backward pass reuses BLOCK_L: the checkpoint spacing).
+
+    Returns (variant, meta, launch options). ``prefetch``: 0 none, 1 the next block's u, Δ, z, 2 also its B, C
+    ("rows", "nsplit"); ``tn``: threads along N ("nsplit"); ``even``: None decides (no masks when the blocks
+    tile D and L exactly and BLOCK_N = N).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}; got {variant!r}")
     BN = next_pow2(N)
+    if training:  # the checkpoints for the backward pass: the "nloop" form
+        variant = "nloop"
     if interpreting():  # small: the interpreter's scan is a Python loop per element
         meta = dict(BLOCK_D=block_d or min(next_pow2(Dg), 4), BLOCK_N=BN, BLOCK_L=block_l or min(next_pow2(L), 8))
-        return variant, meta, {}
-    if training:  # the backward kernel's tiles (BLOCK_D, N, BLOCK_L) stay near 4096 elements
-        variant = "nloop"
-        block_l = block_l or max(16, min(next_pow2(L), 4096 // (4 * BN)))
-    if variant == "rows" and block_l is None and BN > 32:  # a thread's slab (N, BLOCK_L) would not fit in registers
-        variant = "nloop"
-    if variant == "rows":
+        extra = {}
+    elif variant == "nloop":
+        if training:  # the backward kernel's tiles (BLOCK_D, N, BLOCK_L) stay near 4096 elements
+            block_l = block_l or max(16, min(next_pow2(L), 4096 // (4 * BN)))
+        meta = dict(BLOCK_D=block_d or min(next_pow2(Dg), 32), BLOCK_N=BN, BLOCK_L=block_l or min(next_pow2(L), 64))
+        extra = dict(num_warps=num_warps or 4)
+    elif variant == "rows":
+        if block_l is None and BN > 32:  # a thread's slab (N, BLOCK_L) would not fit in registers
+            return _blocks(Dg, N, L, training, "nloop", block_d, block_l, num_warps, itemsize)
         # Measured on an H100 (N = 16, bfloat16): 4 steps x 16 modes per thread, 128 channels per program
         # use 194 registers without spilling; 8 steps spill and run 7x slower.
         w = num_warps or 4
         bl = block_l or max(1, min(16 // itemsize, 64 // BN))
-        return variant, dict(BLOCK_D=block_d or 32 * w, BLOCK_N=BN, BLOCK_L=bl), dict(num_warps=w)
-    bd = block_d or min(next_pow2(Dg), 32)
-    bl = block_l or min(next_pow2(L), 64)
-    return variant, dict(BLOCK_D=bd, BLOCK_N=BN, BLOCK_L=bl), dict(num_warps=num_warps or 4)
+        meta = dict(BLOCK_D=block_d or 32 * w, BLOCK_N=BN, BLOCK_L=bl)
+        extra = dict(num_warps=w)
+    else:  # "nsplit": one warp per program, TN threads per channel along N
+        tn = min(tn or 4, BN)
+        w = num_warps or 1
+        meta = dict(BLOCK_D=block_d or max(1, 32 // tn) * w, BLOCK_N=BN, BLOCK_L=block_l or 8)
+        extra = dict(num_warps=w)
+    if variant in ("rows", "nsplit"):
+        if even is None:
+            even = L % meta["BLOCK_L"] == 0 and Dg % meta["BLOCK_D"] == 0 and BN == N
+        meta.update(EVEN=bool(even), PREFETCH=int(prefetch or 0))
+        if variant == "nsplit":
+            meta.update(TN=min(tn or 4, BN), PREFETCH=int(1 if prefetch is None else prefetch))
+    return variant, meta, extra
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias):
@@ -359,15 +575,16 @@ def _interpreter_float32(*xs):
 
 
 def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       save_checkpoints=False, variant=None, block_d=None, block_l=None, num_warps=None):
+                       save_checkpoints=False, variant=None, block_d=None, block_l=None, num_warps=None,
+                       prefetch=None, tn=None, even=None):
     """Launch the forward kernel -> (y, last_state, checkpoints, meta).
 
     y (b, D, L) in u's dtype; last_state (b, D, N) float32; checkpoints
     (b, D, n_blocks, N) float32, the states at each block's start (with
     ``save_checkpoints``, else None); meta, the block sizes (the backward pass
     must use the same BLOCK_L).
-    The keyword arguments after ``save_checkpoints`` pick the variant and the
-    block sizes (benchmarks).
+    The keyword arguments after ``save_checkpoints`` pick the variant and its
+    meta-parameters (benchmarks; see ``_blocks``).
     """
     out_dtype = u.dtype
     if interpreting():
@@ -378,7 +595,8 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Bv, Cv, G, A2, D, delta_bias, strides = _prepare(u, delta, A, B, C, D, z, delta_bias)
     Dg = Dtot // G
     variant = variant or DEFAULT_VARIANT
-    variant, meta, extra = _blocks(Dg, N, L, save_checkpoints, variant, block_d, block_l, num_warps, u.element_size())
+    variant, meta, extra = _blocks(Dg, N, L, save_checkpoints, variant, block_d, block_l, num_warps, u.element_size(),
+                                   prefetch, tn, even)
     y = torch.empty(batch, Dtot, L, device=u.device, dtype=u.dtype)
     last = torch.empty(batch, Dtot, N, device=u.device, dtype=torch.float32)
     n_blocks = triton.cdiv(L, meta["BLOCK_L"])
@@ -388,7 +606,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     _selective_scan_fwd[grid](
         u, delta, A2, Bv, Cv, D, dummy if z is None else z, delta_bias, y, last, ck, L, Dg, N, *strides,
         HAS_D=has_d, HAS_Z=z is not None, HAS_BIAS=has_bias, SOFTPLUS=bool(delta_softplus),
-        SAVE_CK=save_checkpoints, ROWS=(variant == "rows" and not save_checkpoints), **meta, **extra)
+        SAVE_CK=save_checkpoints, VARIANT=VARIANTS[variant], **meta, **extra)
     return y.to(out_dtype), last, (ck if save_checkpoints else None), meta
 
 

@@ -165,7 +165,7 @@ if ON_GPU:  # compiled: long sequences, many channels, N up to 64, half precisio
     TRITON_CASES += [(c, dtype) for c in [(2, 64, 1000, 16, None), (3, 96, 257, 16, 3), (1, 8, 4097, 64, 2),
                                           (1, 300, 300, 7, None)] for dtype in (torch.float32, torch.bfloat16)]
     TRITON_CASES += [((2, 64, 1000, 16, None), torch.float16)]
-VARIANTS = ["nloop", "rows"]
+VARIANTS = ["nloop", "rows", "nsplit"]
 
 
 @pytest.mark.parametrize("case,dtype", TRITON_CASES, ids=str)
@@ -197,6 +197,38 @@ def test_selective_scan_triton_variants_and_blocks(variant, block_l):
     kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     y, h, _, _ = selective_scan_fwd(*dev, **kwd, variant=variant, block_l=block_l, block_d=2)
     assert rel_error(y, ref_y) < 1e-5 and rel_error(h, ref_h) < 1e-5
+
+
+# (variant, knobs): software prefetch of the next block (1: u, Δ, z; 2: also B, C), threads along N,
+# and the mask-free path (even=True needs L % BLOCK_L == 0, D % BLOCK_D == 0 and BLOCK_N = N)
+KNOBS = [("rows", dict(prefetch=1)), ("rows", dict(prefetch=2, block_l=4)), ("nsplit", dict(tn=2, prefetch=0)),
+         ("nsplit", dict(tn=4, prefetch=1)), ("nsplit", dict(tn=4, prefetch=2, block_l=4)), ("nsplit", dict(tn=1))]
+
+
+@pytest.mark.parametrize("variant,knobs", KNOBS, ids=str)
+@pytest.mark.parametrize("case", [(1, 3, 11, 3, 3), (2, 4, 8, 4, None), (1, 2, 1, 1, None)], ids=str)
+def test_selective_scan_triton_knobs(variant, knobs, case):
+    """Every variant and knob: groups, D, z, bias, softplus, last state, odd L, L = 1, batch 1; even and masked."""
+    from ssm_edu.kernels.selective import selective_scan_fwd
+
+    batch, D, L, N, G = case
+    args, kw = inputs(batch, D, L, N, G, dtype=torch.float32)
+    ref_y, ref_h = selective_scan(*args, **kw, return_last_state=True, impl="naive")
+    dev = [x.to(DEVICE) for x in args]
+    kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    evens = [False, True] if (L % knobs.get("block_l", min(8, L)) == 0 and N in (1, 4)) else [False]
+    for even in evens:
+        y, h, _, meta = selective_scan_fwd(*dev, **kwd, variant=variant, block_d=D if even else 2, even=even, **knobs)
+        assert meta["EVEN"] == even
+        assert rel_error(y, ref_y) < 1e-5 and rel_error(h, ref_h) < 1e-5, (meta, rel_error(y, ref_y))
+
+
+def test_selective_scan_triton_bad_variant():
+    from ssm_edu.kernels.selective import selective_scan_fwd
+
+    args, kw = inputs(1, 2, 4, 2, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"variant must be one of \['nloop', 'nsplit', 'rows'\]; got 'cols'"):
+        selective_scan_fwd(*[x.to(DEVICE) for x in args], variant="cols")
 
 
 def test_selective_scan_triton_non_contiguous():
