@@ -208,15 +208,16 @@ def run(ops, out: str | None = None, shapes: list[str] | None = None) -> pathlib
     name = torch.cuda.get_device_name()
     stamp = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__}
     results = []
+    path = pathlib.Path(out) if out else ROOT / "book" / "data" / "benchmarks" / f"{gpu_slug(name)}.json"
     for op in ops:
         for row in OPS[op](ctx):
             if row.get("median_us") is not None:
                 row["fraction_of_floor"] = row["floor_us"] / row["median_us"]
                 print(f"{row['op']:>22} {row['impl']:>10} {row['pass']:>7} {row['shape']:>26} {row['median_us']:10.1f} us  floor {row['floor_us']:8.1f} us  ({100 * row['fraction_of_floor']:.0f}%)", flush=True)
             results.append(row)
-    path = pathlib.Path(out) if out else ROOT / "book" / "data" / "benchmarks" / f"{gpu_slug(name)}.json"
-    doc = {"device": name, **stamp, "hbm_tb_s": ctx.hbm_bytes_s / 1e12, "results": results}
-    merge(doc, path, replace_shapes_only=bool(shapes))
+        # written after every operation (merging is idempotent), so that a run cut short keeps what it measured
+        doc = {"device": name, **stamp, "hbm_tb_s": ctx.hbm_bytes_s / 1e12, "results": results}
+        merge(doc, path, replace_shapes_only=bool(shapes))
     return path
 
 

@@ -327,6 +327,23 @@ def test_triton(case, dtype, gen):
     assert_states_close(s, s_ref, tolerance(dtype))
 
 
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
+@pytest.mark.parametrize("R", [None, 2], ids=lambda r: "siso" if r is None else f"R{r}")
+def test_triton_without_gate_or_state(R, dtype, gen):
+    """Chapter 9's check: D only (no z, no initial state), L not a multiple of the chunk, small P and N.
+
+    On an H100 the bfloat16-products path failed exactly this case (relative error 0.89); it is why
+    ``LOWP_PRODUCTS`` is off and low-precision inputs go through the float32 kernels.
+    """
+    args, _ = inputs(gen, b=1, L=70, H=2, P=8, G=1, N=16, R=R, extras=False)
+    rounded = [t.to(dtype).double() for t in args]
+    D = torch.rand(2, generator=gen, dtype=F64).to(dtype)
+    ref = mamba3(*rounded, D=D.double(), impl="vectorized", chunk_size=16)
+    out = mamba3(*[t.to(DEVICE, dtype) for t in args], D=D.to(DEVICE), chunk_size=32, impl="triton")
+    assert out.dtype == dtype
+    assert rel_error(out, ref) < tolerance(dtype)
+
+
 @pytest.mark.parametrize("fused", [False, True], ids=["two-kernels", "fused"])
 def test_triton_both_kernel_layouts(fused, gen):
     """The rotations done by a first kernel (k̂, q̂ through memory) or inside the scan give the same result."""

@@ -202,6 +202,7 @@ def test_selective_scan_triton_variants_and_blocks(variant, block_l):
 # (variant, knobs): software prefetch of the next block (1: u, Δ, z; 2: also B, C), threads along N,
 # and the mask-free path (even=True needs L % BLOCK_L == 0, D % BLOCK_D == 0 and BLOCK_N = N)
 KNOBS = [("rows", dict(prefetch=1)), ("rows", dict(prefetch=2, block_l=4)), ("nsplit", dict(tn=2, prefetch=0)),
+         ("nsplit", dict(tn=2, prefetch=1)),
          ("nsplit", dict(tn=4, prefetch=1)), ("nsplit", dict(tn=4, prefetch=2, block_l=4)), ("nsplit", dict(tn=1))]
 
 
@@ -332,3 +333,16 @@ def test_selective_scan_bad_impl_and_chunk():
         selective_scan_chunked(**OK, chunk=0)
     with pytest.raises(ValueError, match=r"selective_scan_chunked: u must have shape"):
         selective_scan_chunked(**{**OK, "u": torch.zeros(3)})
+
+
+def test_default_variant(monkeypatch):
+    """On a GPU the forward takes "nsplit" (TN 2) only where it was measured: N = 16, no masks, no checkpoints."""
+    from ssm_edu.kernels import selective as k
+
+    monkeypatch.setattr(k, "interpreting", lambda: False)
+    assert k._default_variant(2048, 16, 2048, False, None) == ("nsplit", 2)
+    for Dg, N, L, training in [(2048, 16, 2047, False), (2040, 16, 2048, False), (2048, 8, 2048, False),
+                               (2048, 16, 2048, True)]:
+        assert k._default_variant(Dg, N, L, training, None) == ("rows", None)
+    variant, meta, _ = k._blocks(2048, 16, 2048, False, "nsplit", None, None, None, 2, None, 2, None)
+    assert variant == "nsplit" and meta == dict(BLOCK_D=16, BLOCK_N=16, BLOCK_L=8, EVEN=True, PREFETCH=1, TN=2)

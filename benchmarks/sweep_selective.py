@@ -1,0 +1,99 @@
+"""Selective scan forward: every variant of the Triton kernel at the goal shape, on a GPU (about 45 s on an H100).
+
+    python benchmarks/sweep_selective.py        (SS_DRY=1: a dry run on CPU, tiny shape, in the interpreter)
+
+This is how ``kernels/selective.py`` picks its default variant; the output of the
+last run is in book/data/benchmarks/logs/.
+
+B8 D2048 L2048 N16 (G = 1), bf16 u/delta/B/C/z, fp32 A/D/delta_bias, D, z, delta_bias, softplus.
+Each config: check against impl="vectorized" (float32 reference from the same bf16 inputs, rel err < 2e-2),
+then triton.testing.do_bench(warmup=25, rep=100, median). One line per config, sorted by time; then fwd+bwd.
+"""
+import os, sys, time, traceback
+sys.path.insert(0, os.getcwd())
+if os.environ.get("SS_DRY") == "1":
+    os.environ["TRITON_INTERPRET"] = "1"
+import torch
+import triton
+from triton.testing import do_bench
+import ssm_edu
+from ssm_edu.kernels.selective import selective_scan_fwd
+
+T0 = time.time()
+DRY = os.environ.get("SS_DRY") == "1"  # a dry run of the script on CPU (Triton interpreter), tiny shape
+dev = "cpu" if DRY else "cuda"
+b, d, L, n = (2, 8, 16, 16) if DRY else (8, 2048, 2048, 16)
+if DRY:
+    def do_bench(fn, warmup, rep, return_mode):
+        t = time.time(); fn(); return (time.time() - t) * 1e3
+gen = torch.Generator(device=dev).manual_seed(0)
+r = lambda *s: torch.randn(*s, device=dev, generator=gen)
+u = r(b, d, L).bfloat16()
+delta = (0.5 * r(b, d, L) - 3.0).bfloat16()  # softplus(delta + bias) in about [5e-3, 0.2]
+A = -torch.exp(0.5 * r(d, n))
+B, C = r(b, n, L).bfloat16(), r(b, n, L).bfloat16()
+D, z, bias = r(d), r(b, d, L).bfloat16(), 0.1 * r(d)
+kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True)
+with torch.no_grad():  # one batch element at a time: the vectorized form holds (D, N, L) float32 tensors
+    ref = torch.cat([ssm_edu.selective_scan(u[i:i + 1].float(), delta[i:i + 1].float(), A, B[i:i + 1].float(),
+                                            C[i:i + 1].float(), D=D, z=z[i:i + 1].float(), delta_bias=bias,
+                                            delta_softplus=True, impl="vectorized") for i in range(b)])
+if not DRY:
+    torch.cuda.empty_cache()
+print(f"{'cpu' if DRY else torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}; ref {time.time() - T0:.1f}s",
+      flush=True)
+
+# (label, kwargs of selective_scan_fwd); the default (None) first
+CONFIGS = [
+    ("rows default", dict(variant="rows")),
+    ("rows masked (even=0)", dict(variant="rows", even=False)),
+    ("rows pf1", dict(variant="rows", prefetch=1)),
+    ("rows pf2", dict(variant="rows", prefetch=2)),
+    ("rows BD64 w2 pf1", dict(variant="rows", block_d=64, num_warps=2, prefetch=1)),
+    ("rows BL16 BD32 w4 pf1", dict(variant="rows", block_l=16, block_d=32, num_warps=4, prefetch=1)),
+    ("nsplit tn2 BL8 pf0", dict(variant="nsplit", tn=2, block_l=8, prefetch=0)),
+    ("nsplit tn2 BL8 pf1", dict(variant="nsplit", tn=2, block_l=8, prefetch=1)),
+    ("nsplit tn4 BL8 pf0", dict(variant="nsplit", tn=4, block_l=8, prefetch=0)),
+    ("nsplit tn4 BL8 pf1", dict(variant="nsplit", tn=4, block_l=8, prefetch=1)),
+    ("nsplit tn4 BL8 pf2", dict(variant="nsplit", tn=4, block_l=8, prefetch=2)),
+    ("nsplit tn4 BL4 pf1", dict(variant="nsplit", tn=4, block_l=4, prefetch=1)),
+    ("nsplit tn4 BL16 pf1", dict(variant="nsplit", tn=4, block_l=16, prefetch=1)),
+    ("nsplit tn8 BL8 pf1", dict(variant="nsplit", tn=8, block_l=8, prefetch=1)),
+    ("nsplit tn4 BL8 pf1 w2", dict(variant="nsplit", tn=4, block_l=8, prefetch=1, num_warps=2)),
+    ("nloop", dict(variant="nloop")),
+]
+rows = []
+for label, cfg in CONFIGS:
+    try:
+        fn = lambda cfg=cfg: selective_scan_fwd(u, delta, A, B, C, **kw, **cfg)
+        y, last, _, meta = fn()
+        err = float(ssm_edu.rel_error(y.float(), ref))
+        us = do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+        ok = "ok" if err < 2e-2 else "WRONG"
+        rows.append((us, f"{label:26s} {us:8.1f} us  err {err:.1e} {ok}  {meta}"))
+    except Exception as e:  # a compile error (or anything else) never stops the sweep
+        rows.append((float("inf"), f"{label:26s} FAILED {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+    print(rows[-1][1], flush=True)
+print("---- sorted (floor 128 us; goal <= 256 us; mamba_ssm 532 us)")
+for _, line in sorted(rows, key=lambda x: x[0]):
+    print(line)
+best = min(rows, key=lambda x: x[0])
+print("BEST:", best[1])
+
+# the default training path once: forward (checkpoints, "nloop") + backward
+try:
+    leaves = [x.detach().clone().requires_grad_() for x in (u, delta, A, B, C, D, z, bias)]
+    gy = torch.randn_like(u)
+
+    def fb():
+        for t in leaves:
+            t.grad = None
+        uu, dd, AA, BB, CC, DD, zz, bb = leaves
+        y = ssm_edu.selective_scan(uu, dd, AA, BB, CC, D=DD, z=zz, delta_bias=bb, delta_softplus=True, impl="triton")
+        y.backward(gy)
+
+    fb()
+    print(f"fwd+bwd (training path): {do_bench(fb, warmup=5, rep=30, return_mode='median') * 1e3:.0f} us")
+except Exception:
+    traceback.print_exc()
+print(f"total {time.time() - T0:.0f}s")
