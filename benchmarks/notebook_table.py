@@ -6,6 +6,7 @@ with ``cpu-``, on a GPU it is the GPU's slug. Each file holds::
 
     {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "date": "2026-05-01",
      "threads": 1,                       # optional: CPU threads the run used
+     "note": "...",                      # optional: anything that affected the run, shown with it
      "results": [{"notebook": "01_continuous_time.ipynb", "seconds": 41.2, "ok": true}, ...]}
 
 The course guide and the status page both render their tables from
@@ -38,6 +39,7 @@ class Run:
     threads: int | None
     seconds: dict[str, float] = field(default_factory=dict)   # notebook file name -> seconds
     failed: frozenset[str] = frozenset()                        # notebooks that raised
+    note: str = ""                                              # how the run went, where it matters
 
     @property
     def label(self) -> str:
@@ -57,7 +59,7 @@ def load(directory: pathlib.Path | str = TIMES_DIR) -> list[Run]:
         seconds = {r["notebook"]: float(r["seconds"]) for r in doc["results"]}
         failed = frozenset(r["notebook"] for r in doc["results"] if not r.get("ok", True))
         runs.append(Run(path, device, kind, doc.get("date", "?"), doc.get("torch", "?"),
-                        doc.get("threads"), seconds, failed))
+                        doc.get("threads"), seconds, failed, doc.get("note", "")))
     return sorted(runs, key=lambda r: (r.kind != "cpu", r.device))
 
 
@@ -114,4 +116,5 @@ def table(runs: list[Run] | None = None, names: list[str] | None = None) -> tupl
 def provenance(runs: list[Run] | None = None) -> list[str]:
     """One line per run: device, torch version, date and file, for a table's caption."""
     runs = load() if runs is None else runs
-    return [f"{run.label}: torch {run.torch}, measured {run.date} ({run.path.name})" for run in runs]
+    return [f"{run.label}: torch {run.torch}, measured {run.date} ({run.path.name})" + (f". {run.note}" if run.note else "")
+            for run in runs]

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
     parser.add_argument("--save-dir", type=pathlib.Path, help="also write each executed notebook (with its outputs) here")
     parser.add_argument("--slow", type=float, default=10.0, help="print the cells that take longer than this (seconds)")
+    parser.add_argument("--note", default="", help="a sentence stored with the run (what else shared the machine, say)")
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted((ROOT / "chapters").glob("*.ipynb"))
     device = ssm_edu.device_name()
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
             nbformat.write(nb, args.save_dir / path.name)
         # written after every notebook, so that a run cut short keeps what it measured
         doc = {"device": device, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-               "threads": torch.get_num_threads(), "results": rows}  # threads: the kernels inherit OMP_NUM_THREADS
+               "threads": torch.get_num_threads(), **({"note": args.note} if args.note else {}),
+               "results": rows}  # threads: the kernels inherit OMP_NUM_THREADS
         out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"written {out}")
     return 1 if failed else 0
