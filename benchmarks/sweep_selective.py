@@ -1,4 +1,4 @@
-"""Selective scan forward: every variant of the Triton kernel at the goal shape, on a GPU (about 45 s on an H100).
+"""Selective scan forward: every variant of the Triton kernel at the goal shape, on a GPU (about 90 s on an H100).
 
     python benchmarks/sweep_selective.py        (SS_DRY=1: a dry run on CPU, tiny shape, in the interpreter)
 
@@ -7,7 +7,7 @@ last run is in book/data/benchmarks/logs/.
 
 B8 D2048 L2048 N16 (G = 1), bf16 u/delta/B/C/z, fp32 A/D/delta_bias, D, z, delta_bias, softplus.
 Each config: check against impl="vectorized" (float32 reference from the same bf16 inputs, rel err < 2e-2),
-then triton.testing.do_bench(warmup=25, rep=100, median). One line per config, sorted by time; then fwd+bwd.
+and in float32 at (1, 256, 512) against float64 (rel err < 1e-5), then triton.testing.do_bench(warmup=25, rep=100, median). One line per config, sorted by time; then fwd+bwd.
 """
 import os, sys, time, traceback
 sys.path.insert(0, os.getcwd())
@@ -61,7 +61,37 @@ CONFIGS = [
     ("nsplit tn8 BL8 pf1", dict(variant="nsplit", tn=8, block_l=8, prefetch=1)),
     ("nsplit tn4 BL8 pf1 w2", dict(variant="nsplit", tn=4, block_l=8, prefetch=1, num_warps=2)),
     ("nloop", dict(variant="nloop")),
+    # per-(d, t) work once (share), log-free softplus (spoly), exp2 by an FMA polynomial for every k-th mode (ep k)
+    ("nsplit tn2 share", dict(variant="nsplit", tn=2, share=True)),
+    ("nsplit tn2 spoly", dict(variant="nsplit", tn=2, softplus_poly=True)),
+    ("nsplit tn2 share spoly", dict(variant="nsplit", tn=2, share=True, softplus_poly=True)),
+    ("nsplit tn2 share spoly ep4", dict(variant="nsplit", tn=2, share=True, softplus_poly=True, exp_poly=4)),
+    ("nsplit tn2 share spoly ep2", dict(variant="nsplit", tn=2, share=True, softplus_poly=True, exp_poly=2)),
+    ("nsplit tn2 ep4", dict(variant="nsplit", tn=2, exp_poly=4)),
+    ("nsplit tn4 share", dict(variant="nsplit", tn=4, share=True)),
+    ("nsplit tn4 share spoly", dict(variant="nsplit", tn=4, share=True, softplus_poly=True)),
+    ("nsplit tn4 share spoly pf2", dict(variant="nsplit", tn=4, share=True, softplus_poly=True, prefetch=2)),
+    ("nsplit tn4 share spoly ep4", dict(variant="nsplit", tn=4, share=True, softplus_poly=True, exp_poly=4)),
+    ("nsplit tn4 share spoly ep2", dict(variant="nsplit", tn=4, share=True, softplus_poly=True, exp_poly=2)),
+    ("nsplit tn4 share spoly w2", dict(variant="nsplit", tn=4, share=True, softplus_poly=True, num_warps=2)),
+    ("nsplit tn8 share spoly", dict(variant="nsplit", tn=8, share=True, softplus_poly=True)),
+    ("rows pf2 spoly", dict(variant="rows", prefetch=2, softplus_poly=True)),
+    # share=2: also B, C to float32 once per element before they are spread over the threads
+    ("nsplit tn2 share2 spoly", dict(variant="nsplit", tn=2, share=2, softplus_poly=True)),
+    ("nsplit tn4 share2 spoly", dict(variant="nsplit", tn=4, share=2, softplus_poly=True)),
+    ("nsplit tn4 share2 spoly w2", dict(variant="nsplit", tn=4, share=2, softplus_poly=True, num_warps=2)),
+    ("nsplit tn4 share2 spoly w2 pf2", dict(variant="nsplit", tn=4, share=2, softplus_poly=True, num_warps=2, prefetch=2)),
+    ("nsplit tn4 share2 spoly w2 ep4", dict(variant="nsplit", tn=4, share=2, softplus_poly=True, num_warps=2, exp_poly=4)),
+    ("nsplit tn4 share2 spoly w4", dict(variant="nsplit", tn=4, share=2, softplus_poly=True, num_warps=4)),
+    ("nsplit tn2 share2 spoly w2", dict(variant="nsplit", tn=2, share=2, softplus_poly=True, num_warps=2)),
 ]
+# float32 check of each config (the polynomial forms must keep float32 accuracy): (1, 256, 512) vs float64
+b32, d32, L32 = (1, 8, 16) if DRY else (1, 256, 512)
+x32 = [t[:b32, :d32, :L32].float().contiguous() for t in (u, delta)] + [A[:d32]] + [t[:b32, :, :L32].float().contiguous() for t in (B, C)]
+kw32 = dict(D=D[:d32], z=z[:b32, :d32, :L32].float().contiguous(), delta_bias=bias[:d32], delta_softplus=True)
+with torch.no_grad():
+    ref64 = ssm_edu.selective_scan(*[t.double() for t in x32], **{k: (v.double() if isinstance(v, torch.Tensor) else v)
+                                   for k, v in kw32.items()}, impl="vectorized")
 rows = []
 for label, cfg in CONFIGS:
     try:
@@ -69,12 +99,14 @@ for label, cfg in CONFIGS:
         y, last, _, meta = fn()
         err = float(ssm_edu.rel_error(y.float(), ref))
         us = do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-        ok = "ok" if err < 2e-2 else "WRONG"
-        rows.append((us, f"{label:26s} {us:8.1f} us  err {err:.1e} {ok}  {meta}"))
+        y32 = selective_scan_fwd(*x32, **kw32, **cfg)[0]
+        err32 = float(ssm_edu.rel_error(y32.double(), ref64))
+        ok = "ok" if (err < 2e-2 and err32 < 1e-5) else "WRONG"
+        rows.append((us, f"{label:26s} {us:8.1f} us  err {err:.1e} fp32 {err32:.1e} {ok}  {meta}"))
     except Exception as e:  # a compile error (or anything else) never stops the sweep
         rows.append((float("inf"), f"{label:26s} FAILED {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
     print(rows[-1][1], flush=True)
-print("---- sorted (floor 128 us; goal <= 256 us; mamba_ssm 532 us)")
+print("---- sorted (floor 128 us; goal <= 256 us; mamba_ssm 532 us)", flush=True)
 for _, line in sorted(rows, key=lambda x: x[0]):
     print(line)
 best = min(rows, key=lambda x: x[0])
