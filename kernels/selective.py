@@ -72,6 +72,41 @@ Offline sm_90 compile (ptxas -v, goal shape, Triton 3.6): "rows" BLOCK_D 128,
 4 warps: 190 registers masked, 168 even, 238 with prefetch 1; "nsplit" TN = 4,
 BLOCK_L = 8, 1 warp: 80 registers, 96 with prefetch; no spills.
 
+Knobs of "nsplit" towards the goal (not yet timed; the default does not use them):
+
+* ``share`` 1: the per-(d, t) work once per (d, t). u, Δ, z are loaded as (BLOCK_D, BLOCK_L) tiles, one
+  element per thread; softplus, Δ u, D u, the gate and the store happen there; Δ and Δ u go to the TN
+  threads of their channel through a layout conversion (shared memory), and y comes back after its sum
+  over modes. Triton's layout pass would otherwise move the conversion up to the loaded bf16 tiles and
+  compute the softplus in the replicated layout (seen in the TTGIR); ``_pin`` (a sum over an axis of
+  size 1) stops it. 2: also B, C converted to float32 once per element before they are spread.
+  (A pre-pass writing softplus(Δ + bias) and Δ u to memory would cost about 270 MB more traffic,
+  ~85 us, against ~20-40 us of instructions it saves: not built.)
+* ``softplus_poly``: log1p(w) = 2 atanh(w / (2 + w)), a degree-6 odd series: one exp2 and one division,
+  no logf (libdevice, ~20 instructions); relative error below 5e-7 (3.0e-7 measured in the interpreter).
+* ``exp_poly`` k: 2^x of every k-th mode (1: all) by ``_exp2_poly`` on the FMA units (Cody-Waite:
+  2^round(x) by an integer add on the bits, a degree-6 minimax polynomial for the fraction; 13
+  instructions in place of one MUFU.EX2); relative error below 2e-7 (9.7e-8 measured), 0 below 2^-126.
+
+The offline sm_90 compile (Triton 3.6, ptxas; .scratch/compile_ss.py) counts, per iteration of the main
+loop, SASS instructions and MUFU operations per (b, d, t, n) element (warp instructions per element,
+elements per warp-iteration = BLOCK_D BLOCK_L N / warps):
+
+    config (BLOCK_L 8, prefetch 1)            regs  instr/elem  MUFU/elem   warps/SM   measured
+    "nsplit" TN 2 (the default)                128     0.545       0.047         8       408 us
+    "nsplit" TN 4                               96     0.838       0.063        16    560-602 us
+    TN 2 share 1 + softplus_poly               128     0.372       0.039         8
+    TN 2 share 2 + softplus_poly               166     0.342       0.039         8
+    TN 4 share 1 + softplus_poly               122     0.448       0.039        16
+    TN 4 share 2 + softplus_poly, 2 warps      128     0.370       0.039        16
+    TN 4 share 2 + softplus_poly, 4 / 8 warps  128     0.354       0.039        16
+    TN 4 share 2 + softplus_poly + exp_poly 4  128     0.465       0.031        16
+
+The measured times of the first two are 1.30 and 1.2 times the issue time at 1.755 GHz (instructions /
+(528 schedulers)); the same factors predict 235-265 us for the share 2 forms (MUFU pipe alone: 181 us),
+so ``exp_poly`` should lose: it moves work from the MUFU pipe, which is not the limit, to the issue
+slots, which are. benchmarks/sweep_selective.py times them all.
+
 Where the state lives. The carry h (BLOCK_D, N) stays in registers, in
 float32, for the whole sequence; the scanned block lives in registers while
 the scan runs. Positions past L are loaded as the identity step (Δ = 0: a = 1,
