@@ -72,6 +72,41 @@ Offline sm_90 compile (ptxas -v, goal shape, Triton 3.6): "rows" BLOCK_D 128,
 4 warps: 190 registers masked, 168 even, 238 with prefetch 1; "nsplit" TN = 4,
 BLOCK_L = 8, 1 warp: 80 registers, 96 with prefetch; no spills.
 
+Knobs of "nsplit" towards the goal (not yet timed; the default does not use them):
+
+* ``share`` 1: the per-(d, t) work once per (d, t). u, Δ, z are loaded as (BLOCK_D, BLOCK_L) tiles, one
+  element per thread; softplus, Δ u, D u, the gate and the store happen there; Δ and Δ u go to the TN
+  threads of their channel through a layout conversion (shared memory), and y comes back after its sum
+  over modes. Triton's layout pass would otherwise move the conversion up to the loaded bf16 tiles and
+  compute the softplus in the replicated layout (seen in the TTGIR); ``_pin`` (a sum over an axis of
+  size 1) stops it. 2: also B, C converted to float32 once per element before they are spread.
+  (A pre-pass writing softplus(Δ + bias) and Δ u to memory would cost about 270 MB more traffic,
+  ~85 us, against ~20-40 us of instructions it saves: not built.)
+* ``softplus_poly``: log1p(w) = 2 atanh(w / (2 + w)), a degree-6 odd series: one exp2 and one division,
+  no logf (libdevice, ~20 instructions); relative error below 5e-7 (3.0e-7 measured in the interpreter).
+* ``exp_poly`` k: 2^x of every k-th mode (1: all) by ``_exp2_poly`` on the FMA units (Cody-Waite:
+  2^round(x) by an integer add on the bits, a degree-6 minimax polynomial for the fraction; 13
+  instructions in place of one MUFU.EX2); relative error below 2e-7 (9.7e-8 measured), 0 below 2^-126.
+
+The offline sm_90 compile (Triton 3.6, ptxas; .scratch/compile_ss.py) counts, per iteration of the main
+loop, SASS instructions and MUFU operations per (b, d, t, n) element (warp instructions per element,
+elements per warp-iteration = BLOCK_D BLOCK_L N / warps):
+
+    config (BLOCK_L 8, prefetch 1)            regs  instr/elem  MUFU/elem   warps/SM   measured
+    "nsplit" TN 2 (the default)                128     0.545       0.047         8       408 us
+    "nsplit" TN 4                               96     0.838       0.063        16    560-602 us
+    TN 2 share 1 + softplus_poly               128     0.372       0.039         8
+    TN 2 share 2 + softplus_poly               166     0.342       0.039         8
+    TN 4 share 1 + softplus_poly               122     0.448       0.039        16
+    TN 4 share 2 + softplus_poly, 2 warps      128     0.370       0.039        16
+    TN 4 share 2 + softplus_poly, 4 / 8 warps  128     0.354       0.039        16
+    TN 4 share 2 + softplus_poly + exp_poly 4  128     0.465       0.031        16
+
+The measured times of the first two are 1.30 and 1.2 times the issue time at 1.755 GHz (instructions /
+(528 schedulers)); the same factors predict 235-265 us for the share 2 forms (MUFU pipe alone: 181 us),
+so ``exp_poly`` should lose: it moves work from the MUFU pipe, which is not the limit, to the issue
+slots, which are. benchmarks/sweep_selective.py times them all.
+
 Where the state lives. The carry h (BLOCK_D, N) stays in registers, in
 float32, for the whole sequence; the scanned block lives in registers while
 the scan runs. Positions past L are loaded as the identity step (Δ = 0: a = 1,
@@ -135,6 +170,92 @@ def _softplus(x):
 
 
 @triton.jit
+def _softplus_poly(x):
+    """softplus without the log: log1p(w) = 2 atanh(f), f = w / (2 + w) in (0, 1/3] for w = e^-|x| in (0, 1].
+
+    2 atanh(f) = 2 f (1 + f^2/3 + f^4/5 + ... + f^12/13) + R with 0 <= R / log1p(w) <= (1/9)^7 / 15 * 9/8 < 1.7e-8.
+    Rounding (float32): w from ex2.approx (2 ulp), the division (div.full, 2 ulp), Horner and the last products
+    (~3 ulp), and log1p(w)'s condition number w / ((1 + w) log1p(w)) <= 1: relative error of the log1p term
+    below 8 ulp = 4.8e-7, hence of softplus(x) = max(x, 0) + log1p (both terms >= 0) too. Checked against
+    float64 in tests/test_selective.py (max relative error over [-30, 30]). One exp2 and one reciprocal
+    (MUFU) and ~8 FMA, where _softplus adds libdevice's logf (~20 instructions) and a second division.
+    """
+    w = tl.exp(-tl.abs(x))
+    f = w / (2.0 + w)
+    f2 = f * f
+    p = f2 * 0.07692307692307693 + 0.09090909090909091  # 1/13, 1/11
+    p = p * f2 + 0.1111111111111111
+    p = p * f2 + 0.14285714285714285
+    p = p * f2 + 0.2
+    p = p * f2 + 0.3333333333333333
+    p = p * f2 + 1.0
+    return tl.maximum(x, 0.0) + 2.0 * f * p
+
+
+@triton.jit
+def _exp2_poly(x):
+    """2^x on the FMA units (no MUFU): 2^x = 2^j 2^f, j = round(x), f = x - j in [-1/2, 1/2].
+
+    j by the magic-number rounding (x + 1.5 2^23: j sits in the low mantissa bits, so no float->int
+    conversion), f = x - j exactly, 2^f by a degree-6 minimax polynomial (relative error 1.9e-9; evaluated in
+    float32 with FMAs: 8.4e-8, i.e. below 2e-7, tested over [-126, 0] in tests/test_selective.py), 2^j by
+    adding j << 23 to the polynomial's bits. x < -126 gives 0 (as ex2.approx.ftz flushes), x is clamped to
+    127 (x <= 0 here: Δ >= 0 after softplus, A < 0). About 13 instructions in place of one MUFU.EX2.
+    """
+    x = tl.minimum(x, 127.0)
+    t = x + 12582912.0  # 1.5 * 2^23: t's bits end in j (two's complement, |j| < 2^22)
+    j = t - 12582912.0
+    f = x - j
+    p = f * 0.00015345805149991065 + 0.0013399930903688073
+    p = p * f + 0.009618489071726799
+    p = p * f + 0.05550328642129898
+    p = p * f + 0.24022646248340607
+    p = p * f + 0.6931471824645996
+    p = p * f + 1.0
+    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)  # 0x4B400000 << 23 == 0 mod 2^32
+    return tl.where(x < -126.0, 0.0, bits.to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def _pin(x):
+    """x (rows, cols), left in its layout: an inclusive sum over a new axis of size 1 (free: no arithmetic).
+
+    Triton's layout pass rematerialises chains of elementwise ops in the layout of their use; a scan is not
+    rematerialised, so what comes before stays in x's layout. Without it the pass converts the loaded bf16
+    tiles to the scan's (TN-replicated) layout and computes the softplus there, TN times per (d, t)
+    (checked in the TTGIR; a non-pure inline-asm move does not stop it).
+    """
+    return tl.reshape(tl.cumsum(x[:, :, None], axis=2), (x.shape[0], x.shape[1]))
+
+
+@triton.jit
+def _exp2_modes(x, EXP_POLY: tl.constexpr, NPT: tl.constexpr, TN: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_L: tl.constexpr):
+    """2^x for x (NPT, TN, BLOCK_D, BLOCK_L): EXP_POLY 0 all on the MUFU (ex2.approx), 1 all by _exp2_poly,
+    2 (4): modes i = 0 mod 2 (4) of each thread's NPT by _exp2_poly, the rest on the MUFU.
+
+    The mode axis is in-thread, so the reshape / permute / split / join only rename registers.
+    """
+    if EXP_POLY == 0:
+        e = tl.exp2(x)
+    elif EXP_POLY == 1:
+        e = _exp2_poly(x)
+    else:
+        x5 = tl.permute(tl.reshape(x, (NPT // 2, 2, TN, BLOCK_D, BLOCK_L)), (0, 2, 3, 4, 1))
+        x0, x1 = tl.split(x5)  # even, odd modes (NPT // 2, TN, BLOCK_D, BLOCK_L)
+        if EXP_POLY == 2:
+            e0 = _exp2_poly(x0)
+        else:
+            y5 = tl.permute(tl.reshape(x0, (NPT // 4, 2, TN, BLOCK_D, BLOCK_L)), (0, 2, 3, 4, 1))
+            y0, y1 = tl.split(y5)
+            e0 = tl.join(_exp2_poly(y0), tl.exp2(y1))
+            e0 = tl.reshape(tl.permute(e0, (0, 4, 1, 2, 3)), (NPT // 2, TN, BLOCK_D, BLOCK_L))
+        e = tl.join(e0, tl.exp2(x1))
+        e = tl.reshape(tl.permute(e, (0, 4, 1, 2, 3)), (NPT, TN, BLOCK_D, BLOCK_L))
+    return e
+
+
+@triton.jit
 def _step(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Δ (BLOCK_D, BLOCK_L) in float32 and the raw delta + bias (for softplus' derivative); Δ = 0 where masked."""
     raw = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -156,12 +277,15 @@ def _ld(ptr, mask, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _dt_of(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _dt_of(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SP_POLY: tl.constexpr = False):
     dt = raw.to(tl.float32)
     if HAS_BIAS:
         dt += bias
     if SOFTPLUS:
-        dt = _softplus(dt)
+        if SP_POLY:
+            dt = _softplus_poly(dt)
+        else:
+            dt = _softplus(dt)
     return dt
 
 
@@ -182,6 +306,7 @@ def _selective_scan_fwd(
     SAVE_CK: tl.constexpr, VARIANT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
     EVEN: tl.constexpr = False, PREFETCH: tl.constexpr = 0, TN: tl.constexpr = 1,
+    SHARE: tl.constexpr = 0, SP_POLY: tl.constexpr = False, EXP_POLY: tl.constexpr = 0,
 ):
     pid_d, g, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b64 = b.to(tl.int64)
@@ -260,7 +385,7 @@ def _selective_scan_fwd(
                 if HAS_Z:
                     z_raw = _ld(pz + d3 * s_zd + (start + t0) * s_zl, m3, EVEN)
             u = u_raw.to(tl.float32)
-            dt = _dt_of(dt_raw, bias, HAS_BIAS, SOFTPLUS)
+            dt = _dt_of(dt_raw, bias, HAS_BIAS, SOFTPLUS, SP_POLY)
             if not EVEN:
                 dt = tl.where(m3, dt, 0.0)  # identity steps past L
             if PREFETCH < 2:
@@ -297,16 +422,25 @@ def _selective_scan_fwd(
         t0 = cols[None, None, None, :]  # (1, 1, 1, BLOCK_L)
         j0 = j4 * 0  # (1, TN, 1, 1): gives the step's inputs their TN axis
         A2 = tl.load(A2_ptr + d4 * N + n4, mask=dm4 & nm4, other=0.0)  # (NPT, TN, BLOCK_D, 1)
-        dj4 = d4 + j0  # (1, TN, BLOCK_D, 1)
-        dmj4 = dm4 & (j0 == 0)  # (1, TN, BLOCK_D, 1): d_ok along every j
+        if SHARE:
+            # the per-(d, t) work once: u, Δ, z in (BLOCK_D, BLOCK_L) tiles (one thread per element; softplus,
+            # Δ u, the gate and the store there), Δ and Δ u broadcast to the TN threads of their channel
+            # (a layout conversion), y brought back after the sum over modes
+            dj4 = d[:, None]  # (BLOCK_D, 1)
+            dmj4 = d_ok[:, None]
+            tS = cols[None, :]  # (1, BLOCK_L)
+        else:
+            dj4 = d4 + j0  # (1, TN, BLOCK_D, 1)
+            dmj4 = dm4 & (j0 == 0)  # (1, TN, BLOCK_D, 1): d_ok along every j
+            tS = t0
         bias = 0.0
         if HAS_BIAS:
             bias = tl.load(bias_ptr + dj4, mask=dmj4, other=0.0).to(tl.float32)
         if HAS_D:
             Dv = tl.load(D_ptr + dj4, mask=dmj4, other=0.0).to(tl.float32)
-        pu = u_ptr + b64 * s_ub + dj4 * s_ud + t0 * s_ul  # (1, TN, BLOCK_D, BLOCK_L)
-        pdt = delta_ptr + b64 * s_db + dj4 * s_dd + t0 * s_dl
-        pz = z_ptr + b64 * s_zb + dj4 * s_zd + t0 * s_zl
+        pu = u_ptr + b64 * s_ub + dj4 * s_ud + tS * s_ul  # (1, TN, BLOCK_D, BLOCK_L) or SHARE (BLOCK_D, BLOCK_L)
+        pdt = delta_ptr + b64 * s_db + dj4 * s_dd + tS * s_dl
+        pz = z_ptr + b64 * s_zb + dj4 * s_zd + tS * s_zl
         # B and C are loaded (BLOCK_N, BLOCK_L), in a layout of their own, and reshaped to (NPT, TN, 1, BLOCK_L)
         # (a 4-D load would impose its layout on the whole block)
         n2 = n[:, None]
@@ -314,11 +448,11 @@ def _selective_scan_fwd(
         pB = B_ptr + n2 * s_Bn + t2 * s_Bl  # (BLOCK_N, BLOCK_L)
         pC = C_ptr + n2 * s_Cn + t2 * s_Cl
         nm2 = n_ok[:, None]
-        py = y_ptr + (b64 * Dtot + dj4) * L + t0
+        py = y_ptr + (b64 * Dtot + dj4) * L + tS
         first = j4 == 0  # one of the TN threads stores y
         carry4 = tl.zeros([NPT, TN, BLOCK_D], dtype=tl.float32)
         if PREFETCH >= 1:
-            m0 = dmj4 & (t0 < L)
+            m0 = dmj4 & (tS < L)
             u_nx = _ld(pu, m0, EVEN)
             dt_nx = _ld(pdt, m0, EVEN)
             if HAS_Z:
@@ -327,8 +461,7 @@ def _selective_scan_fwd(
                 B_nx = _ld(pB, nm2 & (t2 < L), EVEN)
                 C_nx = _ld(pC, nm2 & (t2 < L), EVEN)
         for start in range(0, L, BLOCK_L):
-            t4 = start + t0
-            m4 = dmj4 & (t4 < L)  # (1, TN, BLOCK_D, BLOCK_L)
+            m4 = dmj4 & (start + tS < L)  # (1, TN, BLOCK_D, BLOCK_L) or SHARE (BLOCK_D, BLOCK_L)
             mn2 = nm2 & (start + t2 < L)  # (BLOCK_N, BLOCK_L)
             if PREFETCH >= 1:
                 u_raw, dt_raw = u_nx, dt_nx
@@ -340,7 +473,7 @@ def _selective_scan_fwd(
                     nxt = tl.minimum(start + BLOCK_L, L - BLOCK_L)
                 else:
                     nxt = start + BLOCK_L
-                mx = dmj4 & (nxt + t0 < L)
+                mx = dmj4 & (nxt + tS < L)
                 u_nx = _ld(pu + nxt * s_ul, mx, EVEN)
                 dt_nx = _ld(pdt + nxt * s_dl, mx, EVEN)
                 if HAS_Z:
@@ -356,25 +489,46 @@ def _selective_scan_fwd(
             if PREFETCH < 2:
                 B_raw = _ld(pB + start * s_Bl, mn2, EVEN)
                 C_raw = _ld(pC + start * s_Cl, mn2, EVEN)
-            B4 = _modes(B_raw.to(tl.float32), NPT, TN, BLOCK_L)
-            C4 = _modes(C_raw.to(tl.float32), NPT, TN, BLOCK_L)
+            if SHARE >= 2:  # B, C to float32 once per element, in the load's layout (not per thread that reads it)
+                B4 = _modes(_pin(B_raw.to(tl.float32)), NPT, TN, BLOCK_L)
+                C4 = _modes(_pin(C_raw.to(tl.float32)), NPT, TN, BLOCK_L)
+            else:
+                B4 = _modes(B_raw.to(tl.float32), NPT, TN, BLOCK_L)
+                C4 = _modes(C_raw.to(tl.float32), NPT, TN, BLOCK_L)
             u = u_raw.to(tl.float32)
-            dt = _dt_of(dt_raw, bias, HAS_BIAS, SOFTPLUS)
+            dt = _dt_of(dt_raw, bias, HAS_BIAS, SOFTPLUS, SP_POLY)
             if not EVEN:
                 dt = tl.where(m4, dt, 0.0)
-            a = tl.exp2(dt * A2)  # (NPT, TN, BLOCK_D, BLOCK_L)
-            bx = (dt * u) * B4
+            if SHARE:
+                dt4 = _pin(dt)[None, None, :, :]  # (1, 1, BLOCK_D, BLOCK_L): to the TN threads of each channel
+                dtu4 = _pin(dt * u)[None, None, :, :]
+                a = _exp2_modes(dt4 * A2, EXP_POLY, NPT, TN, BLOCK_D, BLOCK_L)  # (NPT, TN, BLOCK_D, BLOCK_L)
+                bx = dtu4 * B4
+            else:
+                a = _exp2_modes(dt * A2, EXP_POLY, NPT, TN, BLOCK_D, BLOCK_L)
+                bx = (dt * u) * B4
             bx = tl.where(t0 == 0, a * carry4[:, :, :, None] + bx, bx)
             _, h = tl.associative_scan((a, bx), 3, _combine)
+            if SHARE:  # -0.0: x + (-0.0) == x, so the compiler may drop the sum's other terms (+0.0 it may not)
+                carry4 = tl.sum(tl.where(t0 == BLOCK_L - 1, h, -0.0), axis=3)  # (NPT, TN, BLOCK_D)
+            else:
+                carry4 = tl.sum(tl.where(t0 == BLOCK_L - 1, h, 0.0), axis=3)
             y = tl.sum(h * C4, axis=0, keep_dims=True)  # (1, TN, BLOCK_D, BLOCK_L): in-thread
             y = tl.sum(y, axis=1, keep_dims=True)  # (1, 1, BLOCK_D, BLOCK_L): across the TN threads
-            carry4 = tl.sum(tl.where(t0 == BLOCK_L - 1, h, 0.0), axis=3)  # (NPT, TN, BLOCK_D)
+            if SHARE:
+                y = tl.reshape(y, (BLOCK_D, BLOCK_L))  # back to one thread per (d, t)
             if HAS_D:
                 y += Dv * u
             if HAS_Z:
                 z = z_raw.to(tl.float32)
                 y *= z * tl.sigmoid(z)
-            tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=(m4 & first) if not EVEN else first)
+            if SHARE:
+                if EVEN:
+                    tl.store(py + start, y.to(y_ptr.dtype.element_ty))
+                else:
+                    tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=m4)
+            else:
+                tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=(m4 & first) if not EVEN else first)
         # the carry (NPT, TN, BLOCK_D) -> last_state (batch, D, N)
         n3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
         d3 = d[None, None, :]
@@ -520,6 +674,22 @@ def _selective_scan_bwd(
     tl.store(dbias_ptr + b64 * Dtot + d, dbias_acc, mask=d_ok)
 
 
+@triton.jit
+def _fast_math_kernel(x_ptr, e_ptr, s_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
+    tl.store(e_ptr + offs, _exp2_poly(x), mask=offs < n)
+    tl.store(s_ptr + offs, _softplus_poly(x), mask=offs < n)
+
+
+def fast_math(x):
+    """(_exp2_poly(x), _softplus_poly(x)) for a float32 tensor x: the kernel's polynomial forms, for their tests."""
+    x = x.float().contiguous()
+    e, s = torch.empty_like(x), torch.empty_like(x)
+    _fast_math_kernel[(triton.cdiv(x.numel(), 1024),)](x, e, s, x.numel(), BLOCK=1024)
+    return e, s
+
+
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -540,13 +710,19 @@ def _default_variant(Dg, N, L, training, tn):
     return DEFAULT_VARIANT, tn
 
 
-def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2, prefetch=None, tn=None, even=None):
+def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2, prefetch=None, tn=None, even=None,
+            share=False, softplus_poly=False, exp_poly=0):
     """The forward pass's variant and meta-parameters (the backward pass reuses BLOCK_L: the checkpoint spacing).
 
     Returns (variant, meta, launch options). ``prefetch``: 0 none, 1 the next block's u, Δ, z, 2 also its B, C
     ("rows", "nsplit"); ``tn``: threads along N ("nsplit"); ``even``: None decides (no masks when the blocks
-    tile D and L exactly and BLOCK_N = N).
+    tile D and L exactly and BLOCK_N = N). "nsplit" only: ``share`` 1: the per-(d, t) work done once per
+    (d, t) and broadcast to the TN threads, 2: also B, C converted to float32 once per element; ``softplus_poly``
+    the log-free softplus (_softplus_poly; also "rows");
+    ``exp_poly`` 0, 1, 2 or 4: none, all, every 2nd or every 4th mode's exp2 by an FMA polynomial (_exp2_poly).
     """
+    if exp_poly not in (0, 1, 2, 4):
+        raise ValueError(f"exp_poly must be 0, 1, 2 or 4; got {exp_poly!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}; got {variant!r}")
     BN = next_pow2(N)
@@ -580,6 +756,13 @@ def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2
         meta.update(EVEN=bool(even), PREFETCH=int(prefetch or 0))
         if variant == "nsplit":
             meta.update(TN=min(tn or 2, BN), PREFETCH=int(1 if prefetch is None else prefetch))
+            if exp_poly > 1 and (BN // meta["TN"]) % exp_poly:
+                raise ValueError(f"exp_poly={exp_poly} needs a multiple of {exp_poly} modes per thread; "
+                                 f"got BLOCK_N / TN = {BN // meta['TN']}")
+            if share or exp_poly:
+                meta.update(SHARE=int(share), EXP_POLY=int(exp_poly))
+        if softplus_poly:
+            meta.update(SP_POLY=True)
     return variant, meta, extra
 
 
@@ -606,7 +789,7 @@ def _interpreter_float32(*xs):
 
 def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        save_checkpoints=False, variant=None, block_d=None, block_l=None, num_warps=None,
-                       prefetch=None, tn=None, even=None):
+                       prefetch=None, tn=None, even=None, share=False, softplus_poly=False, exp_poly=0):
     """Launch the forward kernel -> (y, last_state, checkpoints, meta).
 
     y (b, D, L) in u's dtype; last_state (b, D, N) float32; checkpoints
@@ -627,7 +810,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if variant is None:
         variant, tn = _default_variant(Dg, N, L, save_checkpoints, tn)
     variant, meta, extra = _blocks(Dg, N, L, save_checkpoints, variant, block_d, block_l, num_warps, u.element_size(),
-                                   prefetch, tn, even)
+                                   prefetch, tn, even, share, softplus_poly, exp_poly)
     y = torch.empty(batch, Dtot, L, device=u.device, dtype=u.dtype)
     last = torch.empty(batch, Dtot, N, device=u.device, dtype=torch.float32)
     n_blocks = triton.cdiv(L, meta["BLOCK_L"])

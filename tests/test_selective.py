@@ -203,7 +203,12 @@ def test_selective_scan_triton_variants_and_blocks(variant, block_l):
 # and the mask-free path (even=True needs L % BLOCK_L == 0, D % BLOCK_D == 0 and BLOCK_N = N)
 KNOBS = [("rows", dict(prefetch=1)), ("rows", dict(prefetch=2, block_l=4)), ("nsplit", dict(tn=2, prefetch=0)),
          ("nsplit", dict(tn=2, prefetch=1)),
-         ("nsplit", dict(tn=4, prefetch=1)), ("nsplit", dict(tn=4, prefetch=2, block_l=4)), ("nsplit", dict(tn=1))]
+         ("nsplit", dict(tn=4, prefetch=1)), ("nsplit", dict(tn=4, prefetch=2, block_l=4)), ("nsplit", dict(tn=1)),
+         # per-(d, t) work once (share), the log-free softplus, exp2 by a polynomial for every k-th mode
+         ("nsplit", dict(tn=2, share=True)), ("nsplit", dict(tn=4, share=2, softplus_poly=True, prefetch=2)),
+         ("nsplit", dict(tn=1, exp_poly=1)), ("nsplit", dict(tn=2, exp_poly=2, share=True, softplus_poly=True)),
+         ("nsplit", dict(tn=1, exp_poly=4, share=2)), ("nsplit", dict(tn=2, share=2, num_warps=2)),
+         ("rows", dict(softplus_poly=True))]
 
 
 @pytest.mark.parametrize("variant,knobs", KNOBS, ids=str)
@@ -217,11 +222,37 @@ def test_selective_scan_triton_knobs(variant, knobs, case):
     ref_y, ref_h = selective_scan(*args, **kw, return_last_state=True, impl="naive")
     dev = [x.to(DEVICE) for x in args]
     kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    if knobs.get("exp_poly", 0) > 1 and (triton_next_pow2(N) // min(knobs["tn"], triton_next_pow2(N))) % knobs["exp_poly"]:
+        with pytest.raises(ValueError, match="exp_poly"):  # fewer modes per thread than the polynomial's period
+            selective_scan_fwd(*[x.to(DEVICE) for x in args], **kw, variant=variant, **knobs)
+        return
     evens = [False, True] if (L % knobs.get("block_l", min(8, L)) == 0 and N in (1, 4)) else [False]
     for even in evens:
         y, h, _, meta = selective_scan_fwd(*dev, **kwd, variant=variant, block_d=D if even else 2, even=even, **knobs)
         assert meta["EVEN"] == even
         assert rel_error(y, ref_y) < 1e-5 and rel_error(h, ref_h) < 1e-5, (meta, rel_error(y, ref_y))
+
+
+def triton_next_pow2(n):
+    return 1 << (n - 1).bit_length()
+
+
+def test_fast_math_polynomials():
+    """The kernel's FMA-only 2^x (x < -126 gives 0) and log-free softplus against float64 (stated bounds)."""
+    from ssm_edu.kernels.selective import fast_math
+
+    x = torch.cat([torch.linspace(-140.0, 0.0, 20011), torch.linspace(-1.0, 1.0, 4001), torch.tensor([0.0, -126.0])])
+    e, _ = fast_math(x.to(DEVICE))
+    e, xd = e.cpu().double(), x.double()
+    live = xd >= -126.0
+    rel = ((e[live] - torch.exp2(xd[live])) / torch.exp2(xd[live])).abs().max().item()
+    assert rel < 2e-7, rel
+    assert (e[~live] == 0).all() and e[x == 0.0].eq(1.0).all()
+    x = torch.cat([torch.linspace(-30.0, 30.0, 24001), torch.tensor([-1e-6, 0.0, 1e-6, 80.0])])
+    _, sp = fast_math(x.to(DEVICE))
+    ref = torch.nn.functional.softplus(x.double())
+    rel = ((sp.cpu().double() - ref) / ref).abs().max().item()
+    assert rel < 5e-7, rel
 
 
 def test_selective_scan_triton_bad_variant():
