@@ -705,9 +705,10 @@ def _default_variant(Dg, N, L, training, tn):
     3.6; the whole sweep is in this module's docstring). Everywhere else "rows", the form the H100 test
     suite ran on odd sizes.
     """
-    if not training and not interpreting() and N == 16 and Dg % 16 == 0 and L % 8 == 0:
-        return "nsplit", tn or 2
-    return DEFAULT_VARIANT, tn
+    if training or interpreting() or N != 16:
+        return DEFAULT_VARIANT, tn
+    _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, None, tn=tn)  # the measured blocks: 16 channels, 8 steps
+    return ("nsplit", meta["TN"]) if meta["EVEN"] else (DEFAULT_VARIANT, tn)
 
 
 def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2, prefetch=None, tn=None, even=None,
@@ -726,6 +727,7 @@ def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}; got {variant!r}")
     BN = next_pow2(N)
+    tn = min(tn or 2, BN)  # "nsplit" only
     if training:  # the checkpoints for the backward pass: the "nloop" form
         variant = "nloop"
     if interpreting():  # small: the interpreter's scan is a Python loop per element
@@ -746,7 +748,6 @@ def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2
         meta = dict(BLOCK_D=block_d or 32 * w, BLOCK_N=BN, BLOCK_L=bl)
         extra = dict(num_warps=w)
     else:  # "nsplit": one warp per program, TN threads per channel along N
-        tn = min(tn or 2, BN)
         w = num_warps or 1
         meta = dict(BLOCK_D=block_d or max(1, 32 // tn) * w, BLOCK_N=BN, BLOCK_L=block_l or 8)
         extra = dict(num_warps=w)
@@ -755,7 +756,7 @@ def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2
             even = L % meta["BLOCK_L"] == 0 and Dg % meta["BLOCK_D"] == 0 and BN == N
         meta.update(EVEN=bool(even), PREFETCH=int(prefetch or 0))
         if variant == "nsplit":
-            meta.update(TN=min(tn or 2, BN), PREFETCH=int(1 if prefetch is None else prefetch))
+            meta.update(TN=tn, PREFETCH=int(1 if prefetch is None else prefetch))
             if exp_poly > 1 and (BN // meta["TN"]) % exp_poly:
                 raise ValueError(f"exp_poly={exp_poly} needs a multiple of {exp_poly} modes per thread; "
                                  f"got BLOCK_N / TN = {BN // meta['TN']}")
