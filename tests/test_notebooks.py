@@ -42,3 +42,26 @@ def test_toc_lists_exactly_the_chapters():
     assert listed == {p.stem for p in NOTEBOOKS}
     for page in re.findall(r"file:\s*(book/\S+)", toc):
         assert (ROOT / f"{page}.md").exists() or (ROOT / f"{page}.ipynb").exists(), page
+
+
+def test_nbval_waits_long_enough_for_cell_output(tmp_path):
+    """The root conftest raises nbval's hard-coded 5 s wait for the messages after a cell (why: conftest.py).
+
+    Collected in a subprocess, as CI collects: this fails if nbval renames the
+    attribute (the hook would then silently do nothing) or the hook is lost.
+    """
+    import subprocess
+    import sys
+
+    (tmp_path / "record_timeouts.py").write_text(
+        "import json, os\n"
+        "def pytest_collection_finish(session):\n"
+        "    cells = [i for i in session.items if type(i).__name__ == 'IPyNbCell']\n"
+        "    with open(os.environ['RECORD_TO'], 'w') as f:\n"
+        "        json.dump([getattr(i, 'output_timeout', None) for i in cells], f)\n")
+    record = tmp_path / "timeouts.json"
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path), "RECORD_TO": str(record)}
+    subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "record_timeouts", "-p", "no:xdist",
+                    str(NOTEBOOKS[0].relative_to(ROOT))], cwd=ROOT, env=env, check=True, capture_output=True)
+    timeouts = json.loads(record.read_text())
+    assert timeouts and min(timeouts) >= 60, timeouts
