@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["dispatch", "triton_available", "TRITON_INSTALL_HINT"]
+__all__ = ["dispatch", "float32_kernel", "triton_available", "TRITON_INSTALL_HINT"]
 
 TRITON_INSTALL_HINT = (
     "pip install triton==3.7.1 (Linux x86-64; the book's requirements.txt installs it). "
@@ -52,3 +52,18 @@ def dispatch(op: str, impl: str, tensors, **impls: Callable | str | None) -> Cal
         module, _, name = target.partition(":")
         target = getattr(importlib.import_module(f"ssm_edu.kernels.{module}"), name)
     return target
+
+
+def float32_kernel(op: str, impl: str, fn: Callable, *, double: bool, what: str, fallback: Callable) -> Callable:
+    """The function to run, given that the Triton kernels compute in float32.
+
+    For float64 work (``double``) ``"auto"`` takes ``fallback`` (the vectorized
+    form, which keeps the reference precision) and an explicit ``"triton"``
+    is an error that names what was float64 (``what``, e.g. ``"float64 x"``).
+    Otherwise ``fn``, as ``dispatch`` chose it.
+    """
+    if double and impl == "auto":
+        return fallback
+    if double and impl == "triton":
+        raise ValueError(f"{op}: impl='triton' computes in float32; got {what} (use impl='vectorized' for float64)")
+    return fn

@@ -60,7 +60,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import dispatch
+from ._dispatch import dispatch, float32_kernel
 from ._validate import Shapes, check_dtype, check_same_device
 from .numerics import accumulation_dtype
 from .ssd import segsum
@@ -511,12 +511,8 @@ def mamba3(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initial_st
         initial_state = (initial_state.to(work) if isinstance(initial_state, torch.Tensor)
                          else Mamba3State(*(t.to(work) for t in initial_state)))
     kwargs = dict(D=D, z=z, initial_state=initial_state, return_final_state=bool(return_final_state))
-    if impl == "auto" and x.dtype == torch.float64:  # the kernel computes in float32
-        fn = mamba3_vectorized
+    fn = float32_kernel(op, impl, fn, double=x.dtype == torch.float64, what="float64 x", fallback=mamba3_vectorized)
     if fn not in (mamba3_naive, mamba3_quadratic, mamba3_vectorized):  # the Triton kernel
-        if x.dtype == torch.float64:
-            raise ValueError(f"{op}: impl='triton' computes in float32; got float64 x "
-                             "(use impl='vectorized' for float64)")
         return fn(x, dt, A, B, C, lam, theta, chunk_size=chunk_size, **kwargs)
     cast = {k: (v.to(work) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     if fn is mamba3_vectorized:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import dispatch
+from ._dispatch import dispatch, float32_kernel
 from ._validate import Shapes, check_dtype, check_same_device
 from .numerics import accumulation_dtype
 
@@ -190,14 +190,12 @@ def linear_scan(a, b, h0=None, impl="auto"):
     out = torch.promote_types(a.dtype, b.dtype)
     if h0 is not None:
         out = torch.promote_types(out, h0.dtype)
-    if impl == "auto" and (out.is_complex or out == torch.float64):  # the kernel computes real float32
-        fn = linear_scan_vectorized
-    if impl == "triton" or (impl == "auto" and fn not in (linear_scan_vectorized,)):
-        if out.is_complex:
-            raise ValueError(f"{op}: impl='triton' supports real inputs only; got {str(out).replace('torch.', '')} "
-                             "(use impl='vectorized' for complex a, b)")
-        if out == torch.float64:
-            raise ValueError(f"{op}: impl='triton' computes in float32; got float64 (use impl='vectorized' for float64)")
+    if out.is_complex and impl == "triton":  # the kernel computes real float32
+        raise ValueError(f"{op}: impl='triton' supports real inputs only; got {str(out).replace('torch.', '')} "
+                         "(use impl='vectorized' for complex a, b)")
+    fn = float32_kernel(op, impl, fn, double=out.is_complex or out == torch.float64, what=str(out).replace("torch.", ""),
+                        fallback=linear_scan_vectorized)
+    if impl == "triton" or (impl == "auto" and fn is not linear_scan_vectorized):
         return fn(a.to(out), b.to(out), None if h0 is None else h0.to(out))
     work = accumulation_dtype(out)
     return fn(a.to(work), b.to(work), None if h0 is None else h0.to(work)).to(out)

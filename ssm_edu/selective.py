@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import dispatch
+from ._dispatch import dispatch, float32_kernel
 from ._validate import Shapes, check_dtype, check_same_device
 from .scan import linear_scan
 
@@ -204,12 +204,8 @@ def _run(op, fn, impl, args, delta_softplus, return_last_state):
     """Check the inputs, pick the working dtype, run ``fn``, return in u's dtype."""
     _check_scan(op, *args)
     double = any(x is not None and x.dtype == torch.float64 for x in args)
-    if impl == "auto" and double:  # the kernel computes in float32
-        fn = selective_scan_vectorized
+    fn = float32_kernel(op, impl, fn, double=double, what="float64 inputs", fallback=selective_scan_vectorized)
     if getattr(fn, "__name__", "") == "selective_scan_triton":
-        if double:
-            raise ValueError(f"{op}: impl='triton' computes in float32; got float64 inputs "
-                             "(use impl='naive' or 'vectorized' for float64)")
         return fn(*args, delta_softplus=delta_softplus, return_last_state=return_last_state)
     work = torch.float64 if double else torch.float32
     out = fn(*(None if x is None else x.to(work) for x in args), delta_softplus=delta_softplus,
@@ -318,12 +314,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                     ("dt_bias", dt_bias)):
         if t is not None:
             check_dtype(op, name, t, _REAL)
-    if impl == "auto" and state.dtype == torch.float64:
-        fn = selective_state_update_vectorized
+    fn = float32_kernel(op, impl, fn, double=state.dtype == torch.float64, what="a float64 state",
+                        fallback=selective_state_update_vectorized)
     if fn.__name__ == "selective_state_update_triton":
-        if state.dtype == torch.float64:
-            raise ValueError(f"{op}: impl='triton' computes in float32; got a float64 state "
-                             "(use impl='naive' or 'vectorized' for float64)")
         return fn(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
     # one layout for the tiers: (b, D, N) is the headed layout with one head per group
     G = max(X.shape[1] if X.dim() == 3 else 1 for X in (B, C))

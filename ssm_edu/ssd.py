@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import dispatch
+from ._dispatch import dispatch, float32_kernel
 from ._validate import Shapes, check_dtype, check_same_device
 from .numerics import accumulation_dtype
 
@@ -319,12 +319,8 @@ def ssd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus
             check_dtype(op, name, t, _FLOAT)
     kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=bool(dt_softplus), initial_states=initial_states,
                   return_final_states=bool(return_final_states))
-    if impl == "auto" and x.dtype == torch.float64:  # the kernel computes in float32
-        fn = ssd_vectorized
+    fn = float32_kernel(op, impl, fn, double=x.dtype == torch.float64, what="float64 x", fallback=ssd_vectorized)
     if fn not in (ssd_naive, ssd_quadratic, ssd_vectorized):  # the Triton kernel
-        if x.dtype == torch.float64:
-            raise ValueError(f"{op}: impl='triton' computes in float32; got float64 x "
-                             "(use impl='vectorized' for float64)")
         return fn(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)
     work = accumulation_dtype(x.dtype)
     cast = {k: (v.to(work) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
