@@ -88,7 +88,7 @@ Knobs of "nsplit" towards the goal (not yet timed; the default does not use them
   2^round(x) by an integer add on the bits, a degree-6 minimax polynomial for the fraction; 13
   instructions in place of one MUFU.EX2); relative error below 2e-7 (9.7e-8 measured), 0 below 2^-126.
 
-The offline sm_90 compile (Triton 3.6, ptxas; .scratch/compile_ss.py) counts, per iteration of the main
+The offline sm_90 compile (Triton 3.6, ptxas; benchmarks/compile_selective.py) counts, per iteration of the main
 loop, SASS instructions and MUFU operations per (b, d, t, n) element (warp instructions per element,
 elements per warp-iteration = BLOCK_D BLOCK_L N / warps):
 
@@ -344,7 +344,6 @@ def _selective_scan_fwd(
         pu = u_ptr + b64 * s_ub
         pdt = delta_ptr + b64 * s_db
         pz = z_ptr + b64 * s_zb
-        py = y_ptr + b64 * Dtot * L
         if PREFETCH >= 1:  # block 0's inputs; the loop loads block k + 1's while it computes block k
             m0 = dm3 & (t0 < L)
             u_nx = _ld(pu + d3 * s_ud + t0 * s_ul, m0, EVEN)

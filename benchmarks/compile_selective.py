@@ -1,0 +1,172 @@
+"""The selective scan's forward kernel compiled for an H100 without one: registers, spills, the main loop's SASS.
+
+    python benchmarks/compile_selective.py [LABEL ...] [--dump DIR]
+
+Compiles ``_selective_scan_fwd`` of kernels/selective.py for sm_90 (Triton's compiler and the ptxas and
+cuobjdump of its wheel: no GPU needed) as the launcher would at the goal shape B8 D2048 L2048 N16: bf16
+u, Δ, B, C, z; D, delta_bias, softplus; the knobs of each config go through the launcher's ``_blocks``, as
+in benchmarks/sweep_selective.py. LABEL keeps the configs whose label contains it; --dump writes each
+config's TTGIR, PTX and SASS to DIR.
+
+For each config: registers, spill bytes (stores/loads), warps per SM (by registers), shared memory; then
+in the main loop (the body of the longest backward branch) the SASS instructions, MUFU operations (ex2,
+rcp, lg2), FFMA, shuffles, shared loads/stores and barriers; per (b, d, t, n) element the instructions and
+MUFU operations; the issue-bound time (528 schedulers at 1.755 GHz), the MUFU-bound time (16 lanes per SM)
+and a predicted time (the larger, times the measured / issue ratio of 2026-11-28: 1.30 at up to 8 warps per
+SM, 1.2 at up to 16). The table in kernels/selective.py's docstring came from this script under Triton 3.6;
+other Triton versions compile differently.
+"""
+import argparse
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+
+os.environ["TRITON_INTERPRET"] = "0"  # before the kernels are imported: compile, never interpret
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from ssm_edu.kernels import selective  # noqa: E402
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+SHAPE = dict(B=8, D=2048, L=2048, N=16)
+POINTERS = dict(u_ptr="*bf16", delta_ptr="*bf16", A2_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32",
+                z_ptr="*bf16", bias_ptr="*fp32", y_ptr="*bf16", last_ptr="*fp32", ck_ptr="*fp32")
+SCHEDULERS, CLOCK = 528, 1.755e9  # H100 SXM: 132 SMs x 4 schedulers; boost clock
+
+NS = dict(variant="nsplit", block_l=8, prefetch=1)
+S2 = dict(NS, share=2, softplus_poly=True)
+CONFIGS = [  # (label, keyword arguments of selective_scan_fwd), the docstring's table first
+    ("nsplit tn2 (the default)", dict(NS, tn=2)),
+    ("nsplit tn4", dict(NS, tn=4)),
+    ("nsplit tn2 share1 spoly", dict(NS, tn=2, share=1, softplus_poly=True)),
+    ("nsplit tn2 share2 spoly", dict(S2, tn=2)),
+    ("nsplit tn4 share1 spoly", dict(NS, tn=4, share=1, softplus_poly=True)),
+    ("nsplit tn4 share2 spoly w2", dict(S2, tn=4, num_warps=2)),
+    ("nsplit tn4 share2 spoly w4", dict(S2, tn=4, num_warps=4)),
+    ("nsplit tn4 share2 spoly w8", dict(S2, tn=4, num_warps=8)),
+    ("nsplit tn4 share2 spoly w2 ep4", dict(S2, tn=4, num_warps=2, exp_poly=4)),
+    ("rows", dict(variant="rows")),
+    ("rows pf2", dict(variant="rows", prefetch=2)),
+    ("nloop", dict(variant="nloop")),
+]
+
+
+def goal_ints(B, D, L, N):
+    """The integer arguments as the launcher passes them for contiguous inputs with G = 1."""
+    u = dict(b=D * L, d=L, l=1)
+    bc = dict(b=N * L, g=N * L, n=L, l=1)
+    ints = dict(L=L, Dg=D, N=N)
+    for x in "udz":
+        ints.update({f"s_{x}{k}": v for k, v in u.items()})
+    for x in "BC":
+        ints.update({f"s_{x}{k}": v for k, v in bc.items()})
+    return ints
+
+
+def compile_fwd(knobs, shape=SHAPE):
+    """Compile as the JIT would specialise: ints equal to 1 become constants, multiples of 16 and the pointers
+    get divisibility 16. Returns (compiled kernel, its constexprs, num_warps, registers, (spill stores, loads), SASS)."""
+    variant, meta, extra = selective._blocks(shape["D"], shape["N"], shape["L"], False, knobs.get("variant"),
+                                             knobs.get("block_d"), knobs.get("block_l"), knobs.get("num_warps"), 2,
+                                             knobs.get("prefetch"), knobs.get("tn"), knobs.get("even"),
+                                             knobs.get("share", False), knobs.get("softplus_poly", False),
+                                             knobs.get("exp_poly", 0))
+    ce = dict(meta, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SAVE_CK=False,
+              VARIANT=selective.VARIANTS[variant])
+    fn = selective._selective_scan_fwd
+    ints = goal_ints(**shape)
+    sig, attrs = {}, {}
+    for i, (name, param) in enumerate(inspect.signature(fn.fn).parameters.items()):
+        if name in ce or param.default is not param.empty:  # a constexpr the launch sets, or its default
+            ce.setdefault(name, param.default)
+            sig[name] = "constexpr"
+        elif name in POINTERS:
+            sig[name] = POINTERS[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif ints[name] == 1:
+            sig[name] = "constexpr"
+            ce[name] = 1
+        else:
+            sig[name] = "i32"
+            if ints[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    num_warps = extra["num_warps"]
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=num_warps, num_stages=3))
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(ptx, "w") as f:
+            f.write(k.asm["ptx"])
+        info = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o", cubin],
+                              capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True,
+                              check=True).stdout
+    regs = int(re.search(r"Used (\d+) registers", info).group(1))
+    spill = tuple(int(re.search(rf"(\d+) bytes spill {w}", info).group(1)) for w in ("stores", "loads"))
+    return k, ce, num_warps, regs, spill, sass
+
+
+def loop_counts(sass):
+    """Instruction counts of the main loop: the body of the last backward branch that spans over 0x400 bytes."""
+    ins = []
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(2)))
+    loop = ins
+    for addr, text in ins:
+        target = re.search(r"0x([0-9a-f]+)", text.split("BRA")[-1]) if "BRA" in text else None
+        if target and 0x400 < addr - int(target.group(1), 16):
+            lo = int(target.group(1), 16)
+            loop = [x for x in ins if lo <= x[0] <= addr]
+    count = lambda pattern: sum(1 for _, t in loop if re.search(pattern, t))  # noqa: E731
+    return dict(n=len(loop), mufu=count(r"MUFU\."), ex2=count(r"MUFU\.EX2"), rcp=count(r"MUFU\.RCP"),
+                lg2=count(r"MUFU\.LG2"), ffma=count(r"FFMA"), shfl=count(r"SHFL"), lds=count(r"\bLDS"),
+                sts=count(r"\bSTS|STSM"), bar=count(r"BAR"))
+
+
+def row(label, knobs, shape=SHAPE, dump=None):
+    """One line of the table for a config."""
+    k, ce, warps, regs, spill, sass = compile_fwd(knobs, shape)
+    programs = shape["B"] * -(-shape["D"] // ce["BLOCK_D"])
+    per_sm = min(65536 // (regs * 32 * warps), -(-programs // 132)) * warps  # warps per SM, by registers
+    q = loop_counts(sass)
+    per_iter = ce["BLOCK_D"] * ce["BLOCK_L"] * shape["N"] / warps  # (b, d, t, n) elements per warp-iteration
+    elements = shape["B"] * shape["D"] * shape["L"] * shape["N"]
+    t_issue = q["n"] / per_iter * elements / SCHEDULERS / CLOCK * 1e6
+    t_mufu = q["mufu"] / per_iter * elements / SCHEDULERS * 8 / CLOCK * 1e6  # 16 lanes: 8 cycles a warp op
+    ratio = 1.30 if per_sm <= 8 else 1.2 if per_sm <= 16 else 1.1
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        stem = os.path.join(dump, re.sub(r"[^A-Za-z0-9_]+", "_", label))
+        for ext, text in (("ttgir", k.asm["ttgir"]), ("ptx", k.asm["ptx"]), ("sass", sass)):
+            with open(f"{stem}.{ext}", "w") as f:
+                f.write(text)
+    return (f"{label:32s} {regs:4d} {spill[0]:3d}/{spill[1]:<3d} {per_sm:3d} {k.metadata.shared:6d} | {q['n']:5d} "
+            f"{q['mufu']:4d}({q['ex2']}/{q['rcp']}/{q['lg2']}) {q['ffma']:4d} {q['shfl']:3d} {q['lds']}/{q['sts']} "
+            f"{q['bar']:3d} | {q['n'] / per_iter:.3f}  {q['mufu'] / per_iter:.4f} {t_issue:6.0f} {t_mufu:6.0f} "
+            f"{ratio * max(t_issue, t_mufu):6.0f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("labels", nargs="*", help="keep the configs whose label contains one of these")
+    ap.add_argument("--dump", help="write each config's TTGIR, PTX and SASS here")
+    args = ap.parse_args()
+    print(f"triton {triton.__version__}, sm_90, B{SHAPE['B']} D{SHAPE['D']} L{SHAPE['L']} N{SHAPE['N']} bf16")
+    print(f"{'config':32s} regs spill w/SM  smem | loop: instr MUFU(ex2/rcp/lg2) FFMA SHFL LDS/STS BAR "
+          "| instr/el MUFU/el t_issue t_mufu pred (us)")
+    for label, knobs in CONFIGS:
+        if not args.labels or any(s in label for s in args.labels):
+            try:
+                print(row(label, knobs, dump=args.dump), flush=True)
+            except Exception as e:  # a config that does not compile is reported, the others go on
+                print(f"{label:32s} COMPILE ERROR {type(e).__name__}: {str(e)[:300]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
