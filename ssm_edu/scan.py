@@ -190,10 +190,12 @@ def linear_scan(a, b, h0=None, impl="auto"):
     out = torch.promote_types(a.dtype, b.dtype)
     if h0 is not None:
         out = torch.promote_types(out, h0.dtype)
+    name = str(out).replace("torch.", "")
     if out.is_complex and impl == "triton":  # the kernel computes real float32
-        raise ValueError(f"{op}: impl='triton' supports real inputs only; got {str(out).replace('torch.', '')} "
+        raise ValueError(f"{op}: impl='triton' supports real inputs only; got {name} "
                          "(use impl='vectorized' for complex a, b)")
-    fn = float32_kernel(op, impl, fn, double=out.is_complex or out == torch.float64, what=str(out).replace("torch.", ""),
+    # complex inputs also take the vectorized form under "auto" (the explicit "triton" was refused above)
+    fn = float32_kernel(op, impl, fn, double=out.is_complex or out == torch.float64, what=name,
                         fallback=linear_scan_vectorized)
     if impl == "triton" or (impl == "auto" and fn is not linear_scan_vectorized):
         return fn(a.to(out), b.to(out), None if h0 is None else h0.to(out))

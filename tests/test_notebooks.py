@@ -1,8 +1,11 @@
 """Static checks of the chapter notebooks (their execution is nbval's job)."""
 
 import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -50,9 +53,6 @@ def test_nbval_waits_long_enough_for_cell_output(tmp_path):
     Collected in a subprocess, as CI collects: this fails if nbval renames the
     attribute (the hook would then silently do nothing) or the hook is lost.
     """
-    import subprocess
-    import sys
-
     (tmp_path / "record_timeouts.py").write_text(
         "import json, os\n"
         "def pytest_collection_finish(session):\n"
@@ -60,7 +60,7 @@ def test_nbval_waits_long_enough_for_cell_output(tmp_path):
         "    with open(os.environ['RECORD_TO'], 'w') as f:\n"
         "        json.dump([getattr(i, 'output_timeout', None) for i in cells], f)\n")
     record = tmp_path / "timeouts.json"
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path), "RECORD_TO": str(record)}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "RECORD_TO": str(record)}
     subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "record_timeouts", "-p", "no:xdist",
                     str(NOTEBOOKS[0].relative_to(ROOT))], cwd=ROOT, env=env, check=True, capture_output=True)
     timeouts = json.loads(record.read_text())
