@@ -248,4 +248,5 @@ def merge(doc: dict, path: pathlib.Path, replace_shapes_only: bool = False) -> N
 
 
 from . import selective  # noqa: E402,F401  (registers the selective-SSM rows; it imports this module's helpers)
+from . import ssd, mamba3, long_context  # noqa: E402,F401  (chapters 8, 9, 10)
 from . import decode  # noqa: E402,F401  (registers the decoding rows of chapter 10)
