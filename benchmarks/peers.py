@@ -8,7 +8,11 @@ git-ignored folder ``.peers/`` (see ``benchmarks/README.md`` for how to fill it)
   without running ``mamba_ssm/__init__.py``, which would import the CUDA
   extension and the model zoo. Its CUDA selective scan is compiled here, for
   the local GPU's architecture only, with the flags of its ``setup.py``
-  (about 3 minutes on 16 cores).
+  (about 3 minutes on 16 cores). The built module is also copied to
+  ``.peers/prebuilt/selective_scan_cuda-<torch>-sm<arch>.so``; a later run on a
+  machine with the same torch build and GPU architecture loads that file
+  instead of compiling (``benchmarks/gpu_session.sh`` brings it back from the
+  GPU machine compressed, so that the next session skips the build).
 - ``.peers/site/``: pure-Python wheels unpacked (``fla`` for fla-core,
   ``mambapy``, and ``einops`` which both import).
 
@@ -59,14 +63,45 @@ def mamba_ssm(module: str):
         raise Missing(f"mamba_ssm.{module} does not import: {err}") from err
 
 
+def prebuilt_path() -> pathlib.Path:
+    """Where the compiled ``selective_scan_cuda`` of this torch build and GPU architecture is kept."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return PEERS / "prebuilt" / f"selective_scan_cuda-{torch.__version__}-sm{major}{minor}.so"
+
+
+def _load_prebuilt(path: pathlib.Path):
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.ExtensionFileLoader("selective_scan_cuda", str(path))
+    spec = importlib.util.spec_from_file_location("selective_scan_cuda", str(path), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
 def selective_scan_cuda():
     """Compile (once per machine) and import mamba_ssm's CUDA selective scan, as ``selective_scan_cuda``."""
     if "selective_scan_cuda" in sys.modules:
         return sys.modules["selective_scan_cuda"]
+    import shutil
+
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, load
 
-    if CUDA_HOME is None or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        raise Missing("no CUDA GPU for mamba_ssm's selective_scan_cuda")
+    prebuilt = prebuilt_path()
+    if prebuilt.exists():
+        try:
+            module = _load_prebuilt(prebuilt)
+            sys.modules["selective_scan_cuda"] = module
+            return module
+        except ImportError as err:  # another torch ABI after all: compile instead
+            print(f"prebuilt {prebuilt.name} does not load ({err}); compiling", file=sys.stderr)
+    if CUDA_HOME is None:
         raise Missing("no nvcc/CUDA to compile mamba_ssm's selective_scan_cuda")
     csrc = _mamba_root() / "csrc" / "selective_scan"
     major, minor = torch.cuda.get_device_capability()
@@ -90,6 +125,8 @@ def selective_scan_cuda():
     except Exception as err:  # a compiler error is a missing peer, reported with its message
         raise Missing(f"compiling selective_scan_cuda failed: {str(err)[-500:]}") from err
     sys.modules["selective_scan_cuda"] = module
+    prebuilt.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(module.__file__, prebuilt)
     return module
 
 

@@ -1,0 +1,117 @@
+"""The test suite on a GPU machine, with pass counts per file.
+
+    python -m benchmarks.gpu_tests [--jobs N] [--out DIR] [tests/test_x.py ...]
+
+Runs every test file under ``tests/`` except those that build or read the
+book (they need the book's toolchain, not a GPU), with the kernels compiled
+for the GPU instead of interpreted. Tests run side by side in ``--jobs``
+processes that share the GPU (pytest-xdist, test by test), so that the
+many small kernel compilations use the machine's cores; a kernel that
+faults takes down one worker, which is replaced, and the others go on.
+
+Writes ``pytest.xml`` (JUnit) and ``tests.log`` (one line per file: passed,
+failed, skipped, errors, seconds; then every failure's message) to ``--out``,
+prints the table and exits non-zero if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Files that need the book's toolchain (Jupyter Book, Chromium, nbval, a fresh venv), not a GPU.
+NOT_ON_GPU = {"test_book.py", "test_browser.py", "test_student_build.py", "test_colab_setup.py",
+              "test_notebooks.py", "test_packaging.py"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_tests")
+    parser.add_argument("files", nargs="*", type=pathlib.Path)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "gpu-session")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per test")
+    parser.add_argument("--limit", type=float, default=None, help="seconds for the whole run; then it is stopped")
+    args = parser.parse_args(argv)
+    files = args.files or sorted(p for p in (ROOT / "tests").glob("test_*.py") if p.name not in NOT_ON_GPU)
+    args.out.mkdir(parents=True, exist_ok=True)
+    xml = args.out / "pytest.xml"
+    # -v: xdist prints each result as it comes, so a run cut short by its time limit still shows what passed
+    cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider", "-v", "--tb=short",
+           "-n", str(args.jobs), "--dist", "load", f"--timeout={args.timeout}", f"--junitxml={xml}",
+           *map(str, files)]
+    log = args.out / "pytest.out"
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=args.limit)
+        except subprocess.TimeoutExpired:  # stop pytest and its workers, then report what finished
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = 124
+            xml.unlink(missing_ok=True)
+    table, failures = summarise(xml) if xml.exists() else summarise_verbose(log)
+    text = "\n".join(table + [""] + failures) + "\n"
+    (args.out / "tests.log").write_text(text)
+    print("\n".join(table))
+    return rc
+
+
+def summarise_verbose(log: pathlib.Path) -> tuple[list[str], list[str]]:
+    """Per-file counts from pytest's -v lines (``[gw3] PASSED tests/test_x.py::name``), for a run cut short."""
+    counts = collections.defaultdict(collections.Counter)
+    failures = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.match(r"\[gw\d+\] \[ *\d+%\] (PASSED|FAILED|SKIPPED|ERROR) (\S+)", line)
+        if m:
+            outcome, test = m.groups()
+            file = test.split("::")[0].split("/")[-1]
+            counts[file][{"PASSED": "passed", "FAILED": "failed", "SKIPPED": "skipped", "ERROR": "errors"}[outcome]] += 1
+            if outcome in ("FAILED", "ERROR"):
+                failures.append(test)
+    table = ["(cut short: counts from pytest's -v lines, no times)",
+             f"{'file':32s} {'passed':>7s} {'failed':>7s} {'errors':>7s} {'skipped':>8s}"]
+    for file in sorted(counts):
+        c = counts[file]
+        table.append(f"{file:32s} {c['passed']:7d} {c['failed']:7d} {c['errors']:7d} {c['skipped']:8d}")
+    return table, failures
+
+
+def summarise(xml: pathlib.Path) -> tuple[list[str], list[str]]:
+    """Per-file counts from a JUnit file, and the failures' first lines."""
+    counts = collections.defaultdict(collections.Counter)
+    failures = []
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        name = case.get("classname", "").split(".")
+        file = next((f"{part}.py" for part in name if part.startswith("test_")), "?")
+        c = counts[file]
+        c["seconds"] += float(case.get("time") or 0)
+        kinds = {child.tag for child in case}
+        if "failure" in kinds or "error" in kinds:
+            c["failed" if "failure" in kinds else "errors"] += 1
+            child = case.find("failure") if "failure" in kinds else case.find("error")
+            failures.append(f"{file}::{case.get('name')}: {(child.get('message') or '').splitlines()[0][:300] if child.get('message') else ''}")
+        elif "skipped" in kinds:
+            c["skipped"] += 1
+        else:
+            c["passed"] += 1
+    table = [f"{'file':32s} {'passed':>7s} {'failed':>7s} {'errors':>7s} {'skipped':>8s} {'seconds':>8s}"]
+    total = collections.Counter()
+    for file in sorted(counts):
+        c = counts[file]
+        total.update(c)
+        table.append(f"{file:32s} {c['passed']:7d} {c['failed']:7d} {c['errors']:7d} {c['skipped']:8d} {c['seconds']:8.1f}")
+    table.append(f"{'total':32s} {total['passed']:7d} {total['failed']:7d} {total['errors']:7d} {total['skipped']:8d} "
+                 f"{total['seconds']:8.1f}")
+    return table, failures
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
