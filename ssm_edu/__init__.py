@@ -16,6 +16,13 @@ import torch as _torch
 # reader's own setting wins.
 if not _torch.cuda.is_available():
     _os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Triton imported before us (by another library, or a reader's `import triton` first) decorated its own
+    # language library in compiled mode, which the interpreter cannot call: interpret it too (see _interpret).
+    if _os.environ["TRITON_INTERPRET"] == "1":
+        from . import _interpret
+
+        if _interpret.language_is_compiled():
+            _interpret.interpret_language()  # on failure, impl="triton" raises _interpret.HINT at once
 
 from ._dispatch import TRITON_INSTALL_HINT, triton_available  # noqa: E402
 from .convolution import causal_conv, lti_recurrence, ssm_kernel, toeplitz  # noqa: E402

@@ -49,6 +49,9 @@ def dispatch(op: str, impl: str, tensors, **impls: Callable | str | None) -> Cal
     if impl == "triton":
         if not triton_available():
             raise ImportError(f"{op}: impl='triton' needs Triton, which is not installed: {TRITON_INSTALL_HINT}")
+        from . import _interpret
+
+        _interpret.check(op)
         module, _, name = target.partition(":")
         target = getattr(importlib.import_module(f"ssm_edu.kernels.{module}"), name)
     return target
