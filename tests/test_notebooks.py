@@ -65,3 +65,15 @@ def test_nbval_waits_long_enough_for_cell_output(tmp_path):
                     str(NOTEBOOKS[0].relative_to(ROOT))], cwd=ROOT, env=env, check=True, capture_output=True)
     timeouts = json.loads(record.read_text())
     assert timeouts and min(timeouts) >= 60, timeouts
+
+
+APPENDIX_NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", APPENDIX_NOTEBOOKS, ids=lambda p: p.name)
+def test_appendix_code_is_folded(path):
+    """The appendices show results, not the Python that formats them: every code cell hides its input."""
+    nb = json.loads(path.read_text())
+    shown = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+             and not {"hide-input", "remove-input"} & set(c.get("metadata", {}).get("tags", []))]
+    assert not shown, f"{path.name}: code cells {shown} show their input; tag them hide-input (or remove-input)"
