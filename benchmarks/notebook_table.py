@@ -6,6 +6,7 @@ with ``cpu-``, on a GPU it is the GPU's slug. Each file holds::
 
     {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "date": "2026-05-01",
      "threads": 1,                       # optional: CPU threads the run used
+     "triton": "3.6.0", "jobs": 4,       # optional: Triton's version; notebooks run side by side
      "note": "...",                      # optional: anything that affected the run, shown with it
      "results": [{"notebook": "01_continuous_time.ipynb", "seconds": 41.2, "ok": true}, ...]}
 
@@ -40,6 +41,8 @@ class Run:
     seconds: dict[str, float] = field(default_factory=dict)   # notebook file name -> seconds
     failed: frozenset[str] = frozenset()                        # notebooks that raised
     note: str = ""                                              # how the run went, where it matters
+    triton: str | None = None
+    jobs: int = 1                                               # notebooks that ran side by side
 
     @property
     def label(self) -> str:
@@ -59,7 +62,8 @@ def load(directory: pathlib.Path | str = TIMES_DIR) -> list[Run]:
         seconds = {r["notebook"]: float(r["seconds"]) for r in doc["results"]}
         failed = frozenset(r["notebook"] for r in doc["results"] if not r.get("ok", True))
         runs.append(Run(path, device, kind, doc.get("date", "?"), doc.get("torch", "?"),
-                        doc.get("threads"), seconds, failed, doc.get("note", "")))
+                        doc.get("threads"), seconds, failed, doc.get("note", ""), doc.get("triton"),
+                        int(doc.get("jobs", 1))))
     return sorted(runs, key=lambda r: (r.kind != "cpu", r.device))
 
 
@@ -116,5 +120,10 @@ def table(runs: list[Run] | None = None, names: list[str] | None = None) -> tupl
 def provenance(runs: list[Run] | None = None) -> list[str]:
     """One line per run: device, torch version, date and file, for a table's caption."""
     runs = load() if runs is None else runs
-    return [f"{run.label}: torch {run.torch}, measured {run.date} ({run.path.name})" + (f". {run.note}" if run.note else "")
-            for run in runs]
+    lines = []
+    for run in runs:
+        versions = f"torch {run.torch}" + (f", Triton {run.triton}" if run.triton else "")
+        shared = f", {run.jobs} notebooks side by side" if run.jobs > 1 else ""
+        lines.append(f"{run.label}: {versions}, measured {run.date}{shared} ({run.path.name})"
+                     + (f". {run.note}" if run.note else ""))
+    return lines

@@ -9,6 +9,12 @@ device, library versions, date and per-notebook seconds, and exits non-zero
 if any notebook fails. By default every chapter and the book's notebook
 pages (book/*.ipynb) run.
 
+What the chapters measure themselves (``ssm_edu.results.record``: accuracies
+of the models they train, say) is collected too: the kernels run with
+``SSM_EDU_RECORD_DIR`` set, and the records are combined into
+``chapter_runs.json`` beside the times, in the form that
+``book/data/chapter_runs/<device-slug>.json`` keeps and the chapters quote.
+
 ``--jobs N`` runs N notebooks side by side (each in its own kernel), longest
 first by the last recorded times: on a GPU machine with many cores the whole
 book then takes about as long as its slowest chapter. Times measured that way
@@ -22,7 +28,9 @@ import concurrent.futures
 import datetime
 import json
 import multiprocessing
+import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -49,10 +57,14 @@ def main(argv=None) -> int:
     out = args.out or ROOT / "book" / "data" / "notebook_times" / f"{gpu_slug(device)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     order = _longest_first(paths, ROOT / "book" / "data" / "notebook_times" / out.name)
+    records = out.parent / "chapter_records"
+    shutil.rmtree(records, ignore_errors=True)  # this run's records only
+    os.environ["SSM_EDU_RECORD_DIR"] = str(records)  # inherited by every kernel: ssm_edu.results.record writes there
     rows, failed = {}, False
 
     def write():  # after every notebook, so that a run cut short keeps what it measured
-        doc = {"device": device, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+        doc = {"device": device, "torch": torch.__version__, "triton": _triton_version(),
+               "date": datetime.date.today().isoformat(),
                "threads": torch.get_num_threads(), "jobs": args.jobs, **({"note": args.note} if args.note else {}),
                "results": [rows[p.name] for p in paths if p.name in rows]}  # threads: the kernels inherit OMP_NUM_THREADS
         out.write_text(json.dumps(doc, indent=1) + "\n")
@@ -71,7 +83,21 @@ def main(argv=None) -> int:
                 print(row["error"], file=sys.stderr, flush=True)
             write()
     print(f"written {out}")
+    if records.is_dir():
+        chapters = {p.stem: {k: v for k, v in json.loads(p.read_text()).items() if k != "device"}
+                    for p in sorted(records.glob("*.json"))}
+        runs = out.parent / "chapter_runs.json"
+        runs.write_text(json.dumps({"device": device, "chapters": chapters}, indent=1) + "\n")
+        print(f"written {runs} (chapters: {', '.join(chapters)})")
     return 1 if failed else 0
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
 
 
 def _longest_first(paths, recorded):

@@ -17,10 +17,16 @@ chapters say where the measurements are published instead.
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import pathlib
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "book" / "data" / "benchmarks"
+# What the chapters themselves measured in a recorded run of every notebook on a GPU (accuracies of trained
+# models, say): benchmarks/notebooks.py sets SSM_EDU_RECORD_DIR, the chapters call ``record``, and the files
+# are committed here, one per device, so that the prose can quote the GPU run it describes.
+CHAPTER_RUNS = DATA.parent / "chapter_runs"
 
 # The performance goals of the book's kernels (issue tracker, 2026-11-27): the
 # operation, the goal row's shape, pass and dtype, the peer it must beat, and
@@ -83,4 +89,38 @@ def goal_table(device: str | None = None) -> list[dict]:
     return table
 
 
-__all__ = ["DATA", "GOALS", "devices", "rows", "median_us", "goal_table"]
+def record(chapter: str, **values) -> None:
+    """Keep ``values`` (JSON-able) of a chapter's recorded run; a no-op unless ``SSM_EDU_RECORD_DIR`` is set.
+
+    A reader's run records nothing. ``python -m benchmarks.notebooks`` sets the
+    variable, and each call merges into ``<dir>/<chapter>.json`` with the device,
+    the torch version and the date.
+    """
+    folder = os.environ.get("SSM_EDU_RECORD_DIR")
+    if not folder:
+        return
+    import torch
+
+    from .device import device_name
+
+    path = pathlib.Path(folder) / f"{chapter}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    doc.update(device=device_name(), torch=torch.__version__, date=datetime.date.today().isoformat())
+    doc.setdefault("values", {}).update(values)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def recorded(chapter: str) -> list[dict]:
+    """The committed records of a chapter, one per device: ``{"device", "torch", "date", "values"}``."""
+    if not CHAPTER_RUNS.is_dir():
+        return []
+    out = []
+    for path in sorted(CHAPTER_RUNS.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if chapter in doc.get("chapters", {}):
+            out.append({"device": doc["device"], **doc["chapters"][chapter]})
+    return out
+
+
+__all__ = ["DATA", "CHAPTER_RUNS", "GOALS", "devices", "rows", "median_us", "goal_table", "record", "recorded"]
