@@ -67,6 +67,7 @@ __all__ = [
     "rank_state_scan",
     "exchange_states",
     "ssd_sequence_parallel",
+    "ssd_sliced",
     "selective_scan_sequence_parallel",
     "wire_bytes",
     "CollectiveCounter",
@@ -186,6 +187,24 @@ def _check_exchange(op, exchange):
         raise RuntimeError(f"{op}: needs an initialised process group (torchrun, or ssm_edu.distributed.run_ranks)")
 
 
+def _ssd_slice(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, impl):
+    """One slice from a zero state (or ``initial_states``): y^(0) (b, L_r, H, P), S_r (b, H, P, N) and the
+    cumulative log-decay from the slice's start (b, L_r, H), in the accumulation dtype."""
+    y0, S = ssd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                initial_states=initial_states, return_final_states=True, impl=impl)
+    work = accumulation_dtype(x.dtype)
+    a = effective_dt(dt.to(work), None if dt_bias is None else dt_bias.to(work), dt_softplus) * A.to(work)  # (b, L_r, H)
+    return y0.to(work), S.to(work), torch.cumsum(a, dim=1)
+
+
+def _ssd_finish(y0, C, z, a_cum, h_in):
+    """y_t = y_t^(0) + exp(a_cum_t) h_in C_t (⊙ SiLU(z_t)): what the state entering the slice adds."""
+    H = y0.shape[2]
+    Ch = C.to(y0.dtype).repeat_interleave(H // C.shape[2], dim=2)  # (b, L_r, H, N): head h reads group h // (H / G)
+    y_in = torch.einsum("blhn,bhpn,blh->blhp", Ch, h_in, torch.exp(a_cum))
+    return y0 + (y_in if z is None else y_in * F.silu(z.to(y0.dtype)))
+
+
 def ssd_sequence_parallel(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
                           initial_states=None, return_final_states=False, exchange="chain", group=None, impl="auto"):
     """``ssd`` on a sequence split over the ranks of ``group``: each rank passes its own contiguous slice.
@@ -206,22 +225,35 @@ def ssd_sequence_parallel(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias
     op = "ssd_sequence_parallel"
     _check_exchange(op, exchange)
     rank = dist.get_rank(group)
-    y0, S = ssd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                initial_states=initial_states if rank == 0 else None, return_final_states=True, impl=impl)
-    work = accumulation_dtype(x.dtype)
-    H = x.shape[2]
-    a = effective_dt(dt.to(work), None if dt_bias is None else dt_bias.to(work), dt_softplus) * A.to(work)  # (b, L_r, H)
-    a_cum = torch.cumsum(a, dim=1)  # (b, L_r, H) log-decay from the slice's start to t
+    y0, S, a_cum = _ssd_slice(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus,
+                              initial_states if rank == 0 else None, impl)
     alpha = a_cum[:, -1, :, None, None]  # α_r (b, H, 1, 1)
-    h_in = exchange_states(S.to(work), alpha, exchange, group)  # (b, H, P, N)
-    Ch = C.to(work).repeat_interleave(H // C.shape[2], dim=2)  # (b, L_r, H, N): head h reads group h // (H / G)
-    y_in = torch.einsum("blhn,bhpn,blh->blhp", Ch, h_in, torch.exp(a_cum))  # what h_in adds to y_t
-    if z is not None:
-        y_in = y_in * F.silu(z.to(work))
-    y = (y0.to(work) + y_in).to(x.dtype)
+    h_in = exchange_states(S, alpha, exchange, group)  # (b, H, P, N)
+    y = _ssd_finish(y0, C, z, a_cum, h_in).to(x.dtype)
     if return_final_states:
-        return y, (torch.exp(alpha) * h_in + S.to(work)).to(x.dtype)
+        return y, (torch.exp(alpha) * h_in + S).to(x.dtype)
     return y
+
+
+def ssd_sliced(x, dt, A, B, C, lengths, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+               initial_states=None, return_final_states=False, impl="auto"):
+    """The sequence-parallel algorithm on one process: the whole sequence cut into slices of ``lengths``.
+
+    The same arguments as ``ssd`` (whole sequence) plus ``lengths`` (summing
+    to L). Each slice is computed from a zero state, ``rank_state_scan``
+    passes the states between them, and each slice is finished: what R ranks
+    do, with the exchange replaced by a loop. Equal to ``ssd``.
+    """
+    if sum(lengths) != x.shape[1] or min(lengths) < 1:
+        raise ValueError(f"ssd_sliced: lengths must be >= 1 and sum to L = {x.shape[1]}; got {list(lengths)}")
+    cuts = lambda t: torch.split(t, list(lengths), dim=1) if t is not None else [None] * len(lengths)  # noqa: E731
+    parts = [_ssd_slice(xs, ds, A, Bs, Cs, chunk_size, D, zs, dt_bias, dt_softplus, initial_states if r == 0 else None,
+                        impl)
+             for r, (xs, ds, Bs, Cs, zs) in enumerate(zip(*map(cuts, (x, dt, B, C, z))))]
+    h_in, final = rank_state_scan([S for _, S, _ in parts], [a[:, -1, :, None, None] for _, _, a in parts])
+    y = torch.cat([_ssd_finish(y0, Cs, zs, a, h) for (y0, _, a), Cs, zs, h in zip(parts, cuts(C), cuts(z), h_in)],
+                  dim=1).to(x.dtype)
+    return (y, final.to(x.dtype)) if return_final_states else y
 
 
 def selective_scan_sequence_parallel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
