@@ -110,13 +110,18 @@ def _peers(group):
     return rank, world, glob
 
 
+def _zeros(like):
+    """Contiguous zeros: collectives need contiguous buffers, and a gradient may arrive expanded (stride 0)."""
+    return torch.zeros(like.shape, dtype=like.dtype, device=like.device)
+
+
 class _ChainExchange(torch.autograd.Function):
     """h_in_r from rank r - 1; exp(α_r) h_in_r + S_r on to rank r + 1. Backward: g_r from r + 1, G_r + exp(α_r) g_r to r - 1."""
 
     @staticmethod
     def forward(ctx, S, alpha, group):
         rank, world, glob = _peers(group)
-        h_in = torch.zeros_like(S)
+        h_in = _zeros(S)
         if rank > 0:
             dist.recv(h_in, src=glob(rank - 1), group=group)
         if rank < world - 1:
@@ -129,7 +134,7 @@ class _ChainExchange(torch.autograd.Function):
     def backward(ctx, grad_in):
         alpha, h_in = ctx.saved_tensors
         rank, world, glob = _peers(ctx.group)
-        grad_out = torch.zeros_like(grad_in)  # g_r: zero on the last rank, nothing comes after it
+        grad_out = _zeros(grad_in)  # g_r: zero on the last rank, nothing comes after it
         if rank < world - 1:
             dist.recv(grad_out, src=glob(rank + 1), group=ctx.group)
         if rank > 0:
@@ -144,11 +149,11 @@ class _GatherExchange(torch.autograd.Function):
     @staticmethod
     def forward(ctx, S, alpha, group):
         rank, world, _ = _peers(group)
-        states = [torch.empty_like(S) for _ in range(world)]
-        alphas = [torch.empty_like(alpha) for _ in range(world)]
+        states = [_zeros(S) for _ in range(world)]
+        alphas = [_zeros(alpha) for _ in range(world)]
         dist.all_gather(states, S.contiguous(), group=group)
         dist.all_gather(alphas, alpha.contiguous(), group=group)
-        h_in = rank_state_scan(states[:rank], alphas[:rank])[1] if rank else torch.zeros_like(S)
+        h_in = rank_state_scan(states[:rank], alphas[:rank])[1] if rank else _zeros(S)
         ctx.group = group
         ctx.save_for_backward(h_in, *alphas)
         return h_in
@@ -157,9 +162,9 @@ class _GatherExchange(torch.autograd.Function):
     def backward(ctx, grad_in):
         h_in, *alphas = ctx.saved_tensors
         rank, world, _ = _peers(ctx.group)
-        grads = [torch.empty_like(grad_in) for _ in range(world)]
+        grads = [_zeros(grad_in) for _ in range(world)]
         dist.all_gather(grads, grad_in.contiguous(), group=ctx.group)
-        grad_out = torch.zeros_like(grad_in)
+        grad_out = _zeros(grad_in)
         for q in range(world - 1, rank, -1):  # g_r = G_{r+1} + exp(α_{r+1}) g_{r+1}, from g_{R-1} = 0 down
             grad_out = grads[q] + torch.exp(alphas[q]) * grad_out
         grad_alpha = (grad_out * torch.exp(alphas[rank]) * h_in).sum_to_size(alphas[rank].shape)
@@ -488,7 +493,8 @@ def _sp_problem(op, L, seed, dtype):
     return kw, dict(u=2, delta=2, B=3, C=3, z=2)
 
 
-def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed=0, dtype=torch.float64) -> dict:
+def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed=0, dtype=torch.float64,
+                            plain_sum=False) -> dict:
     """On every rank: the sequence-parallel ``op`` ("ssd" or "selective_scan") against the single-device one.
 
     Every rank draws the same whole-sequence problem, computes the
@@ -497,7 +503,8 @@ def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed
     through the sequence-parallel version. Returns this rank's relative errors
     (its slice of y, of each sequence input's gradient; the gradients of the
     shared parameters summed over ranks; the final state on the last rank),
-    and the bytes it sent for the exchange, measured and counted.
+    and the bytes it sent for the exchange, measured and counted. ``plain_sum``
+    makes the loss y.sum() instead (no final-state term).
     """
     from .numerics import rel_error
 
@@ -513,8 +520,11 @@ def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed
              else dict(delta_softplus=True, return_last_state=True))
     y, final = single(**kw, **flags, impl="vectorized")
     ax = seq["x" if op == "ssd" else "u"]
-    w, w_final = torch.randn_like(y), torch.randn_like(final)
-    ((w * y).sum() + (w_final * final).sum()).backward()
+    if plain_sum:  # loss = y.sum(): the gradients arrive expanded (stride 0), as in a benchmark's y.sum().backward()
+        w, w_final = torch.ones(()).to(y).expand_as(y), None
+    else:
+        w, w_final = torch.randn_like(y), torch.randn_like(final)
+    ((w * y).sum() + (0 if plain_sum else (w_final * final).sum())).backward()
     ref = {k: t.grad for k, t in kw.items()}
 
     start = sum(lengths[:rank])
@@ -522,7 +532,9 @@ def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed
             for k, t in kw.items()}
     with CollectiveCounter() as counter:
         y_r, final_r = parallel(**mine, **flags, exchange=exchange, impl="vectorized")
-        loss = (w.narrow(ax, start, lengths[rank]) * y_r).sum() + (rank == world - 1) * (w_final * final_r).sum()
+        loss = (w.narrow(ax, start, lengths[rank]) * y_r).sum()
+        if rank == world - 1 and not plain_sum:
+            loss = loss + (w_final * final_r).sum()
         loss.backward()
     out = {"y": rel_error(y_r, y.narrow(ax, start, lengths[rank]))}
     if rank == world - 1:

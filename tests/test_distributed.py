@@ -104,6 +104,13 @@ def test_sequence_parallel_float32_tolerance(exchange):
     _assert_small(results, 1e-5)
 
 
+@pytest.mark.parametrize("exchange", ["chain", "allgather"])
+def test_sequence_parallel_expanded_gradients_three_ranks(exchange):
+    """loss = y.sum(): the gradient reaching the exchange is expanded (stride 0); collectives need contiguous buffers."""
+    results = run_ranks(check_sequence_parallel, 3, "ssd", exchange, None, 37, 2, torch.float64, True, timeout=TIMEOUT)
+    _assert_small(results, 1e-13)
+
+
 def test_chain_sends_one_state_per_neighbour():
     """The chain's inner ranks send two states (one forward, one backward); its ends send one."""
     results = run_ranks(check_sequence_parallel, 4, "ssd", "chain", timeout=TIMEOUT)
