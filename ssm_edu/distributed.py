@@ -204,9 +204,10 @@ def _ssd_slice(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_s
 
 def _ssd_finish(y0, C, z, a_cum, h_in):
     """y_t = y_t^(0) + exp(a_cum_t) h_in C_t (⊙ SiLU(z_t)): what the state entering the slice adds."""
-    H = y0.shape[2]
-    Ch = C.to(y0.dtype).repeat_interleave(H // C.shape[2], dim=2)  # (b, L_r, H, N): head h reads group h // (H / G)
-    y_in = torch.einsum("blhn,bhpn,blh->blhp", Ch, h_in, torch.exp(a_cum))
+    b, L, H, P = y0.shape
+    G = C.shape[2]  # head h = g (H / G) + k reads group g: no copy of C per head
+    y_in = torch.einsum("blgn,bgkpn,blgk->blgkp", C.to(y0.dtype), h_in.unflatten(1, (G, H // G)),
+                        torch.exp(a_cum).unflatten(2, (G, H // G))).reshape(b, L, H, P)
     return y0 + (y_in if z is None else y_in * F.silu(z.to(y0.dtype)))
 
 
@@ -494,7 +495,7 @@ def _sp_problem(op, L, seed, dtype):
 
 
 def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed=0, dtype=torch.float64,
-                            plain_sum=False) -> dict:
+                            plain_sum=False, impl="vectorized", device="cpu") -> dict:
     """On every rank: the sequence-parallel ``op`` ("ssd" or "selective_scan") against the single-device one.
 
     Every rank draws the same whole-sequence problem, computes the
@@ -504,7 +505,8 @@ def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed
     (its slice of y, of each sequence input's gradient; the gradients of the
     shared parameters summed over ranks; the final state on the last rank),
     and the bytes it sent for the exchange, measured and counted. ``plain_sum``
-    makes the loss y.sum() instead (no final-state term).
+    makes the loss y.sum() instead (no final-state term). ``impl`` and
+    ``device``: those of both computations (a GPU run checks the kernels).
     """
     from .numerics import rel_error
 
@@ -512,18 +514,18 @@ def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed
     lengths = split_lengths(L, world) if lengths is None else list(lengths)
     L = sum(lengths)
     kw, seq = _sp_problem(op, L, seed, dtype)
-    for t in kw.values():
-        t.requires_grad_(True)
+    kw = {k: t.to(device).requires_grad_(True) for k, t in kw.items()}
     single, parallel = ((ssd, ssd_sequence_parallel) if op == "ssd"
                         else (selective_scan, selective_scan_sequence_parallel))
     flags = (dict(chunk_size=8, dt_softplus=True, return_final_states=True) if op == "ssd"
              else dict(delta_softplus=True, return_last_state=True))
-    y, final = single(**kw, **flags, impl="vectorized")
+    y, final = single(**kw, **flags, impl=impl)
     ax = seq["x" if op == "ssd" else "u"]
     if plain_sum:  # loss = y.sum(): the gradients arrive expanded (stride 0), as in a benchmark's y.sum().backward()
         w, w_final = torch.ones(()).to(y).expand_as(y), None
     else:
-        w, w_final = torch.randn_like(y), torch.randn_like(final)
+        g = torch.Generator().manual_seed(seed + 1)  # the same weights on every rank, whatever its global RNG
+        w, w_final = (torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device) for t in (y, final))
     ((w * y).sum() + (0 if plain_sum else (w_final * final).sum())).backward()
     ref = {k: t.grad for k, t in kw.items()}
 
@@ -531,7 +533,7 @@ def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed
     mine = {k: (t.detach().narrow(seq[k], start, lengths[rank]) if k in seq else t.detach()).requires_grad_(True)
             for k, t in kw.items()}
     with CollectiveCounter() as counter:
-        y_r, final_r = parallel(**mine, **flags, exchange=exchange, impl="vectorized")
+        y_r, final_r = parallel(**mine, **flags, exchange=exchange, impl=impl)
         loss = (w.narrow(ax, start, lengths[rank]) * y_r).sum()
         if rank == world - 1 and not plain_sum:
             loss = loss + (w_final * final_r).sum()
