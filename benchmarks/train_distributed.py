@@ -18,7 +18,7 @@ the R ranks, with each exchange, for every L of ``--lengths``, and
 single-device ``ssd`` on the whole sequence on rank 0 (``null`` where it runs
 out of memory). One repetition is counted.
 
-gloo on CPU; NCCL on GPUs, one GPU per rank (``LOCAL_RANK``), with NVLink
+gloo on CPU, one thread per process; NCCL on GPUs, one GPU per rank (``LOCAL_RANK``), with NVLink
 multicast off (``NCCL_NVLS_ENABLE=0``). Sizes default to the device found
 (``--size cpu|gpu`` overrides). Rank 0 writes one JSON file: ``--out``, else
 ``$OUT/<device>/<mode>-<R>.json`` when ``$OUT`` is set, else
@@ -67,7 +67,7 @@ def setup():
         torch.backends.cuda.matmul.allow_tf32 = True
         device = torch.device("cuda", local)
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        torch.set_num_threads(1)  # one core per process: R processes use R cores, as R GPUs would
         device = torch.device("cpu")
     dist.init_process_group("nccl" if gpu else "gloo", timeout=datetime.timedelta(minutes=10),
                             **({"device_id": device} if gpu else {}))
@@ -266,6 +266,7 @@ def main():
         name = device_name(device)
         doc = {"mode": args.mode, "world": dist.get_world_size(), "backend": dist.get_backend(),
                "device": name, "device_kind": device.type, "cpu_count": os.cpu_count(),
+               "threads_per_process": torch.get_num_threads(),
                "torch": torch.__version__, "triton": triton_version,
                "date": datetime.date.today().isoformat(), "sizes": size, **result}
         slug = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

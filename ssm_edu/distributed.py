@@ -45,9 +45,11 @@ Also here: the communication volume of data parallel (DDP), fully sharded
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import multiprocessing
 import os
+import pathlib
 import pickle
 import tempfile
 import time
@@ -75,11 +77,18 @@ __all__ = [
     "fsdp_bytes",
     "sequence_parallel_bytes",
     "run_ranks",
+    "load_results",
+    "training_table",
+    "sequence_parallel_figure",
+    "scaling_figure",
     "check_sequence_parallel",
     "check_training_step",
 ]
 
 EXCHANGES = ("chain", "allgather")
+
+# The JSON files benchmarks/train_distributed.py writes, one folder per device ("cpu", "nvidia-h100-80gb-hbm3").
+DATA = pathlib.Path(__file__).resolve().parents[1] / "book" / "data" / "distributed"
 
 
 def split_lengths(L: int, world: int) -> list[int]:
@@ -116,7 +125,10 @@ def _zeros(like):
 
 
 class _ChainExchange(torch.autograd.Function):
-    """h_in_r from rank r - 1; exp(α_r) h_in_r + S_r on to rank r + 1. Backward: g_r from r + 1, G_r + exp(α_r) g_r to r - 1."""
+    """Forward: h_in_r from rank r - 1, exp(α_r) h_in_r + S_r on to rank r + 1.
+
+    Backward: g_r from rank r + 1, G_r + exp(α_r) g_r on to rank r - 1.
+    """
 
     @staticmethod
     def forward(ctx, S, alpha, group):
@@ -144,7 +156,10 @@ class _ChainExchange(torch.autograd.Function):
 
 
 class _GatherExchange(torch.autograd.Function):
-    """All-gather every (S_q, α_q), scan q < r locally. Backward: all-gather every G_q, run the adjoint scan locally."""
+    """Forward: all-gather every (S_q, α_q), scan the ranks q < r locally.
+
+    Backward: all-gather every G_q, run the adjoint scan of the ranks q > r locally.
+    """
 
     @staticmethod
     def forward(ctx, S, alpha, group):
@@ -473,6 +488,24 @@ def run_ranks(fn, world: int, *args, timeout: float = 60.0) -> list:
         return results
 
 
+def load_results(device: str | None = None, mode: str | None = None) -> list[dict]:
+    """The logged torchrun runs (``benchmarks/train_distributed.py``), sorted by device, mode and R.
+
+    ``device``: a folder name under ``book/data/distributed/`` ("cpu", or a
+    GPU's name in lower case with dashes); ``mode``: "ddp", "fsdp" or "sp".
+    A copy of ssm_edu installed outside the repository (Colab) has no data
+    folder: the list is then empty.
+    """
+    if not DATA.is_dir():
+        return []
+    docs = []
+    for path in sorted(DATA.glob("*/*.json")):
+        doc = json.loads(path.read_text())
+        if (device is None or path.parent.name == device) and (mode is None or doc["mode"] == mode):
+            docs.append(doc | {"folder": path.parent.name})
+    return sorted(docs, key=lambda d: (d["folder"], d["mode"], d["world"]))
+
+
 # ---------------------------------------------------------------------- checks (run on every rank by run_ranks)
 
 
@@ -615,3 +648,73 @@ def check_training_step(mode="fsdp", seed=0, batch_per_rank=2, L=24, lr=1e-2) ->
             "parameters after the step": max(rel_error(full(p.detach()), r.detach())
                                              for p, r in zip(model.parameters(), ref.parameters())),
             "measured bytes": counter.sent(world), "counted bytes": counted}
+
+
+# ---------------------------------------------------------------------- the appendix's tables and figures
+
+
+def _nan(v):
+    return float("nan") if v is None else v
+
+
+def training_table(runs: list[dict]) -> str:
+    """A markdown table of logged DDP / FSDP2 runs: tokens/s, the last loss, bytes sent per rank (measured, counted)."""
+    rows = ["| scheme | R | tokens/s (median of steps) | loss after the last step | "
+            "bytes sent per rank per step: measured | counted |", "|---|---:|---:|---:|---:|---:|"]
+    for d in runs:
+        sent = d["bytes_sent_per_rank"]
+        rows.append(f"| {d['mode'].upper()} | {d['world']} | {d['tokens_per_s']:,.0f} | {d['steps'][-1]['loss']:.3f} | "
+                    f"{max(sent['measured']):,.0f} | {sent['counted']:,.0f} |")
+    return "\n".join(rows)
+
+
+def sequence_parallel_figure(runs: list[dict], ax=None, exchanges=EXCHANGES):
+    """Forward + backward time of logged ``sp`` runs against the total length, one line per R and exchange.
+
+    The dotted line is single-device ``ssd`` on the whole sequence: each run
+    measures it once on rank 0; the figure shows the median over the runs.
+    """
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    Ls = [row["L"] for row in runs[0]["rows"]]
+    for i, d in enumerate(runs):
+        for exchange, style in zip(exchanges, ("-o", "--s")):
+            ax.loglog([row["L"] for row in d["rows"]], [_nan(row[f"{exchange}_seconds"]) for row in d["rows"]], style,
+                      color=plots.PALETTE[i % len(plots.PALETTE)], label=f"R = {d['world']}, {exchange}")
+    single = [sorted(_nan(d["rows"][i]["single_device_seconds"]) for d in runs)[len(runs) // 2]
+              for i in range(len(Ls))]
+    ax.loglog(Ls, single, "k:", lw=2, label="one device, whole sequence")
+    ax.set_xlabel("total sequence length L [tokens]")
+    ax.set_ylabel("forward + backward [s]")
+    d = runs[0]
+    ax.set_title(f"Sequence-parallel SSD, batch 1, H {d['shape']['H']}, P {d['shape']['P']}, N {d['shape']['N']}\n"
+                 f"{d['device']}, {d['backend']}, torch {d['torch']}, {d['date']}", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def scaling_figure(runs: list[dict], ax=None):
+    """Tokens/s of the whole group against R, for logged DDP and FSDP2 runs of one device."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    for i, mode in enumerate(("ddp", "fsdp")):
+        mine = [d for d in runs if d["mode"] == mode]
+        ax.plot([d["world"] for d in mine], [d["tokens_per_s"] for d in mine], "-o", color=plots.PALETTE[i],
+                label=mode.upper())
+    d = runs[0]
+    ax.set_xticks(sorted({r["world"] for r in runs}))
+    ax.set_xlabel("devices R")
+    ax.set_ylabel("tokens/s (whole group)")
+    ax.set_title(f"Mamba-2 LM, d_model {d['sizes']['d_model']}, {d['sizes']['n_layers']} layers, "
+                 f"{d['sizes']['batch']} x {d['sizes']['seq_len']} tokens per device\n"
+                 f"{d['device']}, {d['backend']}, torch {d['torch']}, {d['date']}", fontsize=9)
+    ax.legend()
+    return ax
