@@ -64,12 +64,13 @@ def setup():
     if gpu:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # TF32 matrix products, as training on GPUs does
         device = torch.device("cuda", local)
     else:
         torch.set_num_threads(1)  # one core per process: R processes use R cores, as R GPUs would
         device = torch.device("cpu")
-    dist.init_process_group("nccl" if gpu else "gloo", timeout=datetime.timedelta(minutes=10),
+    # A rank that fails (say, out of memory) leaves the others waiting in a collective: 3 minutes, then an error.
+    dist.init_process_group("nccl" if gpu else "gloo", timeout=datetime.timedelta(minutes=3),
                             **({"device_id": device} if gpu else {}))
     return device
 
@@ -207,7 +208,7 @@ def sequence_parallel(args, size, device) -> dict:
                 row[f"{exchange}_bytes_sent"] = {
                     "measured": gather(counter.sent(world)),
                     "counted": [sequence_parallel_bytes(exchange, world, r, H * P * N, H) for r in range(world)]}
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 row[f"{exchange}_seconds"] = None
                 torch.cuda.empty_cache()
         single = None
@@ -225,7 +226,7 @@ def sequence_parallel(args, size, device) -> dict:
                     times.append(time.perf_counter() - t0)
                 single = statistics.median(times[2:])
                 del whole
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
         row["single_device_seconds"] = gather(single)[0]
         if device.type == "cuda":
