@@ -4,7 +4,7 @@ Symbols -> code:  R ranks -> world,  r -> rank,  the slice of every sequence
 that rank r holds (steps t_r .. t_{r+1} - 1) -> its x, dt, B, C, ...,
 S_r (the state slice r leaves behind from a zero start) -> local_state,
 α_r = Σ_{t in slice r} Δ_t A (the slice's total log-decay) -> log_decay,
-h_in_r (the true state entering slice r) -> h_in,
+h_in_r (the true state entering slice r; the appendix's h^(r-1)) -> h_in,
 G_r = ∂loss/∂h_in_r -> grad_in,  g_r = ∂loss/∂(what rank r passes on) -> grad_out.
 
 Sequence parallelism. The recurrence is linear in the state, so the state
@@ -213,7 +213,8 @@ def _ssd_slice(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_s
     y0, S = ssd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                 initial_states=initial_states, return_final_states=True, impl=impl)
     work = accumulation_dtype(x.dtype)
-    a = effective_dt(dt.to(work), None if dt_bias is None else dt_bias.to(work), dt_softplus) * A.to(work)  # (b, L_r, H)
+    bias = None if dt_bias is None else dt_bias.to(work)
+    a = effective_dt(dt.to(work), bias, dt_softplus) * A.to(work)  # (b, L_r, H) log-decays
     return y0.to(work), S.to(work), torch.cumsum(a, dim=1)
 
 
@@ -611,7 +612,8 @@ def check_training_step(mode="fsdp", seed=0, batch_per_rank=2, L=24, lr=1e-2) ->
 
     def make():
         torch.manual_seed(seed)
-        return SequenceModel(vocab, 32, 2, mamba2_block(d_state=8, headdim=16, chunk_size=8, impl="vectorized")).double()
+        block = mamba2_block(d_state=8, headdim=16, chunk_size=8, impl="vectorized")
+        return SequenceModel(vocab, 32, 2, block).double()
 
     def loss_of(model, x, y):
         return F.cross_entropy(model(x).flatten(0, 1), y.flatten())

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ssm_edu import ssd
+from ssm_edu.distributed import _sp_problem  # the problem the multi-process checks use
 from ssm_edu.distributed import (check_sequence_parallel, check_training_step, ddp_bytes, exchange_states, fsdp_bytes,
                                  rank_state_scan, run_ranks, ssd_sequence_parallel, ssd_sliced, split_lengths)
 from ssm_edu.lm import SequenceModel
@@ -24,14 +25,9 @@ from ssm_edu.ssd import ssd_state_passing
 TIMEOUT = 60  # seconds for any one run_ranks call; the whole file takes about 10 s
 
 
-def _ssd_problem(L, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    b, H, P, N, G = 2, 4, 3, 5, 2
-    return dict(x=torch.randn(b, L, H, P, generator=g, dtype=dtype), dt=torch.randn(b, L, H, generator=g, dtype=dtype),
-                A=-0.5 - torch.rand(H, generator=g, dtype=dtype), B=torch.randn(b, L, G, N, generator=g, dtype=dtype),
-                C=torch.randn(b, L, G, N, generator=g, dtype=dtype), D=torch.randn(H, generator=g, dtype=dtype),
-                z=torch.randn(b, L, H, P, generator=g, dtype=dtype), dt_bias=torch.randn(H, generator=g, dtype=dtype),
-                initial_states=torch.randn(b, H, P, N, generator=g, dtype=dtype))
+def _ssd_problem(L):
+    """Random ssd inputs (float64) with every optional argument: batch 2, H 4, P 3, N 5, G 2."""
+    return _sp_problem("ssd", L, 0, torch.float64)[0]
 
 
 # ---------------------------------------------------------------------- one process: the mathematics
@@ -106,7 +102,7 @@ def test_sequence_parallel_float32_tolerance(exchange):
 
 @pytest.mark.parametrize("exchange", ["chain", "allgather"])
 def test_sequence_parallel_expanded_gradients_three_ranks(exchange):
-    """loss = y.sum(): the gradient reaching the exchange is expanded (stride 0); collectives need contiguous buffers."""
+    """loss = y.sum(): the gradient reaching the exchange is expanded (stride 0); collectives need it contiguous."""
     results = run_ranks(check_sequence_parallel, 3, "ssd", exchange, None, 37, 2, torch.float64, True, timeout=TIMEOUT)
     _assert_small(results, 1e-13)
 
