@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import pathlib
 import re
@@ -174,6 +175,7 @@ def sequence_parallel(args, size, device) -> dict:
                     B=r(1, L, 1, N), C=r(1, L, 1, N))
 
     def timed(fn, kw):
+        """Median seconds (the slowest rank) of forward + backward; None where a rank ran out of memory."""
         for t in kw.values():
             t.requires_grad_(True)
         times = []
@@ -181,9 +183,16 @@ def sequence_parallel(args, size, device) -> dict:
             sync(device)
             dist.barrier()
             t0 = time.perf_counter()
-            fn(**kw).sum().backward()
-            sync(device)
-            times.append(group_max(time.perf_counter() - t0, device))
+            try:
+                fn(**kw).sum().backward()
+                sync(device)
+                elapsed = time.perf_counter() - t0
+            except torch.cuda.OutOfMemoryError:
+                elapsed = math.inf
+                torch.cuda.empty_cache()
+            times.append(group_max(elapsed, device))  # every rank learns of a failure and stops with it
+            if math.isinf(times[-1]):
+                return None
         return statistics.median(times[2:])
 
     check = {}  # first, the sequence-parallel results against one device, with this machine's kernels (float32)
@@ -201,16 +210,13 @@ def sequence_parallel(args, size, device) -> dict:
         for exchange in EXCHANGES:
             def fn(**k):
                 return ssd_sequence_parallel(**k, chunk_size=Q, dt_softplus=True, exchange=exchange)
-            try:
-                row[f"{exchange}_seconds"] = timed(fn, kw)
+            row[f"{exchange}_seconds"] = timed(fn, kw)
+            if row[f"{exchange}_seconds"] is not None:
                 with CollectiveCounter() as counter:
                     fn(**kw).sum().backward()
                 row[f"{exchange}_bytes_sent"] = {
                     "measured": gather(counter.sent(world)),
                     "counted": [sequence_parallel_bytes(exchange, world, r, H * P * N, H) for r in range(world)]}
-            except torch.cuda.OutOfMemoryError:
-                row[f"{exchange}_seconds"] = None
-                torch.cuda.empty_cache()
         single = None
         if rank == 0 and not args.no_single:
             try:
