@@ -8,6 +8,11 @@ single-process results must agree to rounding; one float32 run checks
 API.md's tolerance.
 """
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -148,3 +153,21 @@ def test_run_ranks_times_out():
 def test_run_ranks_reraises_a_rank_error():
     with pytest.raises(Exception, match="math domain error"):
         run_ranks(__import__("math").sqrt, 2, -1.0, timeout=TIMEOUT)
+
+
+# ---------------------------------------------------------------------- the torchrun script
+
+
+def test_torchrun_script_trains_and_logs(tmp_path):
+    """benchmarks/train_distributed.py under torchrun (2 gloo processes, 2 FSDP2 steps): it writes the JSON log."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / "fsdp.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(root / "benchmarks" / "train_distributed.py"), "--mode", "fsdp", "--size", "cpu", "--steps", "2",
+           "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = json.loads(out.read_text())
+    assert log["mode"] == "fsdp" and log["world"] == 2 and log["backend"] == "gloo" and len(log["steps"]) == 2
+    assert log["bytes_sent_per_rank"]["measured"] == [log["bytes_sent_per_rank"]["counted"]] * 2
+    assert all(s["loss"] > 0 and s["tokens_per_s"] > 0 for s in log["steps"])
