@@ -77,6 +77,7 @@ __all__ = [
     "fsdp_bytes",
     "sequence_parallel_bytes",
     "run_ranks",
+    "start_forkserver",
     "load_results",
     "training_table",
     "sequence_parallel_figure",
@@ -450,6 +451,21 @@ def _rank_main(rank, world, store_path, out_dir, fn, args, timeout):
         dist.destroy_process_group()
 
 
+def start_forkserver() -> bool:
+    """Start the forkserver that ``run_ranks`` forks its processes from, if it is not running; False without one.
+
+    It imports torch and ssm_edu in the background (several seconds): called
+    early, that overlaps with this process's own work. ``run_ranks`` calls it.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: run_ranks spawns instead
+        return False
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
+    forkserver.ensure_running()  # returns at once; the server imports _PRELOAD before it accepts a request
+    return True
+
+
 def run_ranks(fn, world: int, *args, timeout: float = 60.0) -> list:
     """Run ``fn(*args)`` on ``world`` local processes joined by a gloo process group; return the results by rank.
 
@@ -465,9 +481,7 @@ def run_ranks(fn, world: int, *args, timeout: float = 60.0) -> list:
     """
     import torch.multiprocessing as mp
 
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    if method == "forkserver":
-        multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
+    method = "forkserver" if start_forkserver() else "spawn"
     with tempfile.TemporaryDirectory() as tmp:
         ctx = mp.start_processes(_rank_main, args=(world, os.path.join(tmp, "store"), tmp, fn, args, timeout),
                                  nprocs=world, join=False, start_method=method)
