@@ -165,7 +165,8 @@ def test_torchrun_script_trains_and_logs(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(root / "benchmarks" / "train_distributed.py"), "--mode", "fsdp", "--size", "cpu", "--steps", "2",
            "--out", str(out)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo, even beside one GPU
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     log = json.loads(out.read_text())
     assert log["mode"] == "fsdp" and log["world"] == 2 and log["backend"] == "gloo" and len(log["steps"]) == 2
