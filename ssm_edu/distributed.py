@@ -565,7 +565,7 @@ def check_sequence_parallel(op="ssd", exchange="chain", lengths=None, L=37, seed
     kw = {k: t.to(device).requires_grad_(True) for k, t in kw.items()}
     single, parallel = ((ssd, ssd_sequence_parallel) if op == "ssd"
                         else (selective_scan, selective_scan_sequence_parallel))
-    flags = (dict(chunk_size=8, dt_softplus=True, return_final_states=True) if op == "ssd"
+    flags = (dict(chunk_size=16, dt_softplus=True, return_final_states=True) if op == "ssd"
              else dict(delta_softplus=True, return_last_state=True))
     y, final = single(**kw, **flags, impl=impl)
     ax = seq["x" if op == "ssd" else "u"]
