@@ -376,7 +376,8 @@ class Decoder:
 
     Use ``generate(prompt, n_new, seed)``, or ``prefill`` then ``step``;
     ``fill(context)`` puts random caches of ``context`` tokens in place, for
-    timing. ``graphed`` says whether the steps replay a graph.
+    timing. ``graphed`` says whether a graph was captured; setting
+    ``use_graph = False`` runs the same step eagerly on the same buffers.
     """
 
     def __init__(self, model: nn.Module, batch: int = 1, capacity: int = 256, temperature: float = 0.0,
@@ -404,6 +405,7 @@ class Decoder:
         self.gen = torch.Generator(device=self.device)
         self.position = 0  # positions the caches hold, counted on the host
         self.graph = None
+        self.use_graph = True  # False: run the step eagerly even when a graph exists (same buffers; for timing)
         self.why_eager = "graph=False" if graph is False else self._capture(warmup)
         if self.why_eager and graph is True:
             raise RuntimeError(f"Decoder: no CUDA graph: {self.why_eager}")
@@ -511,7 +513,7 @@ class Decoder:
         """Feed the token buffer, sample the next token into it (one graph replay); returns the buffer (batch,)."""
         self._room(self.position + 1)
         self._draw()
-        if self.graph is not None:
+        if self.graph is not None and self.use_graph:
             self.graph.replay()
         else:
             self._step()
@@ -536,8 +538,7 @@ class Decoder:
         """Caches as if ``context`` tokens had been processed, with random numbers (for timing)."""
         self._room(context)
         self.reset()
-        torch.manual_seed(seed)
-        _fill_random(self.caches, context)
+        _fill_random(self.caches, context, torch.Generator(self.device).manual_seed(seed))
         self.position = context
 
 
@@ -549,15 +550,15 @@ def _addresses_by_layer(addresses: list, n_layers: int) -> list:
     return out
 
 
-def _fill_random(caches: list, context: int) -> None:
+def _fill_random(caches: list, context: int, gen: torch.Generator | None = None) -> None:
     """Caches as if ``context`` tokens had been processed: random keys and values in ``context`` positions of
     every KV cache (static or growing), random SSM states and conv windows (their size does not depend on it)."""
     for cache in caches:
         if isinstance(cache, dict) and "k" in cache and ("length" in cache or "pos" in cache):
             if context > cache["k"].shape[2]:
                 raise ValueError(f"filled caches: a KV cache of capacity {cache['k'].shape[2]} cannot hold {context}")
-            cache["k"][:, :, :context].normal_()
-            cache["v"][:, :, :context].normal_()
+            cache["k"][:, :, :context].normal_(generator=gen)
+            cache["v"][:, :, :context].normal_(generator=gen)
             if "pos" in cache:
                 cache["seen"][:context] = True
                 cache["pos"].fill_(context)
@@ -566,7 +567,7 @@ def _fill_random(caches: list, context: int) -> None:
             continue
         for _, x in _leaves(cache):
             if isinstance(x, torch.Tensor) and x.is_floating_point():
-                x.normal_().mul_(0.1)
+                x.normal_(generator=gen).mul_(0.1)
 
 
 def _sync(device):
@@ -702,7 +703,7 @@ def filled_caches(model: nn.Module, context: int, batch: int = 1, room: int = 64
             caches.append(block.allocate_cache(batch, device=w.device, dtype=w.dtype, capacity=context + room))
         else:
             caches.append(block.allocate_cache(batch, device=w.device, dtype=w.dtype))
-    _fill_random(caches, context)
+    _fill_random(caches, context, torch.Generator(w.device).manual_seed(0))
     return caches
 
 
