@@ -18,7 +18,8 @@ Rows, at batch 1 and 64:
         read once, SSM states and conv windows read and written, KV caches read),
      "peak_mib": the most GPU memory allocated while decoding,
      "cache_mib": the caches at T tokens,
-     "matches_eager" (graph rows): the graph and the eager step generate the same tokens}
+     "matches_eager" (graph rows): the graph and the eager step generate the same tokens,
+     "kernels_per_step" (eager rows at batch 1): the GPU kernels a step launches (torch.profiler)}
 
 The SSM models are measured at T = 1024 only (their step does not depend on
 T); the Transformer and the hybrid at T = 1K, 8K and 64K, so that the
@@ -48,7 +49,8 @@ import torch
 
 import ssm_edu.mamba
 import ssm_edu.mamba2
-from ssm_edu.inference import Decoder, decode_floor_bytes, matched_models, model_cache_bytes, time_decoder
+from ssm_edu.inference import (Decoder, decode_floor_bytes, kernels_per_step, matched_models, model_cache_bytes,
+                               time_decoder)
 from ssm_edu.numerics import rel_error
 
 from . import peers
@@ -133,6 +135,12 @@ def _shape_rows(ctx, model, name, batch, T, shape, dtype, n_tokens, repeats, pee
             row = base | {"impl": impl, "median_us": 1e6 * s, "floor_us": floor_us, "tokens_per_s": batch / s,
                           "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
                           "cache_mib": cache_mib}
+            if gpu and batch == 1 and not dec.use_graph:
+                try:  # what the graph replays: as many kernels as the eager step launches
+                    row["kernels_per_step"] = kernels_per_step(dec)
+                except Exception as err:  # a profiler that does not work here costs the count, not the row
+                    row["kernels_per_step"] = None
+                    print(f"decode {impl} {shape}: no kernel count ({type(err).__name__}: {err})"[:240])
             if dec.use_graph:
                 dec.use_graph = False
                 eager = dec.generate(prompt, 8, seed=0)

@@ -80,7 +80,10 @@ of a step goes (torch.profiler, reduced to one row per operation).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
+import sys
 import time
 import warnings
 from typing import Iterable
@@ -115,15 +118,20 @@ __all__ = [
     "time_decoder",
     "decode_speed",
     "step_profile",
+    "profile_table",
+    "kernels_per_step",
+    "memory_bandwidth",
     "filled_caches",
     "decode_profile",
     "long_context_profile",
     "matched_models",
     "MODEL_NAMES",
     "gpu_decode_rows",
+    "gpu_decode_table",
     "gpu_long_context_rows",
     "draw_cache_bytes",
     "draw_decode",
+    "draw_gpu_decode",
     "draw_long_context",
     "cache_bytes_explorer",
 ]
@@ -631,6 +639,23 @@ def decode_speed(models: dict, batch: int = 1, context: int = 0, n_tokens: int =
     return rows
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 for a while: the profiler's C++ side logs its stages there, which a notebook
+    would show (and the book build treat) as an error stream."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 @torch.no_grad()
 def step_profile(decoder: Decoder, context: int = 0, steps: int = 8, top: int = 8) -> dict:
     """Where the time of ``decoder.step()`` goes: torch.profiler over ``steps`` steps, one row per operation.
@@ -655,12 +680,14 @@ def step_profile(decoder: Decoder, context: int = 0, steps: int = 8, top: int = 
     decoder.step()
     _sync(decoder.device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            decoder.step()
-        _sync(decoder.device)
+    with _quiet_stderr():
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                decoder.step()
+            _sync(decoder.device)
+        events = prof.events()
     calls, n_top, kernels, busy = {}, 0, 0, 0.0
-    for e in prof.events():
+    for e in events:
         if e.device_type == DeviceType.CPU and e.name.startswith("aten::"):
             calls.setdefault(e.name, []).append((e.self_cpu_time_total, e.self_device_time_total if gpu else 0.0))
             n_top += e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")
@@ -682,6 +709,54 @@ def step_profile(decoder: Decoder, context: int = 0, steps: int = 8, top: int = 
                "device_us": max(0.0, busy / steps - sum(r["device_us"] for r in rows)) if gpu else 0.0}
     return {"rows": head + ([other] if rest else []) + [outside], "wall_us": 1e6 * wall, "ops": n_top / steps,
             "kernels": kernels / steps if gpu else None, "device_us": busy / steps if gpu else None}
+
+
+def profile_table(prof: dict) -> str:
+    """``step_profile``'s result as a text table: one line per operation, per step, with its share of the step."""
+    gpu = prof["device_us"] is not None
+    head = f"{'operation':34s} {'calls':>6s} {'host µs':>9s} {'share':>6s}" + (f" {'GPU µs':>8s}" if gpu else "")
+    lines = [head, "-" * len(head)]
+    for r in prof["rows"]:
+        share = r["host_us"] / prof["wall_us"] if prof["wall_us"] else 0.0
+        line = f"{r['op'][:34]:34s} {r['calls']:6.0f} {r['host_us']:9.1f} {100 * share:5.0f}%"
+        lines.append(line + (f" {r['device_us']:8.1f}" if gpu else ""))
+    lines.append("-" * len(head))
+    summary = f"one step: {prof['wall_us']:,.0f} µs, {prof['ops']:.0f} operations"
+    if gpu:
+        summary += f", {prof['kernels']:.0f} GPU kernels, GPU busy {prof['device_us']:,.0f} µs"
+    return "\n".join(lines + [summary])
+
+
+def kernels_per_step(decoder: Decoder) -> float | None:
+    """GPU kernels (and copies) one ``decoder.step()`` launches, from torch.profiler; None on a CPU."""
+    if decoder.device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder.step()
+    torch.cuda.synchronize(decoder.device)
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                decoder.step()
+            torch.cuda.synchronize(decoder.device)
+        events = prof.events()
+    return sum(e.device_type != DeviceType.CPU for e in events) / 2
+
+
+def memory_bandwidth(device=None, n_bytes: int | None = None) -> float:
+    """Bytes per second of a large copy on ``device`` (read plus written): the bandwidth a floor divides by.
+
+    64 MiB on a CPU (beyond its caches), 1 GiB on a GPU; the median of a few copies.
+    """
+    from .timing import median_time
+
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n_bytes = n_bytes or (2**30 if device.type == "cuda" else 2**26)
+    src = torch.ones(n_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * n_bytes / median_time(lambda: dst.copy_(src), repeats=5, warmup=1)
 
 
 # ----------------------------------------------------------------------------
@@ -912,9 +987,39 @@ def gpu_decode_rows(include_missing: bool = False) -> list[dict]:
                     "layers": int(m.group(4)), "s_per_token": s, "tokens_per_s": batch / s if s else None,
                     "floor_s": 1e-6 * r["floor_us"] if r.get("floor_us") else None,
                     "peak_bytes": (r.get("peak_mib") or 0) * 2**20, "cache_bytes": (r.get("cache_mib") or 0) * 2**20,
-                    "missing": r.get("missing"), "device": r["device"], "dtype": r["dtype"],
-                    **{k: r.get(k) for k in ("date", "torch", "triton")}})
+                    "kernels": r.get("kernels_per_step"), "matches_eager": r.get("matches_eager"),
+                    "peer_rel_error": r.get("peer_rel_error"), "missing": r.get("missing"), "device": r["device"],
+                    "dtype": r["dtype"], **{k: r.get(k) for k in ("date", "torch", "triton")}})
     return out
+
+
+def gpu_decode_table(rows: list[dict], context: int = 1024) -> str:
+    """``gpu_decode_rows`` at one context as a text table: per model and batch, tokens per second eager and
+    graphed, the graph's speed-up, the floor's tokens per second and how far the graphed step is above it, and
+    (batch 1) the kernels a step launches and the graphed time per kernel. Peers on lines of their own."""
+    rs = [r for r in rows if r["context"] == context and r.get("s_per_token")]
+    fmt = "{:26s} {:>5s} {:>9s} {:>9s} {:>8s} {:>9s} {:>9s} {:>8s} {:>9s}"
+    lines = [fmt.format("model", "batch", "eager", "graph", "speed-up", "floor", "graph /", "kernels", "µs per"),
+             fmt.format("", "", "tok/s", "tok/s", "", "tok/s", "floor", "per step", "kernel")]
+    order = {n: i for i, n in enumerate(MODEL_NAMES)}
+    for name, batch in sorted({(r["model"], r["batch"]) for r in rs}, key=lambda k: (k[1], order.get(k[0], 99))):
+        mine = {(r["mode"], r["peer"]): r for r in rs if r["model"] == name and r["batch"] == batch}
+        eager, graph = mine.get(("eager", None)), mine.get(("graph", None))
+        kernels = eager.get("kernels") if eager else None
+        ref = graph or eager
+        cells = [f"{eager['tokens_per_s']:,.0f}" if eager else "-", f"{graph['tokens_per_s']:,.0f}" if graph else "-",
+                 f"{eager['s_per_token'] / graph['s_per_token']:.1f}x" if eager and graph else "-",
+                 f"{batch / ref['floor_s']:,.0f}" if ref and ref["floor_s"] else "-",
+                 f"{graph['s_per_token'] / graph['floor_s']:.1f}x" if graph and graph["floor_s"] else "-",
+                 f"{kernels:,.0f}" if kernels else "-",
+                 f"{1e6 * graph['s_per_token'] / kernels:.1f}" if kernels and graph else "-"]
+        lines.append(fmt.format(name, str(batch), *cells))
+        for (mode, peer), r in mine.items():
+            if peer:
+                lines.append(fmt.format(f"  {peer}'s state update"[:26], str(batch), "", f"{r['tokens_per_s']:,.0f}",
+                                        "", "", f"{r['s_per_token'] / r['floor_s']:.1f}x" if r["floor_s"] else "-",
+                                        "", ""))
+    return "\n".join(lines)
 
 
 def gpu_long_context_rows() -> list[dict]:
@@ -990,6 +1095,42 @@ def draw_decode(rows: list[dict], axes, device: str, time_key: str = "s_per_toke
     ax_m.set_title("parameters + cache" if "CPU" in device else "peak GPU memory")
     ax_t.legend()
     return axes
+
+
+def draw_gpu_decode(rows: list[dict], ax, batch: int = 1, legend: bool = True):
+    """Time per step against the context from ``gpu_decode_rows``: each model eager (dashed) and graphed (solid).
+
+    Models measured at one context only (the SSMs, whose step does not depend
+    on it) are drawn flat across the contexts of the others, with a marker
+    where they were measured; the black lines are the floors
+    (``decode_floor_bytes`` over the measured bandwidth) of the Transformer
+    (dotted) and of Mamba-2 (dash-dotted).
+    """
+    from .plots import PALETTE
+
+    rs = [r for r in rows if r["batch"] == batch and r.get("s_per_token") and not r.get("peer")]
+    span = sorted({r["context"] for r in rs})
+
+    def line(pts, style, **kw):
+        if len(pts) == 1 and len(span) > 1:
+            ax.loglog([span[0], span[-1]], [pts[0][1]] * 2, style, **kw)
+            ax.loglog(*zip(*pts), "o", ms=3, color=kw.get("color", "k"))
+        elif pts:
+            ax.loglog(*zip(*pts), style, marker="o", ms=3, **kw)
+
+    for i, name in enumerate(dict.fromkeys(r["model"] for r in rs)):
+        for mode, style in (("eager", "--"), ("graph", "-")):
+            pts = sorted((r["context"], 1e3 * r["s_per_token"]) for r in rs if r["model"] == name and r["mode"] == mode)
+            line(pts, style, color=PALETTE[i % len(PALETTE)], label=f"{name}, {mode}")
+    for name, style in (("Transformer", ":"), ("Mamba-2", "-.")):
+        pts = sorted((r["context"], 1e3 * r["floor_s"]) for r in rs if r["model"] == name and r["mode"] == "graph")
+        line(pts, style, color="k", lw=1, label=f"{name}: floor")
+    ax.set_xlabel("context T [tokens]")
+    ax.set_ylabel("time per step [ms]")
+    ax.set_title(f"decoding, batch {batch}")
+    if legend:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return ax
 
 
 def draw_long_context(rows: list[dict], axes, device: str):
