@@ -187,11 +187,48 @@ def _shape_rows(ctx, model, name, batch, T, shape, dtype, n_tokens, repeats, pee
         _release(ctx.device, collect=failed)
 
 
+def summary(rows: list[dict]) -> str:
+    """The rows as one table: per model, batch and context, eager and graphed µs per step, the floor, the
+    graph's speed-up and distance from the floor, the kernels of a step, whether graph and eager tokens agree."""
+    fmt = "{:12s} {:>5s} {:>6s} {:>9s} {:>9s} {:>9s} {:>8s} {:>8s} {:>7s} {:>6s}"
+    lines = [fmt.format("model", "batch", "ctx", "eager us", "graph us", "floor us", "speed-up", "graph/fl",
+                        "kernels", "same")]
+    keys = dict.fromkeys((r["impl"].split("-")[0], r["shape"]) for r in rows)
+    for key, shape in keys:
+        by = {r["impl"][len(key) + 1:]: r for r in rows if r["shape"] == shape and r["impl"].split("-")[0] == key}
+        e, g = by.get("eager", {}), by.get("graph", {})
+        b, T = shape.split()[0][1:], shape.split()[1][3:]
+        us = lambda r: f"{r['median_us']:.0f}" if r.get("median_us") else "-"  # noqa: E731
+        floor = g.get("floor_us") or e.get("floor_us")
+        lines.append(fmt.format(
+            key, b, T, us(e), us(g), f"{floor:.0f}" if floor else "-",
+            f"{e['median_us'] / g['median_us']:.1f}x" if e.get("median_us") and g.get("median_us") else "-",
+            f"{g['median_us'] / floor:.1f}x" if g.get("median_us") and floor else "-",
+            f"{e['kernels_per_step']:.0f}" if e.get("kernels_per_step") else "-", str(g.get("matches_eager", "-"))))
+        for peer, r in ((k, v) for k, v in by.items() if k.startswith("graph-")):
+            lines.append(fmt.format(f"  {peer[6:]}", b, T, "", us(r), "", "", f"{r['median_us'] / floor:.1f}x"
+                                    if r.get("median_us") and floor else "-", "", f"{r.get('peer_rel_error', '-'):.1e}"
+                                    if r.get("peer_rel_error") is not None else "-"))
+    return "\n".join(lines)
+
+
 def decode_rows(ctx, d_model: int = 768, n_layers: int = 12, batches=(1, 64), ssm_context: int = 1024,
                 contexts=(1024, 8192, 65536), dtype=torch.bfloat16, vocab: int = 256, which=ORDER,
                 n_tokens: int = 16, repeats: int = 3, peer: bool = True, budget_s: float = 110.0):
-    """Yield the rows of the module docstring for ``which`` models (``matched_models`` names), in that order."""
-    start = time.monotonic()
+    """Yield the rows of the module docstring for ``which`` models (``matched_models`` names), in that order.
+
+    At the end, print ``summary`` of them (the peer lines' last column: the relative error of its logits).
+    """
+    start, done = time.monotonic(), []
+    for row in _rows(ctx, d_model, n_layers, batches, ssm_context, contexts, dtype, vocab, which, n_tokens, repeats,
+                     peer, budget_s, start):
+        done.append(row)
+        yield row
+    print(f"decode: {len(done)} rows in {time.monotonic() - start:.0f} s", summary(done), sep="\n", flush=True)
+
+
+def _rows(ctx, d_model, n_layers, batches, ssm_context, contexts, dtype, vocab, which, n_tokens, repeats, peer,
+          budget_s, start):
     for name in which:
         model = None
         try:
@@ -222,4 +259,4 @@ def bench_decode(ctx: Context):
     yield from decode_rows(ctx)
 
 
-__all__ = ["bench_decode", "decode_rows", "swapped", "peer_update"]
+__all__ = ["bench_decode", "decode_rows", "summary", "swapped", "peer_update"]

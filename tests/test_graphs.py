@@ -267,7 +267,7 @@ def test_graphed_logits_follow_the_plain_step(name):
     with torch.no_grad():
         for t in range(out.shape[1] - 1):
             logits = model.step(out[:, t], caches)
-    assert rel_error(dec.logits.float(), logits.float()) < 1e-4
+    assert rel_error(dec.logits.float(), logits.float()) < 1e-3  # float32; cuDNN may use TF32 in the prefill conv
 
 
 class _Syncs(nn.Module):
