@@ -240,3 +240,12 @@ def test_decode_benchmark_survives_a_failing_shape(monkeypatch):
                                    which=("Mamba-3", "Mamba-2"), dtype=torch.float32, n_tokens=1, repeats=1, peer=False))
     by = {r["impl"]: r for r in rows}
     assert by["mamba3-eager"]["missing"] == "RuntimeError: boom" and by["mamba2-eager"]["median_us"] > 0
+
+
+def test_cache_numbers_count_every_cache_tensor():
+    """hybrid.cache_numbers walks nested caches (Mamba-3's is a Mamba3State tuple): numbers = bytes / 4 in float32."""
+    from ssm_edu.hybrid import cache_numbers
+
+    models = matched_models(20, 16, 1, which=("Mamba-3", "Mamba-2", "DeltaNet", "Hybrid"))
+    for m in models.values():
+        assert cache_numbers(m, 10) == [layer_cache_bytes(b, 10) // 4 for b in m.blocks]
