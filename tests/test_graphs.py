@@ -77,6 +77,28 @@ def test_every_block_updates_its_cache_in_place(name, quiet):
     assert inference._addresses(dec.caches) == before
 
 
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_step_reads_no_value_on_the_host(name, temperature, quiet):
+    """What a capture forbids, checked without a GPU: the step under FakeTensorMode (tensors without values),
+    where .item(), bool(tensor) or a shape that depends on a value raise."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    dec = Decoder(_model(name, torch.float32), batch=2, capacity=8, graph=False, temperature=temperature,
+                  top_k=3 if temperature else None)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        dec._step()
+
+
+def test_a_step_that_reads_a_value_is_caught_without_a_gpu(quiet):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    dec = Decoder(SequenceModel(17, 16, 1, _Syncs), batch=2, capacity=8, graph=False)
+    with pytest.raises(Exception, match="local_scalar_dense"):
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            dec._step()
+
+
 def test_a_replaced_cache_is_detected():
     """The check behind the capture's in-place test can fail: a cache entry swapped for a new tensor."""
     caches = [{"h": torch.zeros(2, 3)}]
