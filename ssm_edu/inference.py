@@ -440,6 +440,8 @@ class Decoder:
     def _capture(self, warmup: int) -> str | None:
         """Capture ``_step`` in a CUDA graph; return None, or why it cannot be done."""
         if self.device.type != "cuda":
+            if torch.cuda.is_available():
+                return f"the model is on the {self.device.type.upper()} (a CUDA graph needs it on a CUDA device)"
             return "no CUDA device (a CUDA graph needs one)"
         before = _addresses(self.caches)
 

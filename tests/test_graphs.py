@@ -196,17 +196,16 @@ def test_timing_and_profile_rows(quiet):
     models = matched_models(20, 16, 1, which=("Transformer", "Mamba-3"), impl="vectorized")
     rows = decode_speed(models, batch=2, context=8, n_tokens=2, repeats=1)
     assert {(r["model"], r["mode"]) for r in rows} == {(n, m) for n in models for m in ("eager", "graph")}
-    for r in rows:
-        if r["mode"] == "eager" or CUDA:
+    for r in rows:  # the models are on the CPU: no graphs
+        if r["mode"] == "eager":
             assert r["s_per_token"] > 0 and r["tokens_per_s"] == pytest.approx(2 / r["s_per_token"])
         else:
-            assert r["s_per_token"] is None and "no CUDA device" in r["why_eager"]
+            assert r["s_per_token"] is None and "CUDA" in r["why_eager"]
     dec = Decoder(models["Mamba-3"], capacity=16)
     assert time_decoder(dec, 4, n_tokens=2, repeats=1) > 0 and dec.position == 8
     prof = step_profile(dec, steps=2, top=3)
     assert prof["ops"] > 50 and prof["wall_us"] > 0 and len(prof["rows"]) == 5
-    assert prof["rows"][-1]["op"] == "outside any operation"
-    assert (prof["kernels"] is None) == (not CUDA)
+    assert prof["rows"][-1]["op"] == "outside any operation" and prof["kernels"] is None
 
 
 def test_static_caches_are_fresh_and_fixed():
