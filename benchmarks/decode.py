@@ -255,7 +255,7 @@ def _rows(ctx, d_model, n_layers, batches, ssm_context, contexts, dtype, vocab, 
 
 @register("decode")
 def bench_decode(ctx: Context):
-    """Time per step, batch 1 and 64, d_model 768, bf16: eager and CUDA-graphed, six block types, KV caches at 1K-64K."""
+    """Time per step, batch 1 and 64, d_model 768, bf16: eager and CUDA-graphed, six block types, KV at 1K-64K."""
     yield from decode_rows(ctx)
 
 

@@ -194,7 +194,7 @@ class CausalSelfAttention(nn.Module):
         dtype = w.dtype if dtype is None else dtype
         capacity = self.capacity if capacity is None else capacity
         shape = (batch, self.n_heads, max(1, capacity), self.head_dim)
-        cache = {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype)}
+        cache = {name: torch.zeros(shape, device=device, dtype=dtype) for name in ("k", "v")}
         if static:
             return cache | {"pos": torch.zeros(1, dtype=torch.long, device=device),
                             "seen": torch.zeros(shape[2], dtype=torch.bool, device=device)}

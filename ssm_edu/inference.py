@@ -754,7 +754,9 @@ def memory_bandwidth(device=None, n_bytes: int | None = None) -> float:
     """
     from .timing import median_time
 
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     n_bytes = n_bytes or (2**30 if device.type == "cuda" else 2**26)
     src = torch.ones(n_bytes // 4, device=device)
     dst = torch.empty_like(src)

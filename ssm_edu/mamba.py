@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from .discretize import init_log_dt, softplus_inverse
 from .selective import selective_scan, selective_state_update
 
-__all__ = ["Mamba", "mamba_block", "conv_with_window", "selective_memory", "selective_memory_figure", "selective_memory_explorer"]
+__all__ = ["Mamba", "mamba_block", "conv_with_window", "selective_memory", "selective_memory_figure",
+           "selective_memory_explorer"]
 
 
 def conv_with_window(conv1d: nn.Conv1d, window: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

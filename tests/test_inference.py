@@ -237,7 +237,8 @@ def test_decode_benchmark_survives_a_failing_shape(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         rows = list(bd.decode_rows(CpuContext(), d_model=16, n_layers=1, batches=(1,), ssm_context=8,
-                                   which=("Mamba-3", "Mamba-2"), dtype=torch.float32, n_tokens=1, repeats=1, peer=False))
+                                   which=("Mamba-3", "Mamba-2"), dtype=torch.float32, n_tokens=1, repeats=1,
+                                   peer=False))
     by = {r["impl"]: r for r in rows}
     assert by["mamba3-eager"]["missing"] == "RuntimeError: boom" and by["mamba2-eager"]["median_us"] > 0
 
