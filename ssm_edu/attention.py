@@ -28,6 +28,15 @@ its capacity doubles when full (amortised O(1) copies per token), and only
 fresh cache: prefill through SDPA, keeping the keys and values; chunk after
 chunk: streaming); chapter 10 uses it.
 
+A *static* cache (``allocate_cache(..., static=True)``) is the same memory
+laid out for a CUDA graph (chapter 10, ``ssm_edu.inference.Decoder``): a
+fixed capacity that never grows, the position as a tensor on the device
+(``"pos"`` (1,) int64) and a mask of the positions written (``"seen"``
+(capacity,) bool), so that a captured step reads and advances them without
+asking the host. Its step writes k_t, v_t at ``pos`` and attends over the
+whole capacity with the mask: every shape is the same at every token. All
+zeros is a fresh static cache.
+
 ``CausalSelfAttention`` is a token mixer only. ``SequenceModel``'s layer is
 ``h + block(RMSNorm(h))``, one normed input per layer, so a Transformer layer
 is written as a *parallel* block (GPT-J, PaLM): ``block(u) = attn(u) + mlp(u)``
@@ -83,8 +92,26 @@ def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Ten
 
 def kv_cache_bytes(cache: dict) -> int:
     """Bytes of the used part of a KV cache: 2 · b · H · length · P · element size."""
-    k, n = cache["k"], cache["length"]
+    k, n = cache["k"], _length(cache)
     return 2 * k.shape[0] * k.shape[1] * n * k.shape[3] * k.element_size()
+
+
+def _length(cache: dict) -> int:
+    """Positions a KV cache holds (a static cache keeps them on the device: this reads them, outside any graph)."""
+    return cache["length"] if "length" in cache else int(cache["pos"])
+
+
+def _attend_masked(q, k, v, seen):
+    """One query over a fixed-size cache: q (b, H, 1, P), k, v (b, H, S, P), seen (S,) bool -> (b, H, 1, P).
+
+    softmax(q kᵀ / √P) v over the positions marked in ``seen``, written as
+    two matrix products (each reads the cache once) and a masked softmax in
+    float32 at least: no shape depends on how many positions are in use.
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.mT  # (b, H, 1, S)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    scores = scores.masked_fill(~seen, float("-inf"))
+    return torch.softmax(scores, dim=-1).to(v.dtype) @ v
 
 
 class CausalSelfAttention(nn.Module):
@@ -134,13 +161,20 @@ class CausalSelfAttention(nn.Module):
         """
         Shapes("CausalSelfAttention.extend").check("u", u, f"{cache['k'].shape[0]} l {self.d_model}")
         b, l, _ = u.shape
-        T = cache["length"]
+        T = _length(cache)
         pos = torch.arange(T, T + l, device=u.device)  # (l,) absolute positions of the chunk
         q, k, v = self._qkv(u, pos)  # (b, H, l, P)
-        self._reserve(cache, T + l)
+        if "pos" in cache:  # static: a fixed capacity
+            if T + l > cache["k"].shape[2]:
+                raise ValueError(f"CausalSelfAttention.extend: a static cache of capacity {cache['k'].shape[2]} "
+                                 f"holds {T} positions and cannot take {l} more")
+            cache["seen"][T:T + l] = True
+            cache["pos"].fill_(T + l)
+        else:
+            self._reserve(cache, T + l)
+            cache["length"] = T + l
         cache["k"][:, :, T:T + l] = k
         cache["v"][:, :, T:T + l] = v
-        cache["length"] = T + l
         if T == 0:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, H, l, P)
         else:  # is_causal aligns the mask top-left; here query i sees keys 0 .. T + i
@@ -148,15 +182,23 @@ class CausalSelfAttention(nn.Module):
             o = F.scaled_dot_product_attention(q, cache["k"][:, :, :T + l], cache["v"][:, :, :T + l], attn_mask=mask)
         return self.out_proj(o.transpose(1, 2).reshape(b, l, -1))
 
-    def allocate_cache(self, batch: int, device=None, dtype=None, capacity: int | None = None) -> dict:
-        """A fresh, empty KV cache with room for ``capacity`` positions (it grows when full)."""
+    def allocate_cache(self, batch: int, device=None, dtype=None, capacity: int | None = None,
+                       static: bool = False) -> dict:
+        """A fresh, empty KV cache with room for ``capacity`` positions (it grows when full).
+
+        ``static=True``: a cache of exactly ``capacity`` positions that never
+        grows, for CUDA graphs (module docstring): {"k", "v", "pos", "seen"}.
+        """
         w = self.qkv_proj.weight
         device = w.device if device is None else device
         dtype = w.dtype if dtype is None else dtype
         capacity = self.capacity if capacity is None else capacity
         shape = (batch, self.n_heads, max(1, capacity), self.head_dim)
-        return {"k": torch.zeros(shape, device=device, dtype=dtype),
-                "v": torch.zeros(shape, device=device, dtype=dtype), "length": 0}
+        cache = {name: torch.zeros(shape, device=device, dtype=dtype) for name in ("k", "v")}
+        if static:
+            return cache | {"pos": torch.zeros(1, dtype=torch.long, device=device),
+                            "seen": torch.zeros(shape[2], dtype=torch.bool, device=device)}
+        return cache | {"length": 0}
 
     @staticmethod
     def _reserve(cache: dict, n: int) -> None:
@@ -175,6 +217,8 @@ class CausalSelfAttention(nn.Module):
     def step(self, u_t: torch.Tensor, cache: dict) -> torch.Tensor:
         """One token: u_t (b, d_model) -> (b, d_model); appends its key and value to ``cache``."""
         Shapes("CausalSelfAttention.step").check("u_t", u_t, f"{cache['k'].shape[0]} {self.d_model}")
+        if "pos" in cache:
+            return self._step_static(u_t, cache)
         t = cache["length"]
         q, k, v = self._qkv(u_t[:, None], torch.tensor([t], device=u_t.device))  # (b, H, 1, P)
         self._reserve(cache, t + 1)
@@ -183,6 +227,22 @@ class CausalSelfAttention(nn.Module):
         cache["length"] = t + 1
         # one query attends to every cached position: no mask needed
         o = F.scaled_dot_product_attention(q, cache["k"][:, :, :t + 1], cache["v"][:, :, :t + 1])  # (b, H, 1, P)
+        return self.out_proj(o.reshape(u_t.shape[0], -1))
+
+    def _step_static(self, u_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """``step`` on a static cache: nothing here reads a value on the host, no shape depends on the position.
+
+        The position ``pos`` (1,) stays on the device; writing past the
+        capacity is not checked here (that would need the host): the caller
+        (``ssm_edu.inference.Decoder``) counts the positions it has used.
+        """
+        pos = cache["pos"]  # (1,) int64: this token's position
+        q, k, v = self._qkv(u_t[:, None], pos)  # (b, H, 1, P)
+        cache["k"].index_copy_(2, pos, k)
+        cache["v"].index_copy_(2, pos, v)
+        cache["seen"].index_fill_(0, pos, True)
+        o = _attend_masked(q, cache["k"], cache["v"], cache["seen"])  # (b, H, 1, P)
+        pos.add_(1)
         return self.out_proj(o.reshape(u_t.shape[0], -1))
 
 
@@ -232,8 +292,9 @@ class TransformerBlock(nn.Module):
         """A chunk after the cached positions (prefill, streaming): see ``CausalSelfAttention.extend``."""
         return self.attn.extend(u, cache) + self.mlp(u)
 
-    def allocate_cache(self, batch: int, device=None, dtype=None, capacity: int | None = None) -> dict:
-        return self.attn.allocate_cache(batch, device=device, dtype=dtype, capacity=capacity)
+    def allocate_cache(self, batch: int, device=None, dtype=None, capacity: int | None = None,
+                       static: bool = False) -> dict:
+        return self.attn.allocate_cache(batch, device=device, dtype=dtype, capacity=capacity, static=static)
 
     def step(self, u_t: torch.Tensor, cache: dict) -> torch.Tensor:
         return self.attn.step(u_t, cache) + self.mlp(u_t)

@@ -30,7 +30,10 @@ The block follows ``ssm_edu.lm``'s block protocol: ``forward`` runs the
 chunked ``delta_rule`` over the whole sequence; ``step`` advances a cache of
 the last W conv inputs and the states S (b, H, K, V) by one token with the
 delta rule's step, written out (four lines); fed a sequence token by token
-it reproduces ``forward``.
+it reproduces ``forward``. ``extend`` runs a chunk after the cached
+positions (prefill, streaming; chapter 10): the conv window in front of the
+chunk (``ssm_edu.mamba.conv_with_window``), then the chunked ``delta_rule``
+from the cached states. Both update the cache in place.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from ._validate import Shapes
 from .delta import delta_rule
 from .discretize import init_log_dt, softplus_inverse
+from .mamba import conv_with_window
 from .mamba2 import RMSNormGated
 
 __all__ = ["DeltaNet", "deltanet_block", "delta_step"]
@@ -171,6 +175,21 @@ class DeltaNet(nn.Module):
         work = S.dtype
         o = delta_step(S, q.to(work), k.to(work), v.to(work), beta.to(work), None if g is None else g.to(work))
         return self.out_proj(self.norm(o.to(u.dtype).flatten(-2), z))
+
+    def extend(self, u, cache: dict):
+        """A chunk u (b, l, d_model) after the positions ``cache`` holds -> (b, l, d_model); updates ``cache``.
+
+        The conv window goes in front of the chunk; the chunked ``delta_rule``
+        starts from the cached states and returns the new ones.
+        """
+        Shapes("DeltaNet.extend").check("u", u, f"batch l {self.d_model}")
+        qkv, z, b, a = self._split(self.in_proj(u))  # (b, l, conv_dim), (b, l, HV), (b, l, H), (b, l, H) or None
+        qkv = conv_with_window(self.conv1d, cache["conv"], qkv.transpose(1, 2)).transpose(1, 2)
+        q, k, v, beta, g = self._heads(qkv, b, a)
+        o, S = delta_rule(q, k, v, beta, g, chunk_size=self.chunk_size, initial_state=cache["S"],
+                          return_final_state=True, impl=self.impl)
+        cache["S"].copy_(S)
+        return self.out_proj(self.norm(o.flatten(-2), z))
 
 
 def deltanet_block(**kwargs):

@@ -95,7 +95,14 @@ def cache_numbers(model: SequenceModel, length: int) -> list[int]:
         elif not hasattr(block, "allocate_cache"):
             raise ValueError(f"cache_numbers: {type(block).__name__} has no decoding cache (no allocate_cache)")
         else:
-            cache = block.allocate_cache(1)
-            tensors = cache.values() if isinstance(cache, dict) else [cache]
-            counts.append(sum(t.numel() for t in tensors if hasattr(t, "numel")))
+            counts.append(_numbers(block.allocate_cache(1)))
     return counts
+
+
+def _numbers(cache) -> int:
+    """Numbers held by the tensors of a cache: dicts, lists and tuples (a Mamba3State) walked."""
+    if isinstance(cache, dict):
+        return sum(_numbers(v) for v in cache.values())
+    if isinstance(cache, (list, tuple)):
+        return sum(_numbers(v) for v in cache)
+    return cache.numel() if hasattr(cache, "numel") else 0

@@ -15,6 +15,7 @@ shapes (``layer_cache_bytes``):
     Mamba-1                b · (E D · W · e + E D · N · 4)          constant
     Mamba-2                b · ((E D + 2GN) · W · e + H P N · 4)    constant
     Mamba-3                b · H · (P N + N/2 + N + P) · 4 (SISO)   constant
+    DeltaNet               b · ((2HK + HV) · W · e + H K V · 4)     constant
 
 (the SSM states are kept in float32 at least, hence the 4). ``cache_nbytes``
 counts the bytes of actual cache tensors, and the tests check the two agree.
@@ -23,19 +24,17 @@ Prefill, decode and streaming are one operation, ``extend(model, tokens,
 caches)``: run a chunk of tokens through the model *after* the positions the
 caches already hold, with the parallel form (scan, SSD, SDPA), and leave the
 caches at the end of the chunk. With fresh caches that is prefill; chunk
-after chunk it is streaming; with one token it is a decoding step. For each
-block (``extend_block``):
+after chunk it is streaming; with one token it is a decoding step. Each
+block owns its part (``block.extend(u, cache)``, beside ``block.step``):
 
-* Mamba-1: the conv window carried in front of the chunk, then
-  ``selective_scan_from`` (below), then the window and state written back;
+* Mamba-1: the conv window carried in front of the chunk
+  (``ssm_edu.mamba.conv_with_window``), then ``selective_scan_from``
+  (below), then the window and state written back;
 * Mamba-2: the conv window, then ``ssd(initial_states=h, return_final_states=True)``;
 * Mamba-3: ``mamba3(initial_state=..., return_final_state=True)`` (no conv);
-* attention: ``CausalSelfAttention.extend`` (SDPA over cache + chunk);
+* DeltaNet: the conv window, then ``delta_rule(initial_state=S, ...)``;
+* attention: SDPA over cache + chunk;
 * any other block with ``step``: the step over the chunk, token by token.
-
-The first three reach into the blocks' projections (``in_proj``, ``conv1d``,
-``x_proj``, ``dt_proj``, ``_split``, ``_xbc``, ``_out``) to rebuild forward
-with a carried state: the blocks' own ``forward`` always starts from zero.
 
 ``selective_scan`` (Mamba-1's API, like mamba_ssm's) returns its last state
 but takes no initial one. ``selective_scan_from`` adds it by linearity: the
@@ -45,14 +44,48 @@ scan from h_{-1} is the scan from zero plus the free evolution of h_{-1},
 
 the same split as the off-diagonal step of chunked SSD (chapter 8).
 
-Timing (``decode_profile``): the wall time of a decoding step with a cache
-as if T tokens had been processed (``filled_caches``: T random keys and
-values in every KV cache; the SSM states are the same size whatever T).
-The numbers in a cache do not change the work of a step, only its size does.
+Decoding with a CUDA graph (``Decoder``). At batch 1 a decoding step moves
+few bytes (the weights once, the states) but issues hundreds of small
+operations; run eagerly, each costs a Python call and a kernel launch, and
+the GPU waits for the host. A CUDA graph records the whole step once (every
+layer, the sampling, the cache updates) and replays it with one launch per
+token. What a graph needs, and what ``Decoder`` provides:
+
+* static buffers: the caches (``static_caches``: KV caches of a fixed
+  capacity with the position on the device), the input token, the logits
+  and the sampling noise live at fixed addresses, and every block updates
+  its cache in place (the block protocol);
+* nothing that asks the host during the step: no ``.item()``, no shape
+  that depends on a value, no random numbers drawn on the host. Sampling is
+  the Gumbel-max trick (``sample_gumbel``) with noise drawn into a buffer
+  before each replay, so that eager and graphed decoding draw the same
+  numbers and generate the same tokens for a seed;
+* a warm-up before the capture (Triton compiles its kernels, cuBLAS picks
+  its algorithms: neither may happen inside a graph).
+
+Where a graph cannot be made (no CUDA device, a block that replaces its
+cache, an operation that breaks the capture), ``Decoder`` runs the same
+step eagerly on the same buffers, and says why once (a warning).
+
+Timing (``decode_profile``, ``time_decoder``): the wall time of a decoding
+step with a cache as if T tokens had been processed (``filled_caches``,
+``Decoder.fill``: T random keys and values in every KV cache; the SSM states
+are the same size whatever T). The numbers in a cache do not change the work
+of a step, only its size does. The floor of a step (``decode_floor_bytes``)
+is the bytes it must move: every weight read once, the SSM states and conv
+windows read and written, the KV caches read; over the memory bandwidth it
+is the least time a token can take. ``step_profile`` shows where the time
+of a step goes (torch.profiler, reduced to one row per operation).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import os
+import sys
+import time
+import warnings
 from typing import Iterable
 
 import torch
@@ -61,9 +94,10 @@ import torch.nn.functional as F
 
 from ._validate import Shapes
 from .attention import CausalSelfAttention, MLP, TransformerBlock, kv_cache_bytes
+from .deltanet import DeltaNet
+from .lm import extend_block
 from .mamba import Mamba
 from .mamba2 import Mamba2
-from .mamba3 import mamba3
 from .mamba3_block import Mamba3
 from .selective import selective_scan
 from .ssd import ssd
@@ -72,19 +106,32 @@ __all__ = [
     "layer_cache_bytes",
     "model_cache_bytes",
     "cache_nbytes",
+    "decode_floor_bytes",
     "selective_scan_from",
     "extend_block",
     "extend",
     "prefill",
     "generate_with_prefill",
+    "static_caches",
+    "sample_gumbel",
+    "Decoder",
+    "time_decoder",
+    "decode_speed",
+    "step_profile",
+    "profile_table",
+    "kernels_per_step",
+    "memory_bandwidth",
     "filled_caches",
     "decode_profile",
     "long_context_profile",
     "matched_models",
+    "MODEL_NAMES",
     "gpu_decode_rows",
+    "gpu_decode_table",
     "gpu_long_context_rows",
     "draw_cache_bytes",
     "draw_decode",
+    "draw_gpu_decode",
     "draw_long_context",
     "cache_bytes_explorer",
 ]
@@ -100,6 +147,12 @@ def _state_size(dtype) -> int:
     return torch.tensor([], dtype=torch.promote_types(dtype, torch.float32)).element_size()
 
 
+def _attention(block: nn.Module):
+    """The attention layer of a block whose cache is a KV cache, or None."""
+    block = block.attn if isinstance(block, TransformerBlock) else block
+    return block if isinstance(block, CausalSelfAttention) else None
+
+
 def layer_cache_bytes(block: nn.Module, context: int, batch: int = 1, dtype=torch.float32) -> int:
     """Bytes of ``block``'s decoding cache after ``context`` tokens, from the module's shapes (the table above).
 
@@ -108,10 +161,9 @@ def layer_cache_bytes(block: nn.Module, context: int, batch: int = 1, dtype=torc
     """
     e = torch.tensor([], dtype=dtype).element_size()
     s = _state_size(dtype)
-    if isinstance(block, TransformerBlock):
-        block = block.attn
-    if isinstance(block, CausalSelfAttention):
-        return 2 * batch * block.n_heads * block.head_dim * context * e
+    attn = _attention(block)
+    if attn is not None:
+        return 2 * batch * attn.n_heads * attn.head_dim * context * e
     if isinstance(block, MLP):
         return 0
     if isinstance(block, Mamba):
@@ -121,6 +173,8 @@ def layer_cache_bytes(block: nn.Module, context: int, batch: int = 1, dtype=torc
     if isinstance(block, Mamba3):
         H, P, N, R = block.nheads, block.headdim, block.d_state, block.rank
         return batch * H * (P * N + N // 2 + R * N + R * P) * s  # h, Φ, previous k and x
+    if isinstance(block, DeltaNet):
+        return batch * (block.conv_dim * block.d_conv * e + block.state_size * s)
     raise TypeError(f"layer_cache_bytes: no formula for a {type(block).__name__} block")
 
 
@@ -133,9 +187,10 @@ def model_cache_bytes(model: nn.Module, context: int, batch: int = 1, dtype=None
 def cache_nbytes(cache) -> int:
     """Bytes held by actual cache tensors: a block's cache, or a model's list of them.
 
-    A KV cache counts its used part (``length`` positions), not its spare capacity.
+    A KV cache counts its used part (the positions it holds), not its spare
+    capacity nor, for a static cache, its position and mask.
     """
-    if isinstance(cache, dict) and "length" in cache and "k" in cache:
+    if isinstance(cache, dict) and "k" in cache and ("length" in cache or "pos" in cache):
         return kv_cache_bytes(cache)
     if isinstance(cache, torch.Tensor):
         return cache.numel() * cache.element_size()
@@ -144,6 +199,23 @@ def cache_nbytes(cache) -> int:
     if isinstance(cache, (list, tuple)):  # a model's caches, or a Mamba3State
         return sum(cache_nbytes(v) for v in cache)
     return 0
+
+
+def decode_floor_bytes(model: nn.Module, context: int, batch: int = 1) -> int:
+    """The bytes one decoding step must move, at least, after ``context`` tokens, for ``batch`` sequences.
+
+    Every weight read once (shared by the batch; a tied embedding counted
+    once), every SSM state and conv window read and written, every KV cache
+    read (the one position it gains is left out). Over the memory bandwidth,
+    the least time per step.
+    """
+    dtype = model.embedding.weight.dtype
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    caches = 0
+    for block in model.blocks:
+        n = layer_cache_bytes(block, context, batch, dtype)
+        caches += n if _attention(block) is not None else 2 * n
+    return weights + caches
 
 
 # ----------------------------------------------------------------------------
@@ -179,86 +251,23 @@ def selective_scan_from(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     return y, h
 
 
+
 # ----------------------------------------------------------------------------
 # Prefill, streaming, decode: extend
 # ----------------------------------------------------------------------------
-
-
-def _conv_with_window(conv1d: nn.Conv1d, window: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Causal depthwise conv of a chunk x (b, C, l) after the cached window (b, C, W); updates the window.
-
-    The window holds the last W inputs (oldest first, zeros before the
-    sequence), as ``step`` keeps it. Returns the conv's l outputs (b, C, l).
-    """
-    W = window.shape[-1]
-    full = torch.cat([window[..., 1:], x], dim=-1)  # (b, C, W - 1 + l): the W - 1 inputs before the chunk, then it
-    window.copy_(full[..., -W:])
-    return F.conv1d(full, conv1d.weight, conv1d.bias, groups=conv1d.groups)  # (b, C, l)
-
-
-def _extend_mamba(block: Mamba, u, cache):
-    x, z = block.in_proj(u).mT.chunk(2, dim=1)  # (b, d_inner, l) each
-    x = F.silu(_conv_with_window(block.conv1d, cache["conv"], x))
-    delta_low, B, C = block.x_proj(x.mT).split([block.dt_rank, block.d_state, block.d_state], dim=-1)
-    delta = (delta_low @ block.dt_proj.weight.T).mT  # (b, d_inner, l)
-    y, h = selective_scan_from(x, delta, block.A(), B.mT, C.mT, D=block.D, z=z, delta_bias=block.dt_proj.bias,
-                               delta_softplus=True, initial_state=cache["ssm"], impl=block.scan_impl)
-    cache["ssm"].copy_(h)
-    return block.out_proj(y.mT)  # (b, l, d_model)
-
-
-def _extend_mamba2(block: Mamba2, u, cache):
-    z, xBC, dt = block._split(block.in_proj(u))  # (b, l, Din), (b, l, conv_dim), (b, l, H)
-    xBC = F.silu(_conv_with_window(block.conv1d, cache["conv"], xBC.mT)).mT  # (b, l, conv_dim)
-    x, B, C = block._xbc(xBC)  # (b, l, H, P), (b, l, G, N) twice
-    impl = {"quadratic": "vectorized"}.get(block.impl, block.impl)
-    y, h = ssd(x, dt, -torch.exp(block.A_log), B, C, chunk_size=block.chunk_size, D=block.D, dt_bias=block.dt_bias,
-               dt_softplus=True, initial_states=cache["ssm"].to(x.dtype), return_final_states=True, impl=impl)
-    cache["ssm"].copy_(h)
-    return block.out_proj(block.norm(y.flatten(-2), z))
-
-
-def _extend_mamba3(block: Mamba3, u, cache):
-    s = block.ssm_inputs(u)
-    y, cache["state"] = mamba3(s["x"], s["dt"], s["A"], s["B"], s["C"], s["lam"], s["theta"], D=block.D, z=s["z"],
-                               chunk_size=block.chunk_size, initial_state=cache["state"], return_final_state=True,
-                               impl=block.impl)
-    return block._out(y)
-
-
-def extend_block(block: nn.Module, u: torch.Tensor, cache) -> torch.Tensor:
-    """Run a chunk u (b, l, d_model) through ``block`` after the positions ``cache`` holds; update ``cache``.
-
-    Returns (b, l, d_model), equal to the matching rows of ``forward`` on the
-    whole sequence. Parallel forms for attention and the Mamba blocks; any
-    other block with ``step`` runs the step token by token.
-    """
-    if hasattr(block, "extend"):
-        return block.extend(u, cache)
-    if isinstance(block, Mamba):
-        return _extend_mamba(block, u, cache)
-    if isinstance(block, Mamba2):
-        return _extend_mamba2(block, u, cache)
-    if isinstance(block, Mamba3):
-        return _extend_mamba3(block, u, cache)
-    if hasattr(block, "step"):  # no parallel form with a carried state: the recurrence itself
-        return torch.stack([block.step(u[:, t], cache) for t in range(u.shape[1])], dim=1)
-    raise NotImplementedError(f"{type(block).__name__} has neither extend nor step: it cannot carry a state")
 
 
 @torch.no_grad()
 def extend(model: nn.Module, idx: torch.Tensor, caches: list) -> torch.Tensor:
     """Tokens idx (b, l) after those in ``caches`` -> logits (b, l, vocab); ``caches`` move to the chunk's end.
 
-    ``model`` is a ``ssm_edu.lm.SequenceModel``. Chunk after chunk, the
-    logits equal ``model(whole sequence)``: prefill is ``extend`` on fresh
-    caches, streaming is ``extend`` again and again, decoding is l = 1.
+    ``model`` is a ``ssm_edu.lm.SequenceModel`` (``model.extend``: every
+    block's own ``extend``). Chunk after chunk, the logits equal
+    ``model(whole sequence)``: prefill is ``extend`` on fresh caches,
+    streaming is ``extend`` again and again, decoding is l = 1.
     """
     Shapes("extend").check("idx", idx, "b l")
-    h = model.embedding(idx)  # (b, l, d)
-    for norm, block, cache in zip(model.norms, model.blocks, caches):
-        h = h + extend_block(block, norm(h), cache)
-    return model.head(model.norm_f(h))
+    return model.extend(idx, caches)
 
 
 def prefill(model: nn.Module, prompt: torch.Tensor):
@@ -285,6 +294,476 @@ def generate_with_prefill(model: nn.Module, prompt: torch.Tensor, n_new: int, te
 
 
 # ----------------------------------------------------------------------------
+# Decoding with static buffers, captured in a CUDA graph
+# ----------------------------------------------------------------------------
+
+
+def static_caches(model: nn.Module, batch: int, capacity: int) -> list:
+    """One cache per block, at position -1, at addresses that never change: what a CUDA graph of the step needs.
+
+    Blocks whose cache grows (attention) get a static cache of ``capacity``
+    positions (``allocate_cache(..., capacity=, static=True)``: the position
+    on the device); the SSM blocks' caches are fixed-size already. All zeros
+    is the start of a sequence.
+    """
+    w = model.embedding.weight
+    caches = []
+    for block in model.blocks:
+        if not hasattr(block, "step"):
+            raise NotImplementedError(f"{type(block).__name__} has no step(): it cannot run as a recurrence")
+        kwargs = dict(device=w.device, dtype=w.dtype)
+        if "static" in inspect.signature(block.allocate_cache).parameters:
+            kwargs |= dict(capacity=capacity, static=True)
+        caches.append(block.allocate_cache(batch, **kwargs))
+    return caches
+
+
+def _leaves(cache, path=()):
+    """(path, leaf) for every tensor and every other value in a cache (dicts, lists, tuples walked)."""
+    if isinstance(cache, dict):
+        for key in cache:
+            yield from _leaves(cache[key], path + (key,))
+    elif isinstance(cache, (list, tuple)):
+        for i, item in enumerate(cache):
+            yield from _leaves(item, path + (i,))
+    else:
+        yield path, cache
+
+
+def _addresses(caches) -> list:
+    """What a graph depends on: each tensor's address and every non-tensor value (a Python int the host updates)."""
+    return [(p, x.data_ptr() if isinstance(x, torch.Tensor) else x) for p, x in _leaves(caches)]
+
+
+def sample_gumbel(logits: torch.Tensor, temperature: float, top_k: int | None, noise: torch.Tensor) -> torch.Tensor:
+    """Sample one token per row of logits (b, vocab) from softmax(logits / temperature), the top_k largest only.
+
+    The Gumbel-max trick: argmax(logits / T + G) with G = -log E, E ~ Exp(1)
+    i.i.d., is a sample of softmax(logits / T). ``noise`` (b, vocab) holds E,
+    drawn beforehand (``noise.exponential_(generator=...)``): no random number
+    and no host synchronisation here, so this runs inside a CUDA graph.
+    Returns (b,) int64.
+    """
+    scores = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+    if top_k is not None:
+        kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]  # (b, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    return (scores - torch.log(noise)).argmax(-1)
+
+
+_SAID: set = set()
+
+
+def _say_once(message: str) -> None:
+    """Warn the first time only: one line per reason and process, not one per model or per token."""
+    if message not in _SAID:
+        _SAID.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+class Decoder:
+    """Generation from a ``SequenceModel`` with its whole decoding step captured in a CUDA graph.
+
+    The step (``_step``) reads the token buffer, runs every layer's ``step``
+    on the static caches, writes the logits, samples, and writes the sampled
+    token back into the token buffer: replayed again and again, the graph
+    generates. On a CUDA device it is captured once, here; elsewhere, or if
+    the capture fails, the same step runs eagerly on the same buffers and the
+    reason is given once (``RuntimeWarning``) and kept in ``why_eager``.
+
+    Args:
+        model: a ``ssm_edu.lm.SequenceModel`` whose blocks all have ``step``.
+        batch: sequences decoded together.
+        capacity: positions a KV cache can hold (prompt and generated tokens);
+            SSM blocks ignore it.
+        temperature: 0 is greedy (argmax); above 0, Gumbel-max sampling.
+        top_k: sample among the k most likely tokens only (None: all).
+        graph: None captures where possible; True requires the capture
+            (RuntimeError otherwise); False always runs eagerly.
+        warmup: eager steps before the capture (compiling Triton kernels).
+
+    Use ``generate(prompt, n_new, seed)``, or ``prefill`` then ``step``;
+    ``fill(context)`` puts random caches of ``context`` tokens in place, for
+    timing. ``graphed`` says whether a graph was captured; setting
+    ``use_graph = False`` runs the same step eagerly on the same buffers.
+    """
+
+    def __init__(self, model: nn.Module, batch: int = 1, capacity: int = 256, temperature: float = 0.0,
+                 top_k: int | None = None, graph: bool | None = None, warmup: int = 2):
+        for name, v, least in (("batch", batch, 1), ("capacity", capacity, 1), ("warmup", warmup, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ValueError(f"Decoder: {name} must be an int >= {least}; got {v!r}")
+        if not temperature >= 0:
+            raise ValueError(f"Decoder: temperature must be >= 0; got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"Decoder: top_k must be None or an int >= 1; got {top_k!r}")
+        if graph not in (None, True, False):
+            raise ValueError(f"Decoder: graph must be None, True or False; got {graph!r}")
+        self.model = model.eval()
+        w = model.embedding.weight
+        self.device, self.batch, self.capacity = w.device, batch, capacity
+        self.temperature, self.top_k = float(temperature), top_k
+        with torch.no_grad():
+            self.caches = static_caches(model, batch, capacity)
+        self.grows = any(_attention(b) is not None for b in model.blocks)  # a KV cache: the capacity matters
+        self.token = torch.zeros(batch, dtype=torch.long, device=self.device)  # (b,) in: this token; out: the next
+        self.logits = torch.zeros(batch, w.shape[0], dtype=w.dtype, device=self.device)  # (b, vocab) of the last step
+        work = torch.promote_types(w.dtype, torch.float32)
+        self.noise = torch.ones(batch, w.shape[0], dtype=work, device=self.device) if temperature > 0 else None
+        self.gen = torch.Generator(device=self.device)
+        self.position = 0  # positions the caches hold, counted on the host
+        self.graph = None
+        self.use_graph = True  # False: run the step eagerly even when a graph exists (same buffers; for timing)
+        self.why_eager = "graph=False" if graph is False else self._capture(warmup)
+        if self.why_eager and graph is True:
+            raise RuntimeError(f"Decoder: no CUDA graph: {self.why_eager}")
+        if self.why_eager and graph is None:
+            _say_once(f"ssm_edu.inference.Decoder decodes eagerly, one launch per operation: {self.why_eager}")
+
+    @property
+    def graphed(self) -> bool:
+        return self.graph is not None
+
+    # ------------------------------------------------------------------ the step (what the graph holds)
+
+    def _sample(self, logits):
+        if self.noise is None:
+            return logits.argmax(-1)
+        return sample_gumbel(logits, self.temperature, self.top_k, self.noise)
+
+    def _step(self):
+        """The step on static buffers: token -> every layer -> logits -> sampled token, all in place."""
+        logits = self.model.step(self.token, self.caches)  # (b, vocab)
+        self.logits.copy_(logits)
+        self.token.copy_(self._sample(logits))
+
+    def _capture(self, warmup: int) -> str | None:
+        """Capture ``_step`` in a CUDA graph; return None, or why it cannot be done."""
+        if self.device.type != "cuda":
+            if torch.cuda.is_available():
+                return f"the model is on the {self.device.type.upper()} (a CUDA graph needs it on a CUDA device)"
+            return "no CUDA device (a CUDA graph needs one)"
+        before = _addresses(self.caches)
+
+        def moved():
+            after = _addresses(self.caches)
+            for i, (a, b) in enumerate(zip(_addresses_by_layer(before, len(self.caches)),
+                                           _addresses_by_layer(after, len(self.caches)))):
+                if a != b:
+                    return (f"layer {i} ({type(self.model.blocks[i]).__name__}) replaces its cache tensors or "
+                            "keeps host-side state between steps (a graph replays fixed addresses)")
+            return None
+
+        try:
+            with torch.no_grad():
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    for _ in range(warmup):  # compile Triton kernels, choose cuBLAS algorithms: not inside a graph
+                        self._step()
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                why = moved()
+                if why:
+                    return why
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._step()
+                why = moved()
+                if why:
+                    return why
+        except Exception as err:  # anything that breaks the capture: say what, decode eagerly
+            first = (str(err).strip().splitlines() or [""])[0][:240]
+            return f"capture failed with {type(err).__name__}: {first}"
+        finally:
+            self.reset()
+        self.graph = graph
+        return None
+
+    # ------------------------------------------------------------------ using it
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Every cache back to position -1 (all zeros), in place."""
+        for _, x in _leaves(self.caches):
+            if isinstance(x, torch.Tensor):
+                x.zero_()
+        self.token.zero_()
+        self.position = 0
+
+    def _room(self, n: int) -> None:
+        if self.grows and n > self.capacity:
+            raise ValueError(f"Decoder: the KV caches hold {self.capacity} positions; {n} were asked for "
+                             "(make the Decoder with a larger capacity)")
+
+    def _draw(self) -> None:
+        if self.noise is not None:
+            self.noise.exponential_(generator=self.gen)
+
+    @torch.no_grad()
+    def prefill(self, prompt: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """The prompt (batch, T) through the parallel forms (``model.extend``); returns the first new token (batch,).
+
+        ``seed`` restarts the sampling noise, so that a seed gives the same
+        tokens, graphed or not.
+        """
+        Shapes("Decoder.prefill").check("prompt", prompt, f"{self.batch} T")
+        self._room(prompt.shape[1])
+        self.reset()
+        if seed is not None:
+            self.gen.manual_seed(seed)
+        logits = self.model.extend(prompt.to(self.device), self.caches)[:, -1]  # (b, vocab)
+        self.position = prompt.shape[1]
+        self._draw()
+        self.logits.copy_(logits)
+        self.token.copy_(self._sample(logits))
+        return self.token
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """Feed the token buffer, sample the next token into it (one graph replay); returns the buffer (batch,)."""
+        self._room(self.position + 1)
+        self._draw()
+        if self.graph is not None and self.use_graph:
+            self.graph.replay()
+        else:
+            self._step()
+        self.position += 1
+        return self.token
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, n_new: int, seed: int | None = None) -> torch.Tensor:
+        """Continue ``prompt`` (batch, T) by ``n_new`` tokens: (batch, T + n_new) int64."""
+        if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 0:
+            raise ValueError(f"Decoder.generate: n_new must be an int >= 0; got {n_new!r}")
+        if n_new == 0:
+            return prompt.to(self.device)
+        self._room(prompt.shape[1] + n_new - 1)
+        tokens = [self.prefill(prompt, seed).clone()]
+        for _ in range(n_new - 1):
+            tokens.append(self.step().clone())
+        return torch.cat([prompt.to(self.device), torch.stack(tokens, 1)], dim=1)
+
+    @torch.no_grad()
+    def fill(self, context: int, seed: int = 0) -> None:
+        """Caches as if ``context`` tokens had been processed, with random numbers (for timing)."""
+        self._room(context)
+        self.reset()
+        _fill_random(self.caches, context, torch.Generator(self.device).manual_seed(seed))
+        self.position = context
+
+
+def _addresses_by_layer(addresses: list, n_layers: int) -> list:
+    """Split ``_addresses(caches)`` by layer (the first element of each path)."""
+    out = [[] for _ in range(n_layers)]
+    for path, a in addresses:
+        out[path[0]].append((path, a))
+    return out
+
+
+def _fill_random(caches: list, context: int, gen: torch.Generator | None = None) -> None:
+    """Caches as if ``context`` tokens had been processed: random keys and values in ``context`` positions of
+    every KV cache (static or growing), random SSM states and conv windows (their size does not depend on it)."""
+    for cache in caches:
+        if isinstance(cache, dict) and "k" in cache and ("length" in cache or "pos" in cache):
+            if context > cache["k"].shape[2]:
+                raise ValueError(f"filled caches: a KV cache of capacity {cache['k'].shape[2]} cannot hold {context}")
+            cache["k"][:, :, :context].normal_(generator=gen)
+            cache["v"][:, :, :context].normal_(generator=gen)
+            if "pos" in cache:
+                cache["seen"][:context] = True
+                cache["pos"].fill_(context)
+            else:
+                cache["length"] = context
+            continue
+        for _, x in _leaves(cache):
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                x.normal_(generator=gen).mul_(0.1)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_decoder(decoder: Decoder, context: int = 0, n_tokens: int = 16, repeats: int = 3, warmup: int = 2) -> float:
+    """Seconds per token of ``decoder.step()`` after ``context`` tokens: the median of ``repeats`` runs.
+
+    Each run starts from random caches of ``context`` tokens (``fill``), takes
+    ``warmup`` steps, then times ``n_tokens`` steps back to back, as
+    generation runs them (on a GPU with CUDA events, so the time includes the
+    GPU waiting for the host). The decoder needs a capacity of at least
+    context + warmup + n_tokens.
+    """
+    runs = []
+    for _ in range(repeats):
+        decoder.fill(context)
+        for _ in range(warmup):
+            decoder.step()
+        if decoder.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(decoder.device)
+            start.record()
+            for _ in range(n_tokens):
+                decoder.step()
+            end.record()
+            end.synchronize()
+            runs.append(start.elapsed_time(end) * 1e-3 / n_tokens)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(n_tokens):
+                decoder.step()
+            runs.append((time.perf_counter() - t0) / n_tokens)
+    return sorted(runs)[len(runs) // 2]
+
+
+def decode_speed(models: dict, batch: int = 1, context: int = 0, n_tokens: int = 16, repeats: int = 3,
+                 graph: Iterable[bool] = (False, True)) -> list[dict]:
+    """Time per token of every model, eagerly and (where a graph can be made) graphed.
+
+    ``models``: name -> ``SequenceModel``. Returns rows {"model", "mode"
+    ("eager" | "graph"), "s_per_token", "tokens_per_s" (batch / s_per_token),
+    "floor_bytes" (``decode_floor_bytes``), "why_eager"}; a graph that
+    cannot be made gives a row with ``s_per_token`` None and the reason.
+    """
+    rows = []
+    capacity = context + n_tokens + 4
+    for name, model in models.items():
+        for g in graph:
+            dec = Decoder(model, batch=batch, capacity=capacity, graph=None if g else False)
+            row = {"model": name, "mode": "graph" if g else "eager", "batch": batch, "context": context,
+                   "floor_bytes": decode_floor_bytes(model, context, batch), "why_eager": None}
+            if g and not dec.graphed:
+                rows.append(row | {"s_per_token": None, "tokens_per_s": None, "why_eager": dec.why_eager})
+                continue
+            s = time_decoder(dec, context, n_tokens=n_tokens, repeats=repeats)
+            rows.append(row | {"s_per_token": s, "tokens_per_s": batch / s})
+    return rows
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 for a while: the profiler's C++ side logs its stages there, which a notebook
+    would show (and the book build treat) as an error stream."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+@torch.no_grad()
+def step_profile(decoder: Decoder, context: int = 0, steps: int = 8, top: int = 8) -> dict:
+    """Where the time of ``decoder.step()`` goes: torch.profiler over ``steps`` steps, one row per operation.
+
+    Returns {"rows": [{"op", "calls", "host_us", "device_us"}] (per step:
+    the ``top`` operations by host time, then "other operations" and
+    "outside any operation"), "wall_us" (a step, timed without the
+    profiler), "ops" (operations the step issues: ATen calls not made by
+    another ATen call), "kernels" (GPU kernels per step; None on a CPU),
+    "device_us" (GPU busy time per step; None on a CPU)}. An operation's host
+    time is its own (self) CPU time, its median call times its calls per
+    step (robust to the odd call the operating system interrupts); "outside
+    any operation" is the rest of the step's wall time: Python, module calls,
+    and dispatch between operations.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = decoder.device.type == "cuda"
+    wall = time_decoder(decoder, context, n_tokens=steps, repeats=3)
+    decoder.fill(context)
+    decoder.step()
+    _sync(decoder.device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with _quiet_stderr():
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                decoder.step()
+            _sync(decoder.device)
+        events = prof.events()
+    calls, n_top, kernels, busy = {}, 0, 0, 0.0
+    for e in events:
+        if e.device_type == DeviceType.CPU and e.name.startswith("aten::"):
+            calls.setdefault(e.name, []).append((e.self_cpu_time_total, e.self_device_time_total if gpu else 0.0))
+            n_top += e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")
+        elif e.device_type != DeviceType.CPU:
+            kernels += 1
+            busy += e.device_time_total
+
+    def median(xs):
+        return sorted(xs)[len(xs) // 2]
+
+    rows = sorted(({"op": name, "calls": len(c) / steps, "host_us": len(c) / steps * median([h for h, _ in c]),
+                    "device_us": sum(d for _, d in c) / steps} for name, c in calls.items()),
+                  key=lambda r: -r["host_us"])
+    head, rest = rows[:top], rows[top:]
+    other = {"op": f"other operations ({len(rest)} kinds)", "calls": sum(r["calls"] for r in rest),
+             "host_us": sum(r["host_us"] for r in rest), "device_us": sum(r["device_us"] for r in rest)}
+    in_ops = sum(r["host_us"] for r in rows)
+    outside = {"op": "outside any operation", "calls": 0, "host_us": max(0.0, 1e6 * wall - in_ops),
+               "device_us": max(0.0, busy / steps - sum(r["device_us"] for r in rows)) if gpu else 0.0}
+    return {"rows": head + ([other] if rest else []) + [outside], "wall_us": 1e6 * wall, "ops": n_top / steps,
+            "kernels": kernels / steps if gpu else None, "device_us": busy / steps if gpu else None}
+
+
+def profile_table(prof: dict) -> str:
+    """``step_profile``'s result as a text table: one line per operation, per step, with its share of the step."""
+    gpu = prof["device_us"] is not None
+    head = f"{'operation':34s} {'calls':>6s} {'host µs':>9s} {'share':>6s}" + (f" {'GPU µs':>8s}" if gpu else "")
+    lines = [head, "-" * len(head)]
+    for r in prof["rows"]:
+        share = r["host_us"] / prof["wall_us"] if prof["wall_us"] else 0.0
+        line = f"{r['op'][:34]:34s} {r['calls']:6.0f} {r['host_us']:9.1f} {100 * share:5.0f}%"
+        lines.append(line + (f" {r['device_us']:8.1f}" if gpu else ""))
+    lines.append("-" * len(head))
+    summary = f"one step: {prof['wall_us']:,.0f} µs, {prof['ops']:.0f} operations"
+    if gpu:
+        summary += f", {prof['kernels']:.0f} GPU kernels, GPU busy {prof['device_us']:,.0f} µs"
+    return "\n".join(lines + [summary])
+
+
+def kernels_per_step(decoder: Decoder) -> float | None:
+    """GPU kernels (and copies) one ``decoder.step()`` launches, from torch.profiler; None on a CPU."""
+    if decoder.device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder.step()
+    torch.cuda.synchronize(decoder.device)
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                decoder.step()
+            torch.cuda.synchronize(decoder.device)
+        events = prof.events()
+    return sum(e.device_type != DeviceType.CPU for e in events) / 2
+
+
+def memory_bandwidth(device=None, n_bytes: int | None = None) -> float:
+    """Bytes per second of a large copy on ``device`` (read plus written): the bandwidth a floor divides by.
+
+    64 MiB on a CPU (beyond its caches), 1 GiB on a GPU; the median of a few copies.
+    """
+    from .timing import median_time
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    n_bytes = n_bytes or (2**30 if device.type == "cuda" else 2**26)
+    src = torch.ones(n_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * n_bytes / median_time(lambda: dst.copy_(src), repeats=5, warmup=1)
+
+
+# ----------------------------------------------------------------------------
 # Decode speed and memory as the context grows
 # ----------------------------------------------------------------------------
 
@@ -299,25 +778,12 @@ def filled_caches(model: nn.Module, context: int, batch: int = 1, room: int = 64
     w = model.embedding.weight
     caches = []
     for block in model.blocks:
-        attn = block.attn if isinstance(block, TransformerBlock) else block
-        if isinstance(attn, CausalSelfAttention):
-            cache = block.allocate_cache(batch, device=w.device, dtype=w.dtype, capacity=context + room)
-            cache["k"][:, :, :context].normal_()
-            cache["v"][:, :, :context].normal_()
-            cache["length"] = context
+        if _attention(block) is not None:
+            caches.append(block.allocate_cache(batch, device=w.device, dtype=w.dtype, capacity=context + room))
         else:
-            cache = block.allocate_cache(batch, device=w.device, dtype=w.dtype)
-            for t in (cache.values() if isinstance(cache, dict) else []):
-                for x in (t if isinstance(t, tuple) else (t,)):
-                    if isinstance(x, torch.Tensor) and x.is_floating_point():
-                        x.normal_().mul_(0.1)
-        caches.append(cache)
+            caches.append(block.allocate_cache(batch, device=w.device, dtype=w.dtype))
+    _fill_random(caches, context, torch.Generator(w.device).manual_seed(0))
     return caches
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -367,35 +833,56 @@ def decode_profile(models: dict, contexts: Iterable[int], n_tokens: int = 8, bat
     return rows
 
 
+
+MODEL_NAMES = ("Transformer", "Mamba-1", "Mamba-2", "Mamba-3", "DeltaNet", "Hybrid")
+
+
 def matched_models(vocab_size: int, d_model: int, n_layers: int, which=("Transformer", "Mamba-1", "Mamba-2", "Mamba-3"),
                    n_heads: int | None = None, device=None, dtype=None, seed: int = 0, **block_kwargs) -> dict:
-    """Models of about the same size: a Transformer of ``n_layers`` and SSMs of ``2 * n_layers``.
+    """Models of about the same size: a Transformer of ``n_layers`` and the others of ``2 * n_layers``.
 
     A parallel Transformer layer (attention 4D², MLP 8D²) holds about 12 D²
     parameters; a Mamba layer with expand 2 about 6 D² (Gu & Dao 2023 match
     sizes the same way). Heads of 64 (or D / 4 when D < 256); Mamba-2/3 heads
     of 64 channels (or D / 2, whichever is smaller) and N = 64; Mamba-1 N = 16.
-    ``block_kwargs`` (e.g. ``impl``) go to the Mamba-2/3 blocks.
+    ``which`` names any of ``MODEL_NAMES``: also "DeltaNet" (Gated DeltaNet,
+    keys of 3D/4 and values of 3D/2 in heads of K = min(64, D/4) and V = 2K:
+    about 6 D² a layer) and "Hybrid" (Mamba-2 layers with one attention layer
+    in eight, Jamba's pattern; one in two for a model of two layers).
+    ``block_kwargs`` (e.g. ``impl``) go to the Mamba-2/3 blocks (and
+    ``impl`` to DeltaNet).
     """
-    from .attention import transformer_block
+    from .attention import attention_block, transformer_block
+    from .deltanet import deltanet_block
+    from .hybrid import hybrid_block, layer_pattern
     from .lm import SequenceModel
     from .mamba import mamba_block
     from .mamba2 import mamba2_block
     from .mamba3_block import mamba3_block
 
+    unknown = [n for n in which if n not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"matched_models: unknown model(s) {unknown}; choose from {MODEL_NAMES}")
     n_heads = n_heads or max(1, d_model // 64 if d_model >= 256 else 4)
     headdim = min(64, d_model // 2)
+    head_k = min(64, max(1, d_model // 4))
+    delta_kw = {k: v for k, v in block_kwargs.items() if k == "impl"}
     factories = {
-        "Transformer": (n_layers, transformer_block(n_heads=n_heads)),
-        "Mamba-1": (2 * n_layers, mamba_block(d_state=16)),
-        "Mamba-2": (2 * n_layers, mamba2_block(d_state=64, headdim=headdim, **block_kwargs)),
-        "Mamba-3": (2 * n_layers, mamba3_block(d_state=64, headdim=headdim, **block_kwargs)),
+        "Transformer": lambda: transformer_block(n_heads=n_heads),
+        "Mamba-1": lambda: mamba_block(d_state=16),
+        "Mamba-2": lambda: mamba2_block(d_state=64, headdim=headdim, **block_kwargs),
+        "Mamba-3": lambda: mamba3_block(d_state=64, headdim=headdim, **block_kwargs),
+        "DeltaNet": lambda: deltanet_block(n_heads=max(1, 3 * d_model // (4 * head_k)), head_k_dim=head_k,
+                                           head_v_dim=2 * head_k, **delta_kw),
+        "Hybrid": lambda: hybrid_block(layer_pattern(2 * n_layers, attention_every=min(8, 2 * n_layers)),
+                                       M=mamba2_block(d_state=64, headdim=headdim, **block_kwargs),
+                                       A=attention_block(n_heads=n_heads)),
     }
     out = {}
     for name in which:
         torch.manual_seed(seed)
-        layers, factory = factories[name]
-        model = SequenceModel(vocab_size, d_model, layers, factory)
+        layers = n_layers if name == "Transformer" else 2 * n_layers
+        model = SequenceModel(vocab_size, d_model, layers, factories[name]())
         out[name] = model.to(device=device, dtype=dtype).eval()
     return out
 
@@ -466,31 +953,77 @@ def long_context_profile(lengths: Iterable[int], d: int = 1024, n: int = 16, hea
     return rows
 
 
+
 # ----------------------------------------------------------------------------
 # The GPU measurements stored with the book (benchmarks/decode.py, op "long_context")
 # ----------------------------------------------------------------------------
 
+_MODEL_KEYS = {"transformer": "Transformer", "mamba1": "Mamba-1", "mamba2": "Mamba-2", "mamba3": "Mamba-3",
+               "deltanet": "DeltaNet", "hybrid": "Hybrid"}
 
-def gpu_decode_rows() -> list[dict]:
-    """The stored "decode" rows as ``decode_profile`` rows (model, context, s_per_token, peak_bytes, ...).
 
-    Empty when this copy of the book holds no GPU measurements of decoding.
+def gpu_decode_rows(include_missing: bool = False) -> list[dict]:
+    """The stored "decode" rows (``benchmarks/decode.py``), one dict per measured step.
+
+    Each: "model" (as ``MODEL_NAMES``), "mode" ("eager" or "graph"), "peer"
+    (None, or the library whose state update ran inside our model), "batch",
+    "context", "d_model", "layers", "s_per_token", "tokens_per_s" (batch /
+    s_per_token), "floor_s" (``decode_floor_bytes`` over the measured
+    bandwidth), "peak_bytes", "cache_bytes", and the run's "device", "dtype",
+    "date", "torch", "triton". ``include_missing`` adds the rows that could not
+    be measured, with "missing" (why) and no time. Empty when this copy of the
+    book holds no GPU measurements of decoding.
     """
     import re
 
     from .results import rows
 
-    names = {"transformer": "Transformer", "mamba1": "Mamba-1", "mamba2": "Mamba-2", "mamba3": "Mamba-3"}
     out = []
     for r in rows("decode"):
-        m = re.fullmatch(r"B1 ctx(\d+) d(\d+) layers(\d+)", r["shape"])
-        if not m or not r.get("median_us"):
+        m = re.fullmatch(r"B(\d+) ctx(\d+) d(\d+) layers(\d+)", r["shape"])
+        parts = r["impl"].split("-", 2)
+        if not m or parts[0] not in _MODEL_KEYS or len(parts) < 2 or (not r.get("median_us") and not include_missing):
             continue
-        out.append({"model": names.get(r["impl"], r["impl"]), "context": int(m.group(1)), "d_model": int(m.group(2)),
-                    "layers": int(m.group(3)), "s_per_token": 1e-6 * r["median_us"], "floor_s": 1e-6 * r["floor_us"],
-                    "peak_bytes": (r.get("peak_mib") or 0) * 2**20, "cache_bytes": r.get("cache_mib", 0) * 2**20,
-                    "device": r["device"], "dtype": r["dtype"]})
+        s = 1e-6 * r["median_us"] if r.get("median_us") else None
+        batch = int(m.group(1))
+        out.append({"model": _MODEL_KEYS[parts[0]], "mode": parts[1], "peer": parts[2] if len(parts) > 2 else None,
+                    "batch": batch, "context": int(m.group(2)), "d_model": int(m.group(3)),
+                    "layers": int(m.group(4)), "s_per_token": s, "tokens_per_s": batch / s if s else None,
+                    "floor_s": 1e-6 * r["floor_us"] if r.get("floor_us") else None,
+                    "peak_bytes": (r.get("peak_mib") or 0) * 2**20, "cache_bytes": (r.get("cache_mib") or 0) * 2**20,
+                    "kernels": r.get("kernels_per_step"), "matches_eager": r.get("matches_eager"),
+                    "peer_rel_error": r.get("peer_rel_error"), "missing": r.get("missing"), "device": r["device"],
+                    "dtype": r["dtype"], **{k: r.get(k) for k in ("date", "torch", "triton")}})
     return out
+
+
+def gpu_decode_table(rows: list[dict], context: int = 1024) -> str:
+    """``gpu_decode_rows`` at one context as a text table: per model and batch, tokens per second eager and
+    graphed, the graph's speed-up, the floor's tokens per second and how far the graphed step is above it, and
+    (batch 1) the kernels a step launches and the graphed time per kernel. Peers on lines of their own."""
+    rs = [r for r in rows if r["context"] == context and r.get("s_per_token")]
+    fmt = "{:26s} {:>5s} {:>9s} {:>9s} {:>8s} {:>9s} {:>9s} {:>8s} {:>9s}"
+    lines = [fmt.format("model", "batch", "eager", "graph", "speed-up", "floor", "graph /", "kernels", "µs per"),
+             fmt.format("", "", "tok/s", "tok/s", "", "tok/s", "floor", "per step", "kernel")]
+    order = {n: i for i, n in enumerate(MODEL_NAMES)}
+    for name, batch in sorted({(r["model"], r["batch"]) for r in rs}, key=lambda k: (k[1], order.get(k[0], 99))):
+        mine = {(r["mode"], r["peer"]): r for r in rs if r["model"] == name and r["batch"] == batch}
+        eager, graph = mine.get(("eager", None)), mine.get(("graph", None))
+        kernels = eager.get("kernels") if eager else None
+        ref = graph or eager
+        cells = [f"{eager['tokens_per_s']:,.0f}" if eager else "-", f"{graph['tokens_per_s']:,.0f}" if graph else "-",
+                 f"{eager['s_per_token'] / graph['s_per_token']:.1f}x" if eager and graph else "-",
+                 f"{batch / ref['floor_s']:,.0f}" if ref and ref["floor_s"] else "-",
+                 f"{graph['s_per_token'] / graph['floor_s']:.1f}x" if graph and graph["floor_s"] else "-",
+                 f"{kernels:,.0f}" if kernels else "-",
+                 f"{1e6 * graph['s_per_token'] / kernels:.1f}" if kernels and graph else "-"]
+        lines.append(fmt.format(name, str(batch), *cells))
+        for (mode, peer), r in mine.items():
+            if peer:
+                lines.append(fmt.format(f"  {peer}'s state update"[:26], str(batch), "", f"{r['tokens_per_s']:,.0f}",
+                                        "", "", f"{r['s_per_token'] / r['floor_s']:.1f}x" if r["floor_s"] else "-",
+                                        "", ""))
+    return "\n".join(lines)
 
 
 def gpu_long_context_rows() -> list[dict]:
@@ -566,6 +1099,42 @@ def draw_decode(rows: list[dict], axes, device: str, time_key: str = "s_per_toke
     ax_m.set_title("parameters + cache" if "CPU" in device else "peak GPU memory")
     ax_t.legend()
     return axes
+
+
+def draw_gpu_decode(rows: list[dict], ax, batch: int = 1, legend: bool = True):
+    """Time per step against the context from ``gpu_decode_rows``: each model eager (dashed) and graphed (solid).
+
+    Models measured at one context only (the SSMs, whose step does not depend
+    on it) are drawn flat across the contexts of the others, with a marker
+    where they were measured; the black lines are the floors
+    (``decode_floor_bytes`` over the measured bandwidth) of the Transformer
+    (dotted) and of Mamba-2 (dash-dotted).
+    """
+    from .plots import PALETTE
+
+    rs = [r for r in rows if r["batch"] == batch and r.get("s_per_token") and not r.get("peer")]
+    span = sorted({r["context"] for r in rs})
+
+    def line(pts, style, **kw):
+        if len(pts) == 1 and len(span) > 1:
+            ax.loglog([span[0], span[-1]], [pts[0][1]] * 2, style, **kw)
+            ax.loglog(*zip(*pts), "o", ms=3, color=kw.get("color", "k"))
+        elif pts:
+            ax.loglog(*zip(*pts), style, marker="o", ms=3, **kw)
+
+    for i, name in enumerate(dict.fromkeys(r["model"] for r in rs)):
+        for mode, style in (("eager", "--"), ("graph", "-")):
+            pts = sorted((r["context"], 1e3 * r["s_per_token"]) for r in rs if r["model"] == name and r["mode"] == mode)
+            line(pts, style, color=PALETTE[i % len(PALETTE)], label=f"{name}, {mode}")
+    for name, style in (("Transformer", ":"), ("Mamba-2", "-.")):
+        pts = sorted((r["context"], 1e3 * r["floor_s"]) for r in rs if r["model"] == name and r["mode"] == "graph")
+        line(pts, style, color="k", lw=1, label=f"{name}: floor")
+    ax.set_xlabel("context T [tokens]")
+    ax.set_ylabel("time per step [ms]")
+    ax.set_title(f"decoding, batch {batch}")
+    if legend:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return ax
 
 
 def draw_long_context(rows: list[dict], axes, device: str):

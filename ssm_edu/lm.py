@@ -28,8 +28,19 @@ and, to generate through the recurrence (``generate(..., recurrent=True)``):
     step(x_t, cache)        x_t (b, d_model) -> y_t (b, d_model); reads and
                             updates ``cache`` in place.
 
+and, optionally,
+
+    extend(x, cache)        x (b, l, d_model) -> (b, l, d_model): a chunk of
+                            l tokens after the positions ``cache`` holds,
+                            through the block's parallel form (prefill and
+                            streaming, chapter 10); updates ``cache``.
+
 The contract, tested for every block: feeding x[:, 0], x[:, 1], ... through
-``step`` from a fresh cache returns forward(x)[:, 0], forward(x)[:, 1], ...
+``step`` from a fresh cache returns forward(x)[:, 0], forward(x)[:, 1], ...,
+and ``extend`` over any chunks returns the same rows. ``step`` updates the
+cache's tensors in place (it never replaces them): a CUDA graph of the step
+(``ssm_edu.inference.Decoder``) replays reads and writes of fixed addresses.
+A block without ``extend`` is extended by its ``step``, token by token.
 A block without ``step`` (the S4D baseline, which convolves) still trains
 and still generates with ``recurrent=False`` (re-running the whole prefix).
 
@@ -70,6 +81,7 @@ __all__ = [
     "evaluate",
     "generate",
     "count_parameters",
+    "extend_block",
 ]
 
 
@@ -150,6 +162,26 @@ class SequenceModel(nn.Module):
         for norm, block, cache in zip(self.norms, self.blocks, caches):
             h = h + block.step(norm(h), cache)
         return self.head(self.norm_f(h))
+
+    def extend(self, idx: torch.Tensor, caches: list) -> torch.Tensor:
+        """Tokens idx (b, l) after those in ``caches`` -> logits (b, l, vocab); ``caches`` move to the chunk's end."""
+        h = self.embedding(idx)  # (b, l, d)
+        for norm, block, cache in zip(self.norms, self.blocks, caches):
+            h = h + extend_block(block, norm(h), cache)
+        return self.head(self.norm_f(h))
+
+
+def extend_block(block: nn.Module, u: torch.Tensor, cache) -> torch.Tensor:
+    """A chunk u (b, l, d_model) through ``block`` after the positions ``cache`` holds; updates ``cache``.
+
+    The block's own ``extend`` (its parallel form) where it has one, else its
+    ``step`` token by token (the recurrence itself).
+    """
+    if hasattr(block, "extend"):
+        return block.extend(u, cache)
+    if hasattr(block, "step"):
+        return torch.stack([block.step(u[:, t], cache) for t in range(u.shape[1])], dim=1)
+    raise NotImplementedError(f"{type(block).__name__} has neither extend nor step: it cannot carry a state")
 
 
 def count_parameters(model: nn.Module) -> int:

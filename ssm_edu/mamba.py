@@ -29,7 +29,13 @@ Initialisation (Gu & Dao 2023; mamba_ssm's ``Mamba``):
   initialisation softplus(bias) spans memories from ~10 to ~1000 steps.
 
 The block follows ``ssm_edu.lm``'s block protocol (forward, allocate_cache,
-step).
+step) and owns its decoding: ``step`` for one token, ``extend`` for a chunk
+after the cached positions (prefill, streaming; chapter 10), which carries
+the conv window in front of the chunk (``conv_with_window``, shared with the
+Mamba-2 and DeltaNet blocks) and starts the scan from the cached state
+(``ssm_edu.inference.selective_scan_from``). Both update the cache in place,
+so that a CUDA graph of the step (``ssm_edu.inference.Decoder``) reads and
+writes the same tensors at every token.
 """
 
 from __future__ import annotations
@@ -43,7 +49,20 @@ import torch.nn.functional as F
 from .discretize import init_log_dt, softplus_inverse
 from .selective import selective_scan, selective_state_update
 
-__all__ = ["Mamba", "mamba_block", "selective_memory", "selective_memory_figure", "selective_memory_explorer"]
+__all__ = ["Mamba", "mamba_block", "conv_with_window", "selective_memory", "selective_memory_figure",
+           "selective_memory_explorer"]
+
+
+def conv_with_window(conv1d: nn.Conv1d, window: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Causal depthwise conv of a chunk x (b, C, l) after the cached window (b, C, W); updates the window in place.
+
+    The window holds the last W inputs (oldest first, zeros before the
+    sequence), as ``step`` keeps it. Returns the conv's l outputs (b, C, l).
+    """
+    W = window.shape[-1]
+    full = torch.cat([window[..., 1:], x], dim=-1)  # (b, C, W - 1 + l): the W - 1 inputs before the chunk, then it
+    window.copy_(full[..., -W:])
+    return F.conv1d(full, conv1d.weight, conv1d.bias, groups=conv1d.groups)  # (b, C, l)
 
 
 class Mamba(nn.Module):
@@ -147,6 +166,24 @@ class Mamba(nn.Module):
         y = selective_state_update(cache["ssm"], x, dt, self.A(), B, C, D=self.D, z=z, dt_bias=self.dt_proj.bias,
                                    dt_softplus=True, impl=self.step_impl)  # (b, d_inner)
         return self.out_proj(y)
+
+    def extend(self, u: torch.Tensor, cache: dict) -> torch.Tensor:
+        """A chunk u (b, l, d_model) after the positions ``cache`` holds -> (b, l, d_model); updates ``cache``.
+
+        The rows of ``forward`` on the whole sequence that belong to the
+        chunk: the conv window goes in front of the chunk, and the scan starts
+        from the cached state (``selective_scan_from``, by linearity).
+        """
+        from .inference import selective_scan_from  # chapter 10's scan from a carried state
+
+        x, z = self.in_proj(u).mT.chunk(2, dim=1)  # (b, d_inner, l) each
+        x = F.silu(conv_with_window(self.conv1d, cache["conv"], x))
+        delta_low, B, C = self.x_proj(x.mT).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (delta_low @ self.dt_proj.weight.T).mT  # (b, d_inner, l)
+        y, h = selective_scan_from(x, delta, self.A(), B.mT, C.mT, D=self.D, z=z, delta_bias=self.dt_proj.bias,
+                                   delta_softplus=True, initial_state=cache["ssm"], impl=self.scan_impl)
+        cache["ssm"].copy_(h)
+        return self.out_proj(y.mT)  # (b, l, d_model)
 
 
 def mamba_block(**kwargs):

@@ -26,7 +26,10 @@ states (b, H, P, N), and advances them with ``selective_state_update`` in its
 headed layout, with dt, A, D and dt_bias broadcast over P and N exactly as
 mamba_ssm's ``Mamba2.step`` does. Fed a sequence token by token it
 reproduces ``forward``: constant memory and work per token, whatever the
-length.
+length. ``extend`` runs a chunk after the cached positions (prefill,
+streaming; chapter 10): the conv window in front of the chunk, then ``ssd``
+from the cached states. Both update the cache in place (a CUDA graph of the
+step reads and writes the same tensors at every token).
 
 Chapter 8's helpers live here too: ``ssd_cost`` (the multiply-adds of each
 step of chunked SSD against the chunk size Q) and the chunk-size explorer
@@ -43,6 +46,7 @@ import torch.nn.functional as F
 
 from ._validate import Shapes
 from .discretize import init_log_dt, softplus_inverse
+from .mamba import conv_with_window
 from .selective import selective_state_update
 from .ssd import ssd
 
@@ -185,6 +189,22 @@ class Mamba2(nn.Module):
             cache["ssm"], x, dt[:, :, None].expand(-1, H, P), A[:, None, None].expand(H, P, N), B, C,
             D=self.D[:, None].expand(H, P), dt_bias=self.dt_bias[:, None].expand(H, P), dt_softplus=True,
             impl={"quadratic": "vectorized"}.get(self.impl, self.impl))  # (b, H, P)
+        return self.out_proj(self.norm(y.flatten(-2), z))
+
+    def extend(self, u, cache: dict):
+        """A chunk u (b, l, d_model) after the positions ``cache`` holds -> (b, l, d_model); updates ``cache``.
+
+        The conv window goes in front of the chunk, and ``ssd`` starts from the
+        cached states (``initial_states``) and returns the new ones.
+        """
+        Shapes("Mamba2.extend").check("u", u, f"batch l {self.d_model}")
+        z, xBC, dt = self._split(self.in_proj(u))  # (b, l, Din), (b, l, conv_dim), (b, l, H)
+        xBC = F.silu(conv_with_window(self.conv1d, cache["conv"], xBC.mT)).mT  # (b, l, conv_dim)
+        x, B, C = self._xbc(xBC)  # (b, l, H, P), (b, l, G, N) twice
+        impl = {"quadratic": "vectorized"}.get(self.impl, self.impl)
+        y, h = ssd(x, dt, -torch.exp(self.A_log), B, C, chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias,
+                   dt_softplus=True, initial_states=cache["ssm"].to(x.dtype), return_final_states=True, impl=impl)
+        cache["ssm"].copy_(h)
         return self.out_proj(self.norm(y.flatten(-2), z))
 
 

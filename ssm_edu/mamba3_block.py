@@ -48,7 +48,11 @@ The block follows ``ssm_edu.lm``'s block protocol (forward, allocate_cache,
 step). The decoding cache is a ``Mamba3State`` (h, Φ, k, x): the state, the
 cumulative angles and the previous token's rotated k and input x, which the
 next step's β-term needs. ``step`` advances it with ``ssm_edu.mamba3_step``
-and, fed a sequence token by token, reproduces ``forward``.
+and, fed a sequence token by token, reproduces ``forward``; ``extend`` runs
+a chunk after the cached positions with the chunked ``mamba3`` (prefill,
+streaming; chapter 10). Both write the new state into the cache's tensors
+in place, so that a CUDA graph of the step reads and writes the same
+tensors at every token.
 """
 
 from __future__ import annotations
@@ -209,12 +213,33 @@ class Mamba3(nn.Module):
                                            self.rank if self.mimo else None, dtype=dtype, device=device)}
 
     def step(self, u: torch.Tensor, cache: dict) -> torch.Tensor:
-        """One token: u (b, d_model) -> (b, d_model); replaces ``cache["state"]`` by the next state."""
+        """One token: u (b, d_model) -> (b, d_model); writes the next state into ``cache["state"]`` in place."""
         Shapes("Mamba3.step").check("u", u, f"batch {self.d_model}")
         s = self.ssm_inputs(u)
-        y, cache["state"] = mamba3_step(cache["state"], s["x"], s["dt"], s["A"], s["B"], s["C"], s["lam"],
-                                        s["theta"], D=self.D, z=s["z"])  # y (b, H, [R,] P)
+        y, new = mamba3_step(cache["state"], s["x"], s["dt"], s["A"], s["B"], s["C"], s["lam"], s["theta"],
+                             D=self.D, z=s["z"])  # y (b, H, [R,] P)
+        _write(cache["state"], new)
         return self._out(y)
+
+    def extend(self, u: torch.Tensor, cache: dict) -> torch.Tensor:
+        """A chunk u (b, l, d_model) after the positions ``cache`` holds -> (b, l, d_model); updates ``cache``.
+
+        The chunked ``mamba3`` from the cached ``Mamba3State`` (its h, Φ and
+        the previous token's k and x), returning the state at the chunk's end.
+        """
+        Shapes("Mamba3.extend").check("u", u, f"batch l {self.d_model}")
+        s = self.ssm_inputs(u)
+        y, new = mamba3(s["x"], s["dt"], s["A"], s["B"], s["C"], s["lam"], s["theta"], D=self.D, z=s["z"],
+                        chunk_size=self.chunk_size, initial_state=cache["state"], return_final_state=True,
+                        impl=self.impl)
+        _write(cache["state"], new)
+        return self._out(y)
+
+
+def _write(state: Mamba3State, new: Mamba3State) -> None:
+    """Copy a new ``Mamba3State`` into the cache's tensors (in place: a captured step keeps its addresses)."""
+    for old, fresh in zip(state, new):
+        old.copy_(fresh)
 
 
 def mamba3_block(**kwargs):

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from ssm_edu.attention import CausalSelfAttention, transformer_block
+from ssm_edu.deltanet import DeltaNet
 from ssm_edu.inference import (cache_nbytes, decode_profile, extend, extend_block, filled_caches, generate_with_prefill,
                                layer_cache_bytes, long_context_profile, matched_models, model_cache_bytes, prefill,
                                selective_scan_from)
@@ -22,6 +23,7 @@ BLOCKS = {
     "mamba2": lambda d: Mamba2(d, d_state=8, headdim=8, chunk_size=4, impl="vectorized"),
     "mamba3": lambda d: Mamba3(d, d_state=8, headdim=8, chunk_size=4, impl="vectorized"),
     "mamba3_mimo": lambda d: Mamba3(d, d_state=8, headdim=8, chunk_size=4, mimo_rank=2, impl="vectorized"),
+    "deltanet": lambda d: DeltaNet(d, n_heads=2, head_k_dim=4, head_v_dim=8, chunk_size=4),
 }
 
 
@@ -165,9 +167,57 @@ def test_decode_profile_and_long_context_rows():
 
 
 def test_decode_benchmark_rows_on_cpu():
-    """benchmarks/decode.py's rows, with a CPU stand-in for the GPU context (tiny sizes)."""
-    from benchmarks.decode import decode_rows
-    from ssm_edu.timing import median_time
+    """benchmarks/decode.py's rows, with a CPU stand-in for the GPU context (tiny sizes): eager rows measured,
+    graph rows say why not (no CUDA device), a shape that does not fit says so, nothing crashes."""
+    import warnings
+
+    from benchmarks.decode import IMPL, decode_rows
+
+    class CpuContext:
+        device = torch.device("cpu")
+        hbm_bytes_s = 1e11
+
+        def wants(self, shape):
+            return "B1" in shape or "ctx64" in shape
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rows = list(decode_rows(CpuContext(), d_model=32, n_layers=1, batches=(1, 2), ssm_context=16,
+                                contexts=(16, 64), dtype=torch.float32, n_tokens=2, repeats=1, peer=False))
+    eager = {(r["impl"], r["shape"]): r for r in rows if r["impl"].endswith("eager")}
+    assert {i.split("-")[0] for i, _ in eager} == set(IMPL.values())
+    assert all(r["median_us"] > 0 and "missing" not in r and r["tokens_per_s"] > 0 for r in eager.values())
+    graph = [r for r in rows if r["impl"].endswith("graph")]
+    assert len(graph) == len(eager) and all("CUDA" in r["missing"] for r in graph)  # no graph on a CPU
+    kv = eager[("transformer-eager", "B1 ctx64 d32 layers1")]
+    assert kv["cache_mib"] * 2**20 == 2 * 32 * 64 * 4  # keys and values, H·P = d, float32
+    assert eager[("transformer-eager", "B2 ctx64 d32 layers1")]["cache_mib"] == 2 * kv["cache_mib"]
+    m2 = eager[("mamba2-eager", "B1 ctx16 d32 layers2")]
+    model = matched_models(256, 32, 1, which=("Mamba-2",))["Mamba-2"]
+    from ssm_edu.inference import decode_floor_bytes
+    assert m2["floor_us"] == pytest.approx(1e6 * decode_floor_bytes(model, 16) / 1e11)
+
+    class TinyGpu(CpuContext):  # free memory is what a GPU has; here: a shape that cannot fit is reported
+        def wants(self, shape):
+            return shape == "B2 ctx64 d32 layers1"
+
+    import benchmarks.decode as bd
+
+    free, bd._free_bytes = bd._free_bytes, lambda device: 1000.0
+    try:
+        rows = list(decode_rows(TinyGpu(), d_model=32, n_layers=1, batches=(2,), contexts=(64,), which=("Transformer",),
+                                dtype=torch.float32, n_tokens=2, repeats=1))
+    finally:
+        bd._free_bytes = free
+    assert [r["impl"] for r in rows] == ["transformer-eager", "transformer-graph"]
+    assert all("GiB free" in r["missing"] for r in rows)
+
+
+def test_decode_benchmark_survives_a_failing_shape(monkeypatch):
+    """An error while timing one model is a row that says why; the next model is still measured."""
+    import warnings
+
+    import benchmarks.decode as bd
 
     class CpuContext:
         device = torch.device("cpu")
@@ -176,14 +226,27 @@ def test_decode_benchmark_rows_on_cpu():
         def wants(self, shape):
             return True
 
-        def time_us(self, fn):
-            return 1e6 * median_time(fn, repeats=2, warmup=0)
+    real = bd.time_decoder
 
-    rows = list(decode_rows(CpuContext(), d_model=32, n_layers=1, contexts=(16, 256), dtype=torch.float32))
-    assert {r["impl"] for r in rows} == {"transformer", "mamba1", "mamba2", "mamba3"}
-    assert all(r["median_us"] > 0 and "missing" not in r for r in rows)
-    by = {(r["impl"], r["shape"]): r for r in rows}
-    kv = by[("transformer", "B1 ctx256 d32 layers1")]
-    assert kv["floor_us"] == pytest.approx(16 * by[("transformer", "B1 ctx16 d32 layers1")]["floor_us"])
-    assert kv["cache_mib"] * 2**20 == 2 * 32 * 256 * 4  # keys and values, H·P = d, float32
-    assert by[("mamba2", "B1 ctx256 d32 layers2")]["floor_us"] == by[("mamba2", "B1 ctx16 d32 layers2")]["floor_us"]
+    def flaky(dec, *args, **kwargs):
+        if any(isinstance(b, Mamba3) for b in dec.model.blocks):
+            raise RuntimeError("boom")
+        return real(dec, *args, **kwargs)
+
+    monkeypatch.setattr(bd, "time_decoder", flaky)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rows = list(bd.decode_rows(CpuContext(), d_model=16, n_layers=1, batches=(1,), ssm_context=8,
+                                   which=("Mamba-3", "Mamba-2"), dtype=torch.float32, n_tokens=1, repeats=1,
+                                   peer=False))
+    by = {r["impl"]: r for r in rows}
+    assert by["mamba3-eager"]["missing"] == "RuntimeError: boom" and by["mamba2-eager"]["median_us"] > 0
+
+
+def test_cache_numbers_count_every_cache_tensor():
+    """hybrid.cache_numbers walks nested caches (Mamba-3's is a Mamba3State tuple): numbers = bytes / 4 in float32."""
+    from ssm_edu.hybrid import cache_numbers
+
+    models = matched_models(20, 16, 1, which=("Mamba-3", "Mamba-2", "DeltaNet", "Hybrid"))
+    for m in models.values():
+        assert cache_numbers(m, 10) == [layer_cache_bytes(b, 10) // 4 for b in m.blocks]
