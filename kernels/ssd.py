@@ -77,7 +77,7 @@ import triton.language as tl
 
 from ._launch import interpreting, next_pow2
 
-__all__ = ["ssd_triton", "ssd_fwd"]
+__all__ = ["ssd_triton", "ssd_fwd", "ssd_bwd"]
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -382,6 +382,335 @@ def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_soft
     return y, (final.to(x.dtype) if return_final_states else None)
 
 
+# ---------------------------------------------------------------- backward
+
+
+@triton.jit
+def _mm(a, b, IEEE: tl.constexpr):
+    """a @ b accumulated in float32: IEEE float32 products for float32 work, else tensor cores (a, b half)."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _chunk_decays(dt_ptr, row, h, H, t_ok, bias, A2, last, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
+    """Δ (Q,), the log2 decays a⁺ from the chunk's start to t (Q,) and the chunk's total (scalar)."""
+    dt = _load_dt(dt_ptr, row, h, H, t_ok, bias, HAS_DT_BIAS, DT_SOFTPLUS)
+    a_cum = tl.cumsum(dt * A2, axis=0)
+    return dt, a_cum, tl.sum(tl.where(last, a_cum, 0.0), axis=0)
+
+
+@triton.jit
+def _ssd_bwd_states(
+    x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, h0_ptr, st_ptr,
+    L, H, G, P, N, n_chunks,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Forward walk (steps 2 and 3 again): store the state entering every chunk, S_{k-1} (P, N), in st."""
+    pid = tl.program_id(0)  # batch * H + head
+    bi = pid // H
+    h = pid % H
+    g = h // (H // G)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    q = tl.arange(0, BLOCK_Q)
+    st_mask = (p < P)[:, None] & (n < N)[None, :]
+    last = q == BLOCK_Q - 1
+    A2 = tl.load(A_ptr + h).to(tl.float32) * 1.4426950408889634
+    bias = 0.0
+    if HAS_DT_BIAS:
+        bias = tl.load(dt_bias_ptr + h).to(tl.float32)
+    if HAS_H0:
+        S = tl.load(h0_ptr + (pid.to(tl.int64) * P + p[:, None]) * N + n[None, :], mask=st_mask, other=0.0)
+        S = S.to(tl.float32)  # (P, N)
+    else:
+        S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for c in range(0, n_chunks):
+        st_offs = (((bi * n_chunks + c) * H + h).to(tl.int64) * P + p[:, None]) * N + n[None, :]
+        tl.store(st_ptr + st_offs, S.to(st_ptr.dtype.element_ty), mask=st_mask)
+        t = c * BLOCK_Q + q
+        t_ok = t < L
+        row = (bi * L + t).to(tl.int64)
+        dt, a_cum, a_end = _chunk_decays(dt_ptr, row, h, H, t_ok, bias, A2, last, HAS_DT_BIAS, DT_SOFTPLUS)
+        xT = tl.load(x_ptr + (row[None, :] * H + h) * P + p[:, None], mask=(p < P)[:, None] & t_ok[None, :],
+                     other=0.0)  # Xᵀ (P, Q)
+        Bc = tl.load(B_ptr + (row[:, None] * G + g) * N + n[None, :], mask=t_ok[:, None] & (n < N)[None, :],
+                     other=0.0)  # (Q, N)
+        wB = Bc.to(tl.float32) * (tl.exp2(a_end - a_cum) * dt)[:, None]  # (Q, N)
+        S = S * tl.exp2(a_end) + _mm(xT, wB.to(xT.dtype), IEEE)  # (P, N)
+
+
+@triton.jit
+def _ssd_bwd_dstates(
+    dout_ptr, z_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, dhT_ptr, dst_ptr, dh0_ptr,
+    L, H, G, P, N, n_chunks,
+    HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Reverse walk (step 3 backwards): store dS_k, the gradient of the state leaving every chunk k.
+
+    dS_{k-1} = exp(α_k) dS_k + Σ_{t in k} exp(a⁺_t) dy_t C_tᵀ, from dS_{c-1} = the final state's
+    gradient (or zero); dS_{-1} is the initial state's gradient.
+    """
+    pid = tl.program_id(0)  # batch * H + head
+    bi = pid // H
+    h = pid % H
+    g = h // (H // G)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    q = tl.arange(0, BLOCK_Q)
+    st_mask = (p < P)[:, None] & (n < N)[None, :]
+    last = q == BLOCK_Q - 1
+    A2 = tl.load(A_ptr + h).to(tl.float32) * 1.4426950408889634
+    bias = 0.0
+    if HAS_DT_BIAS:
+        bias = tl.load(dt_bias_ptr + h).to(tl.float32)
+    fin_offs = (pid.to(tl.int64) * P + p[:, None]) * N + n[None, :]
+    if HAS_DHT:
+        dS = tl.load(dhT_ptr + fin_offs, mask=st_mask, other=0.0).to(tl.float32)  # (P, N)
+    else:
+        dS = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        st_offs = (((bi * n_chunks + c) * H + h).to(tl.int64) * P + p[:, None]) * N + n[None, :]
+        tl.store(dst_ptr + st_offs, dS.to(dst_ptr.dtype.element_ty), mask=st_mask)
+        t = c * BLOCK_Q + q
+        t_ok = t < L
+        row = (bi * L + t).to(tl.int64)
+        dt, a_cum, a_end = _chunk_decays(dt_ptr, row, h, H, t_ok, bias, A2, last, HAS_DT_BIAS, DT_SOFTPLUS)
+        offsT = (row[None, :] * H + h) * P + p[:, None]  # (P, Q)
+        maskT = (p < P)[:, None] & t_ok[None, :]
+        dyT = tl.load(dout_ptr + offsT, mask=maskT, other=0.0).to(tl.float32)  # dYᵀ (P, Q)
+        if HAS_Z:  # the gradient reaching the SSM output: dout ⊙ SiLU(z)
+            zT = tl.load(z_ptr + offsT, mask=maskT, other=0.0).to(tl.float32)
+            dyT = dyT * zT * tl.sigmoid(zT)
+        Cc = tl.load(C_ptr + (row[:, None] * G + g) * N + n[None, :], mask=t_ok[:, None] & (n < N)[None, :],
+                     other=0.0)  # (Q, N)
+        dyT = dyT * tl.exp2(a_cum)[None, :]
+        dS = dS * tl.exp2(a_end) + _mm(dyT.to(Cc.dtype), Cc, IEEE)
+    if STORE_DH0:
+        tl.store(dh0_ptr + fin_offs, dS, mask=st_mask)
+
+
+@triton.jit
+def _ssd_bwd_chunk(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr,
+    L, H, G, P, N, n_chunks, heads_per_split,
+    HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One chunk of one group, every head of one split in turn: all gradients but the states'.
+
+    Layout [s, t] for (Q, Q) tiles: s the input step, t the output step (t >= s).
+    """
+    pid = tl.program_id(0)  # batch * n_chunks + chunk
+    g = tl.program_id(1)
+    split = tl.program_id(2)
+    n_split = tl.num_programs(2)
+    bi = pid // n_chunks
+    c = pid % n_chunks
+    q = tl.arange(0, BLOCK_Q)
+    p = tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    t = c * BLOCK_Q + q
+    t_ok = t < L
+    p_ok = p < P
+    row = (bi * L + t).to(tl.int64)  # (Q,)
+    last = q == BLOCK_Q - 1
+    causal = q[None, :] >= q[:, None]  # [s, t]: t >= s
+    mask_bc = t_ok[:, None] & (n < N)[None, :]
+    bc_offs = (row[:, None] * G + g) * N + n[None, :]
+    Bc = tl.load(B_ptr + bc_offs, mask=mask_bc, other=0.0)  # (Q, N)
+    Cc = tl.load(C_ptr + bc_offs, mask=mask_bc, other=0.0)
+    dot_t = Bc.dtype
+    CBt = _mm(Bc, tl.trans(Cc), IEEE)  # [s, t] = B_s · C_t (the forward's C Bᵀ, transposed)
+    dCBt = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)  # Σ over the heads of dL/d(C Bᵀ), transposed
+    dB = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    dC = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    mask_x = t_ok[:, None] & p_ok[None, :]
+    st_mask = p_ok[:, None] & (n < N)[None, :]
+    HG = H // G
+    h_first = g * HG + split * heads_per_split
+    for h in range(h_first, h_first + tl.minimum(heads_per_split, HG - split * heads_per_split)):
+        A = tl.load(A_ptr + h).to(tl.float32)
+        A2 = A * 1.4426950408889634
+        raw = tl.load(dt_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)
+        if HAS_DT_BIAS:
+            raw += tl.load(dt_bias_ptr + h).to(tl.float32)
+        dt = raw
+        if DT_SOFTPLUS:
+            u = tl.exp(tl.minimum(raw, 20.0))
+            v = 1.0 + u
+            dt = tl.where(raw > 20.0, raw, tl.where(v == 1.0, u, tl.log(v) * (u / (v - 1.0))))
+        dt = tl.where(t_ok, dt, 0.0)  # (Q,) Δ
+        a_cum = tl.cumsum(dt * A2, axis=0)  # log2 decay from the chunk's start to t
+        a_end = tl.sum(tl.where(last, a_cum, 0.0), axis=0)
+        x_offs = (row[:, None] * H + h) * P + p[None, :]  # (Q, P)
+        x = tl.load(x_ptr + x_offs, mask=mask_x, other=0.0)
+        xf = x.to(tl.float32)
+        dy = tl.load(dout_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            dout = dy
+            dy = dout * zz * sz  # dL/d(y_ssm + D x)
+        xb = xf * dt[:, None]  # X̄ = Δ x (Q, P)
+        xb_op = xb.to(dot_t)
+        dy_op = dy.to(dot_t)
+        s_offs = (((bi * n_chunks + c) * H + h).to(tl.int64) * P + p[:, None]) * N + n[None, :]
+        S_prev = tl.load(st_ptr + s_offs, mask=st_mask, other=0.0)  # the state entering the chunk (P, N)
+        dS = tl.load(dst_ptr + s_offs, mask=st_mask, other=0.0)  # dL/d(the state leaving it) (P, N)
+
+        # step 1 backwards: the diagonal block
+        Lt = tl.exp2(tl.where(causal, a_cum[None, :] - a_cum[:, None], float("-inf")))  # [s, t] decay s -> t
+        dCBt_h = Lt * _mm(xb_op, tl.trans(dy_op), IEEE)  # [s, t] = M[t, s] x̄_s · dy_t
+        dCBt += dCBt_h
+        Z = dCBt_h * CBt
+        da = tl.sum(Z, axis=0) - tl.sum(Z, axis=1)  # dL/da⁺_t: + as an output step, - as an input step
+        Wt = Lt * CBt  # the diagonal block of T = M ∘ C Bᵀ, transposed
+        dxb = _mm(Wt.to(dot_t), dy_op, IEEE)  # dL/dX̄ (Q, P), diagonal part
+        # step 2 backwards: the chunk's inputs reach the state leaving it
+        to_end = tl.exp2(a_end - a_cum)  # (Q,)
+        dxb_s = _mm(Bc, tl.trans(dS), IEEE) * to_end[:, None]  # (Q, P)
+        col = tl.sum(xb * dxb_s, axis=1)  # (Q,)
+        da -= col
+        dxb += dxb_s
+        dB += _mm((xf * (dt * to_end)[:, None]).to(dot_t), dS, IEEE)  # (Q, N)
+        # step 3 backwards: the state leaving = exp(α) (the state entering) + the chunk's inputs
+        d_alpha = tl.exp2(a_end) * tl.sum(tl.sum(dS.to(tl.float32) * S_prev.to(tl.float32), axis=1), axis=0)
+        da += tl.where(last, d_alpha + tl.sum(col, axis=0), 0.0)
+        # step 4 backwards: the state entering, read out by C_t
+        from_start = tl.exp2(a_cum)  # (Q,)
+        dC_h = _mm(dy_op, S_prev, IEEE) * from_start[:, None]  # (Q, N)
+        dC += dC_h
+        da += tl.sum(dC_h * Cc.to(tl.float32), axis=1)
+
+        da = tl.cumsum(da, axis=0, reverse=True)  # dL/da_r = Σ_{t >= r} dL/da⁺_t (natural log units)
+        ddt = tl.sum(xf * dxb, axis=1) + A * da  # dL/dΔ
+        if DT_SOFTPLUS:
+            ddt = tl.where(raw > 20.0, ddt, ddt * tl.sigmoid(raw))
+        tl.store(ddt_ptr + row * H + h, ddt, mask=t_ok)
+        tl.store(dA_ptr + (bi * n_chunks + c) * H + h, tl.sum(dt * da, axis=0))
+        dx = dxb * dt[:, None]
+        if HAS_D:
+            if D_PER_DIM:
+                Dh = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0).to(tl.float32)[None, :]
+            else:
+                Dh = tl.load(D_ptr + h).to(tl.float32)
+            dx += dy * Dh
+            tl.store(dD_ptr + ((bi * n_chunks + c) * H + h) * P + p, tl.sum(dy * xf, axis=0), mask=p_ok)
+        tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask_x)
+        if HAS_Z:  # y before the gate, recomputed: diagonal block + the entering state's part (+ D x)
+            y = _mm(tl.trans(Wt).to(dot_t), xb_op, IEEE)
+            y += _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]
+            if HAS_D:
+                y += xf * Dh
+            dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=mask_x)
+
+    # C Bᵀ's gradient, summed over the heads: dB_s += Σ_t dCBt[s, t] C_t, dC_t += Σ_s dCBt[s, t] B_s
+    dB += _mm(dCBt.to(dot_t), Cc, IEEE)
+    dC += _mm(tl.trans(dCBt).to(dot_t), Bc, IEEE)
+    part = ((row[:, None] * n_split + split) * G + g) * N + n[None, :]  # (b, L, n_split, G, N)
+    tl.store(dB_ptr + part, dB, mask=mask_bc)
+    tl.store(dC_ptr + part, dC, mask=mask_bc)
+
+
+def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+            initial_states=None, block_q=None, n_split=None, num_warps=None):
+    """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
+
+    dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
+    ddt_bias, dinitial_states when those inputs are given, each in its input's dtype. The keyword
+    arguments after ``initial_states`` override the launch parameters (benchmarks and tests only).
+    """
+    given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
+    if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
+        f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
+        grads = ssd_bwd(f(dy), f(dhT), *(f(t) for t in given.values()), chunk_size=chunk_size,
+                        dt_softplus=dt_softplus, block_q=block_q, n_split=n_split)
+        return {k: v.to(given[k[1:]].dtype) for k, v in grads.items()}
+    b, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    dtypes = {k: t.dtype for k, t in given.items() if t is not None}
+    x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
+    B, C = B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous()
+    dy = torch.zeros_like(x) if dy is None else dy.to(x.dtype).contiguous()
+    ieee = x.dtype == torch.float32
+    Q = block_q or min(max(next_pow2(chunk_size), 16), 64)
+    BLOCK_N = max(16, next_pow2(N))
+    BLOCK_P = max(16, next_pow2(P))
+    n_chunks = triton.cdiv(L, Q)
+    dev = x.device
+    if interpreting():
+        walk_p, extra, n_split = min(BLOCK_P, 32), {}, n_split or 1
+    else:
+        sms = _num_sms(dev)
+        walk_p = 64 if BLOCK_P >= 64 and b * H >= 2 * sms else min(BLOCK_P, 32)
+        extra = dict(num_warps=4, num_stages=2)
+        if n_split is None:  # enough programs of the chunk kernel to fill the GPU twice
+            n_split = max(1, min(H // G, triton.cdiv(2 * sms, b * n_chunks * G)))
+    HG = H // G
+    n_split = min(n_split, HG)
+    heads_per_split = triton.cdiv(HG, n_split)
+    n_split = triton.cdiv(HG, heads_per_split)  # no empty split
+
+    # the states entering each chunk and the gradients of those leaving it: (b, c, H, P, N), x's dtype
+    st_dtype = x.dtype
+    states = torch.empty(b, n_chunks, H, P, N, device=dev, dtype=st_dtype)
+    dstates = torch.empty_like(states)
+    dh0 = torch.empty(b, H, P, N, device=dev, dtype=torch.float32) if initial_states is not None else states
+    dummy = x
+    bias_ = dummy if dt_bias is None else dt_bias.contiguous()
+    z_ = dummy if z is None else z.contiguous()
+    walk = dict(HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
+                BLOCK_Q=Q, BLOCK_P=walk_p, BLOCK_N=BLOCK_N, **extra)
+    grid = (b * H, triton.cdiv(P, walk_p))
+    _ssd_bwd_states[grid](
+        x, dt, A, B, bias_, dummy if initial_states is None else initial_states.contiguous(), states,
+        L, H, G, P, N, n_chunks, HAS_H0=initial_states is not None, **walk)
+    _ssd_bwd_dstates[grid](
+        dy, z_, dt, A, C, bias_, dummy if dhT is None else dhT.contiguous(), dstates, dh0,
+        L, H, G, P, N, n_chunks, HAS_Z=z is not None, HAS_DHT=dhT is not None,
+        STORE_DH0=initial_states is not None, **walk)
+
+    f32 = dict(device=dev, dtype=torch.float32)
+    dx = torch.empty_like(x)
+    dz = torch.empty_like(x) if z is not None else dummy
+    ddt = torch.empty(b, L, H, **f32)
+    dA = torch.empty(b, n_chunks, H, **f32)
+    dD = torch.empty(b, n_chunks, H, P, **f32) if D is not None else ddt
+    dB = torch.empty(b, L, n_split, G, N, **f32)
+    dC = torch.empty_like(dB)
+    chunk_extra = {} if interpreting() else dict(num_warps=num_warps or 8, num_stages=1)
+    _ssd_bwd_chunk[(b * n_chunks, G, n_split)](
+        x, dt, A, B, C, dummy if D is None else D.contiguous(), z_, dy, bias_, states, dstates,
+        dx, dz, ddt, dA, dD, dB, dC,
+        L, H, G, P, N, n_chunks, heads_per_split,
+        HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
+        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
+        BLOCK_Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, **chunk_extra)
+
+    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.sum((0, 1)).to(dtypes["A"]),
+               dB=dB.sum(2).to(dtypes["B"]), dC=dC.sum(2).to(dtypes["C"]))
+    if D is not None:
+        dD = dD.sum((0, 1))
+        out["dD"] = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
+    if z is not None:
+        out["dz"] = dz
+    if dt_bias is not None:
+        out["ddt_bias"] = ddt.sum((0, 1)).to(dt_bias.dtype)
+    if initial_states is not None:
+        out["dinitial_states"] = dh0.to(initial_states.dtype)
+    return out
+
+
 _NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 
@@ -398,33 +727,14 @@ class _SSD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, ghT=None):
-        from ssm_edu.ssd import ssd_vectorized
-
-        saved = ctx.saved_tensors
+        saved = dict(zip(_NAMES, ctx.saved_tensors))
+        grads = ssd_bwd(gy, ghT, chunk_size=ctx.chunk_size, dt_softplus=ctx.dt_softplus, **saved)
         needs = ctx.needs_input_grad[3:]
-        work = [None if t is None else t.detach().float().requires_grad_(nd) for t, nd in zip(saved, needs)]
-        with torch.enable_grad():
-            kw = dict(zip(_NAMES, work))
-            y, hT = ssd_vectorized(chunk_size=ctx.chunk_size, dt_softplus=ctx.dt_softplus,
-                                   return_final_states=True, **kw)
-            outs, grads_out = [], []
-            if gy is not None:
-                outs.append(y)
-                grads_out.append(gy.float())
-            if ghT is not None:
-                outs.append(hT)
-                grads_out.append(ghT.float())
-            wanted = [t for t, nd in zip(work, needs) if t is not None and nd]
-            grads = torch.autograd.grad(outs, wanted, grads_out, allow_unused=True) if outs and wanted else []
-        grads = iter(grads)
-        result = []
-        for t, w, nd in zip(saved, work, needs):
-            if t is None or not nd:
-                result.append(None)
-            else:
-                gr = next(grads)
-                result.append(None if gr is None else gr.to(t.dtype))
-        return (None, None, None, *result)
+        return (None, None, None, *(grads.get(_GRAD[k]) if nd else None for k, nd in zip(_NAMES, needs)))
+
+
+_GRAD = {"x": "dx", "dt": "ddt", "A": "dA", "B": "dB", "C": "dC", "D": "dD", "z": "dz", "dt_bias": "ddt_bias",
+         "initial_states": "dinitial_states"}
 
 
 def ssd_triton(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
