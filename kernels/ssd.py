@@ -395,6 +395,15 @@ def _mm(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _mma(a, b, acc, IEEE: tl.constexpr):
+    """acc + a @ b, in place."""
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
 def _chunk_decays(dt_ptr, row, h, H, t_ok, bias, A2, last, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
     """Δ (Q,), the log2 decays a⁺ from the chunk's start to t (Q,) and the chunk's total (scalar)."""
     dt = _load_dt(dt_ptr, row, h, H, t_ok, bias, HAS_DT_BIAS, DT_SOFTPLUS)
@@ -571,25 +580,26 @@ def _ssd_bwd_chunk(
         Lt = tl.exp2(tl.where(causal, a_cum[None, :] - a_cum[:, None], float("-inf")))  # [s, t] decay s -> t
         dCBt_h = Lt * _mm(xb_op, tl.trans(dy_op), IEEE)  # [s, t] = M[t, s] x̄_s · dy_t
         dCBt += dCBt_h
-        Z = dCBt_h * CBt
+        Z = dCBt_h * CBt  # Σ_s Z[s, t] = dy_t · (y_t's diagonal part), Σ_t Z[s, t] = x̄_s · (dX̄_s's)
         da = tl.sum(Z, axis=0) - tl.sum(Z, axis=1)  # dL/da⁺_t: + as an output step, - as an input step
         Wt = Lt * CBt  # the diagonal block of T = M ∘ C Bᵀ, transposed
         dxb = _mm(Wt.to(dot_t), dy_op, IEEE)  # dL/dX̄ (Q, P), diagonal part
-        # step 2 backwards: the chunk's inputs reach the state leaving it
+        # step 2 backwards: X̄_s reaches the state leaving the chunk decayed by to_end[s]
         to_end = tl.exp2(a_end - a_cum)  # (Q,)
         dxb_s = _mm(Bc, tl.trans(dS), IEEE) * to_end[:, None]  # (Q, P)
         col = tl.sum(xb * dxb_s, axis=1)  # (Q,)
         da -= col
         dxb += dxb_s
-        dB += _mm((xf * (dt * to_end)[:, None]).to(dot_t), dS, IEEE)  # (Q, N)
-        # step 3 backwards: the state leaving = exp(α) (the state entering) + the chunk's inputs
+        dB = _mma((xf * (dt * to_end)[:, None]).to(dot_t), dS, dB, IEEE)  # (Q, N)
+        # step 3 backwards: the state leaving = exp(α) (the state entering) + the chunk's inputs, so
+        # dL/dα = <dS, the state leaving> = exp(α) <dS, S_prev> + Σ_s x̄_s · (dX̄_s's state part)
         d_alpha = tl.exp2(a_end) * tl.sum(tl.sum(dS.to(tl.float32) * S_prev.to(tl.float32), axis=1), axis=0)
         da += tl.where(last, d_alpha + tl.sum(col, axis=0), 0.0)
-        # step 4 backwards: the state entering, read out by C_t
+        # step 4 backwards: the state entering, read out by C_t and decayed by from_start[t]
         from_start = tl.exp2(a_cum)  # (Q,)
-        dC_h = _mm(dy_op, S_prev, IEEE) * from_start[:, None]  # (Q, N)
-        dC += dC_h
-        da += tl.sum(dC_h * Cc.to(tl.float32), axis=1)
+        y_off = _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]  # (Q, P)
+        da += tl.sum(dy * y_off, axis=1)
+        dC = _mma((dy * from_start[:, None]).to(dot_t), S_prev, dC, IEEE)  # (Q, N)
 
         da = tl.cumsum(da, axis=0, reverse=True)  # dL/da_r = Σ_{t >= r} dL/da⁺_t (natural log units)
         ddt = tl.sum(xf * dxb, axis=1) + A * da  # dL/dΔ
@@ -607,16 +617,15 @@ def _ssd_bwd_chunk(
             tl.store(dD_ptr + ((bi * n_chunks + c) * H + h) * P + p, tl.sum(dy * xf, axis=0), mask=p_ok)
         tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask_x)
         if HAS_Z:  # y before the gate, recomputed: diagonal block + the entering state's part (+ D x)
-            y = _mm(tl.trans(Wt).to(dot_t), xb_op, IEEE)
-            y += _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]
+            y = _mma(tl.trans(Wt).to(dot_t), xb_op, y_off, IEEE)
             if HAS_D:
                 y += xf * Dh
             dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
             tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=mask_x)
 
     # C Bᵀ's gradient, summed over the heads: dB_s += Σ_t dCBt[s, t] C_t, dC_t += Σ_s dCBt[s, t] B_s
-    dB += _mm(dCBt.to(dot_t), Cc, IEEE)
-    dC += _mm(tl.trans(dCBt).to(dot_t), Bc, IEEE)
+    dB = _mma(dCBt.to(dot_t), Cc, dB, IEEE)
+    dC = _mma(tl.trans(dCBt).to(dot_t), Bc, dC, IEEE)
     part = ((row[:, None] * n_split + split) * G + g) * N + n[None, :]  # (b, L, n_split, G, N)
     tl.store(dB_ptr + part, dB, mask=mask_bc)
     tl.store(dC_ptr + part, dC, mask=mask_bc)
