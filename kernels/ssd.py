@@ -578,12 +578,11 @@ def _ssd_bwd_chunk(
 
         # step 1 backwards: the diagonal block
         Lt = tl.exp2(tl.where(causal, a_cum[None, :] - a_cum[:, None], float("-inf")))  # [s, t] decay s -> t
-        dCBt_h = Lt * _mm(xb_op, tl.trans(dy_op), IEEE)  # [s, t] = M[t, s] x̄_s · dy_t
-        dCBt += dCBt_h
-        Z = dCBt_h * CBt  # Σ_s Z[s, t] = dy_t · (y_t's diagonal part), Σ_t Z[s, t] = x̄_s · (dX̄_s's)
-        da = tl.sum(Z, axis=0) - tl.sum(Z, axis=1)  # dL/da⁺_t: + as an output step, - as an input step
-        Wt = Lt * CBt  # the diagonal block of T = M ∘ C Bᵀ, transposed
-        dxb = _mm(Wt.to(dot_t), dy_op, IEEE)  # dL/dX̄ (Q, P), diagonal part
+        dCBt += Lt * _mm(xb_op, tl.trans(dy_op), IEEE)  # [s, t] += M[t, s] x̄_s · dy_t
+        Wt = (Lt * CBt).to(dot_t)  # the diagonal block of T = M ∘ C Bᵀ, transposed
+        dxb = _mm(Wt, dy_op, IEEE)  # dL/dX̄ (Q, P), diagonal part
+        y = _mm(tl.trans(Wt), xb_op, IEEE)  # y (Q, P), diagonal part
+        da = -tl.sum(xb * dxb, axis=1)  # dL/da⁺: - x̄_s · dX̄_s as an input step (diagonal part)
         # step 2 backwards: X̄_s reaches the state leaving the chunk decayed by to_end[s]
         to_end = tl.exp2(a_end - a_cum)  # (Q,)
         dxb_s = _mm(Bc, tl.trans(dS), IEEE) * to_end[:, None]  # (Q, P)
@@ -597,8 +596,8 @@ def _ssd_bwd_chunk(
         da += tl.where(last, d_alpha + tl.sum(col, axis=0), 0.0)
         # step 4 backwards: the state entering, read out by C_t and decayed by from_start[t]
         from_start = tl.exp2(a_cum)  # (Q,)
-        y_off = _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]  # (Q, P)
-        da += tl.sum(dy * y_off, axis=1)
+        y += _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]  # + the entering state's part
+        da += tl.sum(dy * y, axis=1)  # + dy_t · y_t as an output step (both parts)
         dC = _mma((dy * from_start[:, None]).to(dot_t), S_prev, dC, IEEE)  # (Q, N)
 
         da = tl.cumsum(da, axis=0, reverse=True)  # dL/da_r = Σ_{t >= r} dL/da⁺_t (natural log units)
@@ -617,7 +616,6 @@ def _ssd_bwd_chunk(
             tl.store(dD_ptr + ((bi * n_chunks + c) * H + h) * P + p, tl.sum(dy * xf, axis=0), mask=p_ok)
         tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask_x)
         if HAS_Z:  # y before the gate, recomputed: diagonal block + the entering state's part (+ D x)
-            y = _mma(tl.trans(Wt).to(dot_t), xb_op, y_off, IEEE)
             if HAS_D:
                 y += xf * Dh
             dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
