@@ -454,7 +454,7 @@ def _ssd_bwd_states(
 
 @triton.jit
 def _ssd_bwd_dstates(
-    dout_ptr, z_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, dhT_ptr, dst_ptr, dh0_ptr,
+    dout_ptr, z_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, dhT_ptr, st_ptr, dst_ptr, dh0_ptr, g_ptr,
     L, H, G, P, N, n_chunks,
     HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
     STORE_DH0: tl.constexpr, IEEE: tl.constexpr,
@@ -463,7 +463,8 @@ def _ssd_bwd_dstates(
     """Reverse walk (step 3 backwards): store dS_k, the gradient of the state leaving every chunk k.
 
     dS_{k-1} = exp(α_k) dS_k + Σ_{t in k} exp(a⁺_t) dy_t C_tᵀ, from dS_{c-1} = the final state's
-    gradient (or zero); dS_{-1} is the initial state's gradient.
+    gradient (or zero); dS_{-1} is the initial state's gradient. Also the part of dL/dα_k (α_k the
+    chunk's total log-decay) that needs both states, exp(α_k) <dS_k, S_{k-1}>, in g (this block of P).
     """
     pid = tl.program_id(0)  # batch * H + head
     bi = pid // H
@@ -491,6 +492,9 @@ def _ssd_bwd_dstates(
         t_ok = t < L
         row = (bi * L + t).to(tl.int64)
         dt, a_cum, a_end = _chunk_decays(dt_ptr, row, h, H, t_ok, bias, A2, last, HAS_DT_BIAS, DT_SOFTPLUS)
+        S_prev = tl.load(st_ptr + st_offs, mask=st_mask, other=0.0).to(tl.float32)
+        tl.store(g_ptr + ((bi * n_chunks + c) * H + h) * tl.num_programs(1) + tl.program_id(1),
+                 tl.exp2(a_end) * tl.sum(tl.sum(dS * S_prev, axis=1), axis=0))
         offsT = (row[None, :] * H + h) * P + p[:, None]  # (P, Q)
         maskT = (p < P)[:, None] & t_ok[None, :]
         dyT = tl.load(dout_ptr + offsT, mask=maskT, other=0.0).to(tl.float32)  # dYᵀ (P, Q)
@@ -508,24 +512,33 @@ def _ssd_bwd_dstates(
 @triton.jit
 def _ssd_bwd_chunk(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr,
-    dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr, g_ptr,
     L, H, G, P, N, n_chunks, heads_per_split,
-    HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
-    DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
+    SIDE: tl.constexpr, HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One chunk of one group, every head of one split in turn: all gradients but the states'.
+    """One chunk of one group, the heads of one split in turn: every gradient but the states'.
 
-    Layout [s, t] for (Q, Q) tiles: s the input step, t the output step (t >= s).
+    SIDE 1, the output side (reads the entering states S_prev): y recomputed, dz, dC, and C Bᵀ's
+    gradient; SIDE 2, the input side (reads the leaving states' gradients dS): dx, dD, dB; SIDE 0 both.
+    Each writes its part of dL/dΔ and dL/dA (summed by the launcher); the part of dL/dα that needs both
+    S_prev and dS comes from the reverse walk, in g.
+    (Q, Q) tiles are transposed, [s, t]: s the input step, t the output step (t >= s).
     """
+    OUT: tl.constexpr = SIDE != 2
+    IN: tl.constexpr = SIDE != 1
     pid = tl.program_id(0)  # batch * n_chunks + chunk
     g = tl.program_id(1)
-    split = tl.program_id(2)
-    n_split = tl.num_programs(2)
+    part = tl.program_id(2)  # split * (blocks of head dims) + block
+    n_part = tl.num_programs(2)
+    n_pb = tl.cdiv(P, BLOCK_P)
+    split = part // n_pb
+    pb = part % n_pb
     bi = pid // n_chunks
     c = pid % n_chunks
     q = tl.arange(0, BLOCK_Q)
-    p = tl.arange(0, BLOCK_P)
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     t = c * BLOCK_Q + q
     t_ok = t < L
@@ -544,12 +557,15 @@ def _ssd_bwd_chunk(
     dC = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
     mask_x = t_ok[:, None] & p_ok[None, :]
     st_mask = p_ok[:, None] & (n < N)[None, :]
+    x_tile = q[:, None] * (H * P) + p[None, :]  # (Q, BLOCK_P) offsets in (b, L, H, P)
+    st_tile = p[:, None] * N + n[None, :]  # (BLOCK_P, N) offsets in (b, c, H, P, N)
+    row0 = (bi * L + c * BLOCK_Q).to(tl.int64)  # the chunk's first (batch, time) row
+    part_offs = pb * tl.num_programs(0) + pid  # this block of head dims' (b, c) slot of dA
     HG = H // G
     h_first = g * HG + split * heads_per_split
     for h in range(h_first, h_first + tl.minimum(heads_per_split, HG - split * heads_per_split)):
         A = tl.load(A_ptr + h).to(tl.float32)
-        A2 = A * 1.4426950408889634
-        raw = tl.load(dt_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)
+        raw = tl.load(dt_ptr + row0 * H + h + q * H, mask=t_ok, other=0.0).to(tl.float32)
         if HAS_DT_BIAS:
             raw += tl.load(dt_bias_ptr + h).to(tl.float32)
         dt = raw
@@ -558,9 +574,9 @@ def _ssd_bwd_chunk(
             v = 1.0 + u
             dt = tl.where(raw > 20.0, raw, tl.where(v == 1.0, u, tl.log(v) * (u / (v - 1.0))))
         dt = tl.where(t_ok, dt, 0.0)  # (Q,) Δ
-        a_cum = tl.cumsum(dt * A2, axis=0)  # log2 decay from the chunk's start to t
+        a_cum = tl.cumsum(dt * (A * 1.4426950408889634), axis=0)  # log2 decay from the chunk's start to t
         a_end = tl.sum(tl.where(last, a_cum, 0.0), axis=0)
-        x_offs = (row[:, None] * H + h) * P + p[None, :]  # (Q, P)
+        x_offs = (row0 * H + h) * P + x_tile
         x = tl.load(x_ptr + x_offs, mask=mask_x, other=0.0)
         xf = x.to(tl.float32)
         dy = tl.load(dout_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
@@ -569,79 +585,86 @@ def _ssd_bwd_chunk(
             sz = tl.sigmoid(zz)
             dout = dy
             dy = dout * zz * sz  # dL/d(y_ssm + D x)
-        xb = xf * dt[:, None]  # X̄ = Δ x (Q, P)
-        xb_op = xb.to(dot_t)
-        dy_op = dy.to(dot_t)
-        s_offs = (((bi * n_chunks + c) * H + h).to(tl.int64) * P + p[:, None]) * N + n[None, :]
-        S_prev = tl.load(st_ptr + s_offs, mask=st_mask, other=0.0)  # the state entering the chunk (P, N)
-        dS = tl.load(dst_ptr + s_offs, mask=st_mask, other=0.0)  # dL/d(the state leaving it) (P, N)
-
-        # step 1 backwards: the diagonal block
-        Lt = tl.exp2(tl.where(causal, a_cum[None, :] - a_cum[:, None], float("-inf")))  # [s, t] decay s -> t
-        dCBt += Lt * _mm(xb_op, tl.trans(dy_op), IEEE)  # [s, t] += M[t, s] x̄_s · dy_t
-        Wt = (Lt * CBt).to(dot_t)  # the diagonal block of T = M ∘ C Bᵀ, transposed
-        dxb = _mm(Wt, dy_op, IEEE)  # dL/dX̄ (Q, P), diagonal part
-        y = _mm(tl.trans(Wt), xb_op, IEEE)  # y (Q, P), diagonal part
-        da = -tl.sum(xb * dxb, axis=1)  # dL/da⁺: - x̄_s · dX̄_s as an input step (diagonal part)
-        # step 2 backwards: X̄_s reaches the state leaving the chunk decayed by to_end[s]
-        to_end = tl.exp2(a_end - a_cum)  # (Q,)
-        dxb_s = _mm(Bc, tl.trans(dS), IEEE) * to_end[:, None]  # (Q, P)
-        col = tl.sum(xb * dxb_s, axis=1)  # (Q,)
-        da -= col
-        dxb += dxb_s
-        dB = _mma((xf * (dt * to_end)[:, None]).to(dot_t), dS, dB, IEEE)  # (Q, N)
-        # step 3 backwards: the state leaving = exp(α) (the state entering) + the chunk's inputs, so
-        # dL/dα = <dS, the state leaving> = exp(α) <dS, S_prev> + Σ_s x̄_s · (dX̄_s's state part)
-        d_alpha = tl.exp2(a_end) * tl.sum(tl.sum(dS.to(tl.float32) * S_prev.to(tl.float32), axis=1), axis=0)
-        da += tl.where(last, d_alpha + tl.sum(col, axis=0), 0.0)
-        # step 4 backwards: the state entering, read out by C_t and decayed by from_start[t]
-        from_start = tl.exp2(a_cum)  # (Q,)
-        y += _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]  # + the entering state's part
-        da += tl.sum(dy * y, axis=1)  # + dy_t · y_t as an output step (both parts)
-        dC = _mma((dy * from_start[:, None]).to(dot_t), S_prev, dC, IEEE)  # (Q, N)
-
-        da = tl.cumsum(da, axis=0, reverse=True)  # dL/da_r = Σ_{t >= r} dL/da⁺_t (natural log units)
-        ddt = tl.sum(xf * dxb, axis=1) + A * da  # dL/dΔ
-        if DT_SOFTPLUS:
-            ddt = tl.where(raw > 20.0, ddt, ddt * tl.sigmoid(raw))
-        tl.store(ddt_ptr + row * H + h, ddt, mask=t_ok)
-        tl.store(dA_ptr + (bi * n_chunks + c) * H + h, tl.sum(dt * da, axis=0))
-        dx = dxb * dt[:, None]
         if HAS_D:
             if D_PER_DIM:
                 Dh = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0).to(tl.float32)[None, :]
             else:
                 Dh = tl.load(D_ptr + h).to(tl.float32)
-            dx += dy * Dh
-            tl.store(dD_ptr + ((bi * n_chunks + c) * H + h) * P + p, tl.sum(dy * xf, axis=0), mask=p_ok)
-        tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask_x)
-        if HAS_Z:  # y before the gate, recomputed: diagonal block + the entering state's part (+ D x)
+        xb = xf * dt[:, None]  # X̄ = Δ x (Q, BLOCK_P)
+        xb_op = xb.to(dot_t)
+        dy_op = dy.to(dot_t)
+        s_offs = ((bi * n_chunks + c) * H + h).to(tl.int64) * (P * N) + st_tile
+        # step 1 backwards: the diagonal block T = M ∘ C Bᵀ, transposed
+        Lt = tl.exp2(tl.where(causal, a_cum[None, :] - a_cum[:, None], float("-inf")))  # [s, t] decay s -> t
+        Wt = (Lt * CBt).to(dot_t)
+        da = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dL/da_r, a_r = Δ_r A (natural log units)
+        ddt = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dL/dΔ through X̄ = Δ x
+        if OUT:
+            dCBt_h = Lt * _mm(xb_op, tl.trans(dy_op), IEEE)  # [s, t] = M[t, s] x̄_s · dy_t
+            dCBt += dCBt_h
+            # a_r enters M[t, s] for s < r <= t: dL/da_r sums Z = dL/dM ∘ M over those (s, t), no cancellation
+            Z = dCBt_h * CBt
+            da = tl.sum(tl.where(causal, tl.cumsum(Z, axis=0) - Z, 0.0), axis=1)  # row r: Σ_{s < r}, t >= r
+            # step 4 backwards: the entering state, read out by C_t, decayed by from_start[t] (a_r for r <= t)
+            S_prev = tl.load(st_ptr + s_offs, mask=st_mask, other=0.0)  # (BLOCK_P, N)
+            from_start = tl.exp2(a_cum)  # (Q,)
+            y_off = _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]  # (Q, BLOCK_P)
+            dC = _mma((dy * from_start[:, None]).to(dot_t), S_prev, dC, IEEE)  # (Q, N)
+            da += tl.cumsum(tl.sum(dy * y_off, axis=1), axis=0, reverse=True)
+            if HAS_Z:  # y before the gate, recomputed: dz
+                y = _mma(tl.trans(Wt), xb_op, y_off, IEEE)
+                if HAS_D:
+                    y += xf * Dh
+                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=mask_x)
+        if IN:
+            dxb = _mm(Wt, dy_op, IEEE)  # dL/dX̄ (Q, BLOCK_P), diagonal part
+            # step 2 backwards: X̄_s reaches the state leaving the chunk decayed by to_end[s] (a_r for r > s)
+            dS = tl.load(dst_ptr + s_offs, mask=st_mask, other=0.0)  # (BLOCK_P, N)
+            to_end = tl.exp2(a_end - a_cum)  # (Q,)
+            dxb_s = _mm(Bc, tl.trans(dS), IEEE) * to_end[:, None]
+            dB = _mma((xf * (dt * to_end)[:, None]).to(dot_t), dS, dB, IEEE)  # (Q, N)
+            col = tl.sum(xb * dxb_s, axis=1)  # (Q,)
+            da += tl.cumsum(col, axis=0) - col  # Σ_{s < r}
+            # step 3 backwards: S_k = exp(α_k) S_prev + ..., and every a_r of the chunk is in α_k
+            if pb == 0:
+                da += tl.load(g_ptr + pid * H + h)  # exp(α_k) <dS, S_prev>, from the reverse walk
+            dxb += dxb_s
+            ddt = tl.sum(xf * dxb, axis=1)
+            dx = dxb * dt[:, None]
             if HAS_D:
-                y += xf * Dh
-            dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-            tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=mask_x)
+                dx += dy * Dh
+                tl.store(dD_ptr + ((bi * n_chunks + c) * H + h) * P + p, tl.sum(dy * xf, axis=0), mask=p_ok)
+            tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask_x)
+        ddt += A * da  # dL/dΔ
+        if DT_SOFTPLUS:
+            ddt = tl.where(raw > 20.0, ddt, ddt * tl.sigmoid(raw))
+        tl.store(ddt_ptr + pb * (L * H * tl.num_programs(0) // n_chunks) + row0 * H + h + q * H, ddt, mask=t_ok)
+        tl.store(dA_ptr + part_offs * H + h, tl.sum(dt * da, axis=0))
 
-    # C Bᵀ's gradient, summed over the heads: dB_s += Σ_t dCBt[s, t] C_t, dC_t += Σ_s dCBt[s, t] B_s
-    dB = _mma(dCBt.to(dot_t), Cc, dB, IEEE)
-    dC = _mma(tl.trans(dCBt).to(dot_t), Bc, dC, IEEE)
-    part = ((row[:, None] * n_split + split) * G + g) * N + n[None, :]  # (b, L, n_split, G, N)
-    tl.store(dB_ptr + part, dB, mask=mask_bc)
-    tl.store(dC_ptr + part, dC, mask=mask_bc)
+    offs = ((row[:, None] * n_part + part) * G + g) * N + n[None, :]  # (b, L, n_part, G, N)
+    if OUT:  # C Bᵀ's gradient, summed over the heads: dB_s += Σ_t dCBt[s, t] C_t, dC_t += Σ_s dCBt[s, t] B_s
+        dB = _mma(dCBt.to(dot_t), Cc, dB, IEEE)
+        dC = _mma(tl.trans(dCBt).to(dot_t), Bc, dC, IEEE)
+        tl.store(dC_ptr + offs, dC, mask=mask_bc)
+    tl.store(dB_ptr + offs, dB, mask=mask_bc)
 
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-            initial_states=None, block_q=None, n_split=None, num_warps=None):
+            initial_states=None, block_q=None, block_p=None, n_split=None, sides=None, num_warps=None):
     """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
 
     dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
     ddt_bias, dinitial_states when those inputs are given, each in its input's dtype. The keyword
-    arguments after ``initial_states`` override the launch parameters (benchmarks and tests only).
+    arguments after ``initial_states`` override the launch parameters (benchmarks and tests only):
+    ``sides`` "split" runs the chunk kernel's output and input sides as two launches, "fused" as one.
     """
     given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
+    knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, sides=sides, num_warps=num_warps)
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         grads = ssd_bwd(f(dy), f(dhT), *(f(t) for t in given.values()), chunk_size=chunk_size,
-                        dt_softplus=dt_softplus, block_q=block_q, n_split=n_split)
+                        dt_softplus=dt_softplus, **knobs)
         return {k: v.to(given[k[1:]].dtype) for k, v in grads.items()}
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
@@ -655,6 +678,9 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     BLOCK_P = max(16, next_pow2(P))
     n_chunks = triton.cdiv(L, Q)
     dev = x.device
+    chunk_p = block_p or BLOCK_P  # the chunk kernel's block of head dims
+    n_pb = triton.cdiv(P, chunk_p)
+    sides = sides or "split"
     if interpreting():
         walk_p, extra, n_split = min(BLOCK_P, 32), {}, n_split or 1
     else:
@@ -662,61 +688,67 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
         walk_p = 64 if BLOCK_P >= 64 and b * H >= 2 * sms else min(BLOCK_P, 32)
         extra = dict(num_warps=4, num_stages=2)
         if n_split is None:  # enough programs of the chunk kernel to fill the GPU twice
-            n_split = max(1, min(H // G, triton.cdiv(2 * sms, b * n_chunks * G)))
+            n_split = max(1, min(H // G, triton.cdiv(2 * sms, b * n_chunks * G * n_pb)))
     HG = H // G
     n_split = min(n_split, HG)
     heads_per_split = triton.cdiv(HG, n_split)
     n_split = triton.cdiv(HG, heads_per_split)  # no empty split
+    n_walk = triton.cdiv(P, walk_p)
 
     # the states entering each chunk and the gradients of those leaving it: (b, c, H, P, N), x's dtype
-    st_dtype = x.dtype
-    states = torch.empty(b, n_chunks, H, P, N, device=dev, dtype=st_dtype)
+    states = torch.empty(b, n_chunks, H, P, N, device=dev, dtype=x.dtype)
     dstates = torch.empty_like(states)
-    dh0 = torch.empty(b, H, P, N, device=dev, dtype=torch.float32) if initial_states is not None else states
+    f32 = dict(device=dev, dtype=torch.float32)
+    dh0 = torch.empty(b, H, P, N, **f32) if initial_states is not None else states
+    g_alpha = torch.empty(b, n_chunks, H, n_walk, **f32)  # exp(α_k) <dS_k, S_{k-1}>, per block of P
     dummy = x
     bias_ = dummy if dt_bias is None else dt_bias.contiguous()
     z_ = dummy if z is None else z.contiguous()
     walk = dict(HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
                 BLOCK_Q=Q, BLOCK_P=walk_p, BLOCK_N=BLOCK_N, **extra)
-    grid = (b * H, triton.cdiv(P, walk_p))
+    grid = (b * H, n_walk)
     _ssd_bwd_states[grid](
         x, dt, A, B, bias_, dummy if initial_states is None else initial_states.contiguous(), states,
         L, H, G, P, N, n_chunks, HAS_H0=initial_states is not None, **walk)
     _ssd_bwd_dstates[grid](
-        dy, z_, dt, A, C, bias_, dummy if dhT is None else dhT.contiguous(), dstates, dh0,
+        dy, z_, dt, A, C, bias_, dummy if dhT is None else dhT.contiguous(), states, dstates, dh0, g_alpha,
         L, H, G, P, N, n_chunks, HAS_Z=z is not None, HAS_DHT=dhT is not None,
         STORE_DH0=initial_states is not None, **walk)
+    g_alpha = g_alpha.sum(-1)  # (b, c, H)
 
-    f32 = dict(device=dev, dtype=torch.float32)
+    side_ids = (1, 2) if sides == "split" else (0,)
+    ns = len(side_ids)
+    n_part = n_split * n_pb
     dx = torch.empty_like(x)
     dz = torch.empty_like(x) if z is not None else dummy
-    ddt = torch.empty(b, L, H, **f32)
-    dA = torch.empty(b, n_chunks, H, **f32)
+    ddt = torch.empty(ns, n_pb, b, L, H, **f32)  # parts of dL/dΔ: per side and block of head dims
+    dA = torch.empty(ns, n_pb, b * n_chunks, H, **f32)
     dD = torch.empty(b, n_chunks, H, P, **f32) if D is not None else ddt
-    dB = torch.empty(b, L, n_split, G, N, **f32)
-    dC = torch.empty_like(dB)
+    dB = torch.empty(ns, b, L, n_part, G, N, **f32)
+    dC = torch.empty(b, L, n_part, G, N, **f32)
     chunk_extra = {} if interpreting() else dict(num_warps=num_warps or 8, num_stages=1)
-    _ssd_bwd_chunk[(b * n_chunks, G, n_split)](
-        x, dt, A, B, C, dummy if D is None else D.contiguous(), z_, dy, bias_, states, dstates,
-        dx, dz, ddt, dA, dD, dB, dC,
-        L, H, G, P, N, n_chunks, heads_per_split,
-        HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
-        BLOCK_Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, **chunk_extra)
+    for i, side in enumerate(side_ids):
+        _ssd_bwd_chunk[(b * n_chunks, G, n_part)](
+            x, dt, A, B, C, dummy if D is None else D.contiguous(), z_, dy, bias_, states, dstates,
+            dx, dz, ddt[i], dA[i], dD, dB[i], dC, g_alpha,
+            L, H, G, P, N, n_chunks, heads_per_split,
+            SIDE=side, HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
+            HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
+            BLOCK_Q=Q, BLOCK_P=chunk_p, BLOCK_N=BLOCK_N, **chunk_extra)
 
-    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.sum((0, 1)).to(dtypes["A"]),
-               dB=dB.sum(2).to(dtypes["B"]), dC=dC.sum(2).to(dtypes["C"]))
+    ddt = ddt.sum((0, 1))
+    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.sum((0, 1, 2)).to(dtypes["A"]),
+               dB=dB.sum((0, 3)).to(dtypes["B"]), dC=dC.sum(2).to(dtypes["C"]))
     if D is not None:
         dD = dD.sum((0, 1))
-        out["dD"] = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
+        out["dD"] = (dD if D.dim() == 2 else dD.sum(-1)).to(dtypes["D"])
     if z is not None:
         out["dz"] = dz
     if dt_bias is not None:
-        out["ddt_bias"] = ddt.sum((0, 1)).to(dt_bias.dtype)
+        out["ddt_bias"] = ddt.sum((0, 1)).to(dtypes["dt_bias"])
     if initial_states is not None:
-        out["dinitial_states"] = dh0.to(initial_states.dtype)
+        out["dinitial_states"] = dh0.to(dtypes["initial_states"])
     return out
-
 
 _NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
