@@ -127,10 +127,10 @@ def _load_dt(dt_ptr, row, h, H, t_ok, bias, HAS_DT_BIAS: tl.constexpr, DT_SOFTPL
 @triton.jit
 def _ssd_fwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, CB_ptr, D_ptr, z_ptr, dt_bias_ptr, h0_ptr, y_ptr, hT_ptr, seg_a_ptr,
-    L, H, G, P, N, n_chunks, seg_len,
+    ypre_ptr, L, H, G, P, N, n_chunks, seg_len,
     HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_STATE: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STORE_PRE: tl.constexpr = False,
 ):
     pid = tl.program_id(0)  # batch * H + head
     seg = tl.program_id(2)  # segment of seg_len chunks (one segment unless the launcher splits L)
@@ -205,6 +205,8 @@ def _ssd_fwd(
                 y += x.to(tl.float32) * Dh[None, :]
             else:
                 y += x.to(tl.float32) * Dh
+        if STORE_PRE:  # y before the gate, for the backward pass's dz
+            tl.store(ypre_ptr + x_offs, y.to(ypre_ptr.dtype.element_ty), mask=mask_x)
         if HAS_Z:
             zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
@@ -219,10 +221,11 @@ def _ssd_fwd(
 
 @triton.jit
 def _ssd_seg_fix(
-    dt_ptr, A_ptr, C_ptr, z_ptr, dt_bias_ptr, seg_ptr, seg_a_ptr, y_ptr, hT_ptr,
+    dt_ptr, A_ptr, C_ptr, z_ptr, dt_bias_ptr, seg_ptr, seg_a_ptr, y_ptr, hT_ptr, ypre_ptr,
     L, H, G, P, N, n_chunks, seg_len, n_seg,
     HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
     STORE_FINAL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    STORE_PRE: tl.constexpr = False,
 ):
     """Segment k = 1, 2, ...: add what the state entering it contributes (steps 3 and 4 again).
 
@@ -274,6 +277,9 @@ def _ssd_seg_fix(
         corr = corr * tl.exp2(a_cum)[:, None]  # (Q, BLOCK_P)
         mask_x = t_ok[:, None] & p_ok[None, :]
         x_offs = (row[:, None] * H + h) * P + p[None, :]
+        if STORE_PRE:
+            pre = tl.load(ypre_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32) + corr
+            tl.store(ypre_ptr + x_offs, pre.to(ypre_ptr.dtype.element_ty), mask=mask_x)
         if HAS_Z:  # the gate multiplies the whole SSM output, the correction included
             zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
             corr = corr * zz * tl.sigmoid(zz)
@@ -296,22 +302,23 @@ def _smem_bytes(elem, Q, block_p, block_n, stages):
 
 
 def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-            initial_states=None, return_final_states=False,
+            initial_states=None, return_final_states=False, return_pre_gate=False,
             block_q=None, block_p=None, n_seg=None, num_warps=None, num_stages=None):
     """Launch the kernels. Returns (y, final_states or None), in x's dtype.
 
     Inputs as in ``ssm_edu.ssd`` (already validated); B and C are cast to x's
-    dtype. The keyword arguments after ``return_final_states`` override the
-    launch parameters (benchmarks and tests only).
+    dtype. With ``return_pre_gate`` (and z), also y before the gate, y + D x
+    (the backward pass's dz needs it), as a third result. The keyword
+    arguments after it override the launch parameters (benchmarks and tests only).
     """
     if x.dtype not in _SUPPORTED:
         raise ValueError(f"ssd(impl='triton') supports float32, bfloat16 and float16 x; got {x.dtype}")
     given = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in given):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
-        y, hT = ssd_fwd(f(x), f(dt), f(A), f(B), f(C), chunk_size, f(D), f(z), f(dt_bias), dt_softplus,
-                        f(initial_states), return_final_states, block_q, block_p, n_seg)
-        return y.to(x.dtype), None if hT is None else hT.to(x.dtype)
+        y, hT, *pre = ssd_fwd(f(x), f(dt), f(A), f(B), f(C), chunk_size, f(D), f(z), f(dt_bias), dt_softplus,
+                              f(initial_states), return_final_states, return_pre_gate, block_q, block_p, n_seg)
+        return (y.to(x.dtype), None if hT is None else hT.to(x.dtype), *(t.to(x.dtype) for t in pre))
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
@@ -354,6 +361,8 @@ def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_soft
                                **({} if interpreting() else dict(num_warps=4)))
 
     y = torch.empty_like(x)
+    pre = return_pre_gate and z is not None
+    y_pre = torch.empty_like(x) if pre else y
     store_state = return_final_states or n_seg > 1
     # each segment's last state (from h0 for the first, from zero for the others) and its total log2 decay
     seg_states = torch.empty(b, n_seg, H, P, N, device=x.device, dtype=torch.float32) if store_state else y
@@ -366,20 +375,21 @@ def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_soft
     flags = dict(HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
                  BLOCK_Q=Q, BLOCK_P=block_p, BLOCK_N=BLOCK_N, **extra)
     _ssd_fwd[(b * H, triton.cdiv(P, block_p), n_seg)](
-        x, dt, A, B, C, CB, D_, z_, bias_, h0_, y, seg_states, seg_a,
+        x, dt, A, B, C, CB, D_, z_, bias_, h0_, y, seg_states, seg_a, y_pre,
         L, H, G, P, N, n_chunks, seg_len,
         HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_H0=initial_states is not None,
-        STORE_STATE=store_state, **flags,
+        STORE_STATE=store_state, STORE_PRE=pre, **flags,
     )
+    extra_out = (y_pre,) if return_pre_gate else ()
     if n_seg == 1:
-        return y, (seg_states[:, 0].to(x.dtype) if return_final_states else None)
+        return (y, seg_states[:, 0].to(x.dtype) if return_final_states else None, *extra_out)
     final = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32) if return_final_states else y
     n_fix = n_seg if return_final_states else n_seg - 1  # program n_seg - 1 stores the final state
     _ssd_seg_fix[(b * H, triton.cdiv(P, block_p), n_fix)](
-        dt, A, C, z_, bias_, seg_states, seg_a, y, final,
-        L, H, G, P, N, n_chunks, seg_len, n_seg, STORE_FINAL=bool(return_final_states), **flags,
+        dt, A, C, z_, bias_, seg_states, seg_a, y, final, y_pre,
+        L, H, G, P, N, n_chunks, seg_len, n_seg, STORE_FINAL=bool(return_final_states), STORE_PRE=pre, **flags,
     )
-    return y, (final.to(x.dtype) if return_final_states else None)
+    return (y, final.to(x.dtype) if return_final_states else None, *extra_out)
 
 
 # ---------------------------------------------------------------- backward
@@ -454,7 +464,7 @@ def _ssd_bwd_states(
 
 @triton.jit
 def _ssd_bwd_dstates(
-    dout_ptr, z_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, dhT_ptr, st_ptr, dst_ptr, dh0_ptr, g_ptr,
+    dout_ptr, z_ptr, ypre_ptr, dz_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, dhT_ptr, st_ptr, dst_ptr, dh0_ptr, g_ptr,
     L, H, G, P, N, n_chunks,
     HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
     STORE_DH0: tl.constexpr, IEEE: tl.constexpr,
@@ -464,7 +474,8 @@ def _ssd_bwd_dstates(
 
     dS_{k-1} = exp(α_k) dS_k + Σ_{t in k} exp(a⁺_t) dy_t C_tᵀ, from dS_{c-1} = the final state's
     gradient (or zero); dS_{-1} is the initial state's gradient. Also the part of dL/dα_k (α_k the
-    chunk's total log-decay) that needs both states, exp(α_k) <dS_k, S_{k-1}>, in g (this block of P).
+    chunk's total log-decay) that needs both states, exp(α_k) <dS_k, S_{k-1}>, in g (this block of P);
+    and with z, dz from the output before the gate (ypre, stored by the forward pass).
     """
     pid = tl.program_id(0)  # batch * H + head
     bi = pid // H
@@ -498,9 +509,13 @@ def _ssd_bwd_dstates(
         offsT = (row[None, :] * H + h) * P + p[:, None]  # (P, Q)
         maskT = (p < P)[:, None] & t_ok[None, :]
         dyT = tl.load(dout_ptr + offsT, mask=maskT, other=0.0).to(tl.float32)  # dYᵀ (P, Q)
-        if HAS_Z:  # the gradient reaching the SSM output: dout ⊙ SiLU(z)
+        if HAS_Z:  # the gradient reaching the SSM output: dout ⊙ SiLU(z); and dz = dout ⊙ y_pre ⊙ SiLU'(z)
             zT = tl.load(z_ptr + offsT, mask=maskT, other=0.0).to(tl.float32)
-            dyT = dyT * zT * tl.sigmoid(zT)
+            sT = tl.sigmoid(zT)
+            preT = tl.load(ypre_ptr + offsT, mask=maskT, other=0.0).to(tl.float32)
+            tl.store(dz_ptr + offsT, (dyT * preT * sT * (1.0 + zT * (1.0 - sT))).to(dz_ptr.dtype.element_ty),
+                     mask=maskT)
+            dyT = dyT * zT * sT
         Cc = tl.load(C_ptr + (row[:, None] * G + g) * N + n[None, :], mask=t_ok[:, None] & (n < N)[None, :],
                      other=0.0)  # (Q, N)
         dyT = dyT * tl.exp2(a_cum)[None, :]
@@ -512,7 +527,7 @@ def _ssd_bwd_dstates(
 @triton.jit
 def _ssd_bwd_chunk(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr,
-    dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr, g_ptr,
+    dx_ptr, ddt_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr, g_ptr,
     L, H, G, P, N, n_chunks, heads_per_split,
     SIDE: tl.constexpr, HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
@@ -520,8 +535,8 @@ def _ssd_bwd_chunk(
 ):
     """One chunk of one group, the heads of one split in turn: every gradient but the states'.
 
-    SIDE 1, the output side (reads the entering states S_prev): y recomputed, dz, dC, and C Bᵀ's
-    gradient; SIDE 2, the input side (reads the leaving states' gradients dS): dx, dD, dB; SIDE 0 both.
+    SIDE 1, the output side (reads the entering states S_prev): dC, and C Bᵀ's gradient; SIDE 2, the
+    input side (reads the leaving states' gradients dS): dx, dD, dB; SIDE 0 both.
     Each writes its part of dL/dΔ and dL/dA (summed by the launcher); the part of dL/dα that needs both
     S_prev and dS comes from the reverse walk, in g.
     (Q, Q) tiles are transposed, [s, t]: s the input step, t the output step (t >= s).
@@ -582,9 +597,7 @@ def _ssd_bwd_chunk(
         dy = tl.load(dout_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(zz)
-            dout = dy
-            dy = dout * zz * sz  # dL/d(y_ssm + D x)
+            dy = dy * zz * tl.sigmoid(zz)  # dL/d(y_ssm + D x)
         if HAS_D:
             if D_PER_DIM:
                 Dh = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0).to(tl.float32)[None, :]
@@ -611,12 +624,6 @@ def _ssd_bwd_chunk(
             y_off = _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]  # (Q, BLOCK_P)
             dC = _mma((dy * from_start[:, None]).to(dot_t), S_prev, dC, IEEE)  # (Q, N)
             da += tl.cumsum(tl.sum(dy * y_off, axis=1), axis=0, reverse=True)
-            if HAS_Z:  # y before the gate, recomputed: dz
-                y = _mma(tl.trans(Wt), xb_op, y_off, IEEE)
-                if HAS_D:
-                    y += xf * Dh
-                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=mask_x)
         if IN:
             dxb = _mm(Wt, dy_op, IEEE)  # dL/dX̄ (Q, BLOCK_P), diagonal part
             # step 2 backwards: X̄_s reaches the state leaving the chunk decayed by to_end[s] (a_r for r > s)
@@ -651,12 +658,14 @@ def _ssd_bwd_chunk(
 
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-            initial_states=None, block_q=None, block_p=None, n_split=None, sides=None, num_warps=None):
+            initial_states=None, y_pre=None, block_q=None, block_p=None, n_split=None, sides=None,
+            num_warps=None):
     """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
 
     dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
-    ddt_bias, dinitial_states when those inputs are given, each in its input's dtype. The keyword
-    arguments after ``initial_states`` override the launch parameters (benchmarks and tests only):
+    ddt_bias, dinitial_states when those inputs are given, each in its input's dtype. With z, y_pre is
+    the forward's output before the gate (``ssd_fwd(..., return_pre_gate=True)``; recomputed if None).
+    The keyword arguments after it override the launch parameters (benchmarks and tests only):
     ``sides`` "split" runs the chunk kernel's output and input sides as two launches, "fused" as one.
     """
     given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
@@ -664,11 +673,14 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         grads = ssd_bwd(f(dy), f(dhT), *(f(t) for t in given.values()), chunk_size=chunk_size,
-                        dt_softplus=dt_softplus, **knobs)
+                        dt_softplus=dt_softplus, y_pre=f(y_pre), **knobs)
         return {k: v.to(given[k[1:]].dtype) for k, v in grads.items()}
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dtypes = {k: t.dtype for k, t in given.items() if t is not None}
+    if z is not None and y_pre is None:
+        y_pre = ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states,
+                        return_pre_gate=True)[2]
     x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
     B, C = B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous()
     dy = torch.zeros_like(x) if dy is None else dy.to(x.dtype).contiguous()
@@ -678,9 +690,14 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     BLOCK_P = max(16, next_pow2(P))
     n_chunks = triton.cdiv(L, Q)
     dev = x.device
-    chunk_p = block_p or BLOCK_P  # the chunk kernel's block of head dims
-    n_pb = triton.cdiv(P, chunk_p)
     sides = sides or "split"
+    side_ids = (1, 2) if sides == "split" else (0,)
+    # blocks of head dims per side (registers: the input side, and the output side with z, take 32)
+    if block_p:
+        side_p = {i: block_p for i in side_ids}
+    else:
+        side_p = {0: min(BLOCK_P, 32), 1: min(BLOCK_P, 32 if z is not None else 64), 2: min(BLOCK_P, 32)}
+    n_pb = {i: triton.cdiv(P, side_p[i]) for i in side_ids}
     if interpreting():
         walk_p, extra, n_split = min(BLOCK_P, 32), {}, n_split or 1
     else:
@@ -688,7 +705,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
         walk_p = 64 if BLOCK_P >= 64 and b * H >= 2 * sms else min(BLOCK_P, 32)
         extra = dict(num_warps=4, num_stages=2)
         if n_split is None:  # enough programs of the chunk kernel to fill the GPU twice
-            n_split = max(1, min(H // G, triton.cdiv(2 * sms, b * n_chunks * G * n_pb)))
+            n_split = max(1, min(H // G, triton.cdiv(2 * sms, b * n_chunks * G * min(n_pb.values()))))
     HG = H // G
     n_split = min(n_split, HG)
     heads_per_split = triton.cdiv(HG, n_split)
@@ -710,35 +727,36 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     _ssd_bwd_states[grid](
         x, dt, A, B, bias_, dummy if initial_states is None else initial_states.contiguous(), states,
         L, H, G, P, N, n_chunks, HAS_H0=initial_states is not None, **walk)
+    dz = torch.empty_like(x) if z is not None else dummy
     _ssd_bwd_dstates[grid](
-        dy, z_, dt, A, C, bias_, dummy if dhT is None else dhT.contiguous(), states, dstates, dh0, g_alpha,
+        dy, z_, dummy if z is None else y_pre.to(x.dtype).contiguous(), dz, dt, A, C, bias_, dummy if dhT is None else dhT.contiguous(), states, dstates, dh0, g_alpha,
         L, H, G, P, N, n_chunks, HAS_Z=z is not None, HAS_DHT=dhT is not None,
         STORE_DH0=initial_states is not None, **walk)
     g_alpha = g_alpha.sum(-1)  # (b, c, H)
 
-    side_ids = (1, 2) if sides == "split" else (0,)
-    ns = len(side_ids)
-    n_part = n_split * n_pb
     dx = torch.empty_like(x)
-    dz = torch.empty_like(x) if z is not None else dummy
-    ddt = torch.empty(ns, n_pb, b, L, H, **f32)  # parts of dL/dΔ: per side and block of head dims
-    dA = torch.empty(ns, n_pb, b * n_chunks, H, **f32)
-    dD = torch.empty(b, n_chunks, H, P, **f32) if D is not None else ddt
-    dB = torch.empty(ns, b, L, n_part, G, N, **f32)
-    dC = torch.empty(b, L, n_part, G, N, **f32)
+    dD = torch.empty(b, n_chunks, H, P, **f32) if D is not None else dummy
+    dC = torch.empty(b, L, n_split * n_pb[side_ids[0]], G, N, **f32)
+    ddt, dA, dB = [], [], []  # parts, per side and block of head dims
     chunk_extra = {} if interpreting() else dict(num_warps=num_warps or 8, num_stages=1)
-    for i, side in enumerate(side_ids):
+    for side in side_ids:
+        n_part = n_split * n_pb[side]
+        ddt.append(torch.empty(n_pb[side], b, L, H, **f32))
+        dA.append(torch.empty(n_pb[side], b * n_chunks, H, **f32))
+        dB.append(torch.empty(b, L, n_part, G, N, **f32))
         _ssd_bwd_chunk[(b * n_chunks, G, n_part)](
             x, dt, A, B, C, dummy if D is None else D.contiguous(), z_, dy, bias_, states, dstates,
-            dx, dz, ddt[i], dA[i], dD, dB[i], dC, g_alpha,
+            dx, ddt[-1], dA[-1], dD, dB[-1], dC, g_alpha,
             L, H, G, P, N, n_chunks, heads_per_split,
             SIDE=side, HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
             HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
-            BLOCK_Q=Q, BLOCK_P=chunk_p, BLOCK_N=BLOCK_N, **chunk_extra)
+            BLOCK_Q=Q, BLOCK_P=side_p[side], BLOCK_N=BLOCK_N, **chunk_extra)
 
-    ddt = ddt.sum((0, 1))
-    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.sum((0, 1, 2)).to(dtypes["A"]),
-               dB=dB.sum((0, 3)).to(dtypes["B"]), dC=dC.sum(2).to(dtypes["C"]))
+    ddt = sum(part.sum(0) for part in ddt)
+    dA = sum(part.sum((0, 1)) for part in dA)
+    dB = sum(part.sum(2) for part in dB)
+    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.to(dtypes["A"]), dB=dB.to(dtypes["B"]),
+               dC=dC.sum(2).to(dtypes["C"]))
     if D is not None:
         dD = dD.sum((0, 1))
         out["dD"] = (dD if D.dim() == 2 else dD.sum(-1)).to(dtypes["D"])
@@ -757,17 +775,18 @@ class _SSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, chunk_size, dt_softplus, return_final_states, *tensors):
         kw = dict(zip(_NAMES, tensors))
-        y, hT = ssd_fwd(chunk_size=chunk_size, dt_softplus=dt_softplus,
-                        return_final_states=return_final_states, **kw)
-        ctx.save_for_backward(*tensors)
+        y, hT, y_pre = ssd_fwd(chunk_size=chunk_size, dt_softplus=dt_softplus,
+                               return_final_states=return_final_states, return_pre_gate=True, **kw)
+        ctx.save_for_backward(*tensors, y_pre if kw["z"] is not None else None)
         ctx.chunk_size, ctx.dt_softplus = chunk_size, dt_softplus
         ctx.set_materialize_grads(False)
         return (y, hT) if return_final_states else y
 
     @staticmethod
     def backward(ctx, gy, ghT=None):
-        saved = dict(zip(_NAMES, ctx.saved_tensors))
-        grads = ssd_bwd(gy, ghT, chunk_size=ctx.chunk_size, dt_softplus=ctx.dt_softplus, **saved)
+        *tensors, y_pre = ctx.saved_tensors
+        grads = ssd_bwd(gy, ghT, chunk_size=ctx.chunk_size, dt_softplus=ctx.dt_softplus, y_pre=y_pre,
+                        **dict(zip(_NAMES, tensors)))
         needs = ctx.needs_input_grad[3:]
         return (None, None, None, *(grads.get(_GRAD[k]) if nd else None for k, nd in zip(_NAMES, needs)))
 
