@@ -685,9 +685,11 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     B, C = B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous()
     dy = torch.zeros_like(x) if dy is None else dy.to(x.dtype).contiguous()
     ieee = x.dtype == torch.float32
-    Q = block_q or min(max(next_pow2(chunk_size), 16), 64)
     BLOCK_N = max(16, next_pow2(N))
     BLOCK_P = max(16, next_pow2(P))
+    # registers of the chunk kernel (offline sm_90 compile): float32 products and N = 256 take Q <= 32
+    q_max = 32 if (ieee or BLOCK_N > 128) and not interpreting() else 64
+    Q = block_q or min(max(next_pow2(chunk_size), 16), q_max)
     n_chunks = triton.cdiv(L, Q)
     dev = x.device
     sides = sides or "split"
@@ -695,6 +697,8 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     # blocks of head dims per side (registers: the input side, and the output side with z, take 32)
     if block_p:
         side_p = {i: block_p for i in side_ids}
+    elif q_max == 32:
+        side_p = {i: 16 for i in side_ids}
     else:
         side_p = {0: min(BLOCK_P, 32), 1: min(BLOCK_P, 32 if z is not None else 64), 2: min(BLOCK_P, 32)}
     n_pb = {i: triton.cdiv(P, side_p[i]) for i in side_ids}
@@ -703,6 +707,8 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     else:
         sms = _num_sms(dev)
         walk_p = 64 if BLOCK_P >= 64 and b * H >= 2 * sms else min(BLOCK_P, 32)
+        if ieee:  # float32 products are FMA loops: smaller tiles (offline sm_90 compile)
+            walk_p = min(walk_p, 16 if BLOCK_N > 128 else 32)
         extra = dict(num_warps=4, num_stages=2)
         if n_split is None:  # enough programs of the chunk kernel to fill the GPU twice
             n_split = max(1, min(H // G, triton.cdiv(2 * sms, b * n_chunks * G * min(n_pb.values()))))
