@@ -672,8 +672,8 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, sides=sides, num_warps=num_warps)
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
-        grads = ssd_bwd(f(dy), f(dhT), *(f(t) for t in given.values()), chunk_size=chunk_size,
-                        dt_softplus=dt_softplus, y_pre=f(y_pre), **knobs)
+        grads = ssd_bwd(f(dy), f(dhT), chunk_size=chunk_size, dt_softplus=dt_softplus, y_pre=f(y_pre),
+                        **{k: f(t) for k, t in given.items()}, **knobs)
         return {k: v.to(given[k[1:]].dtype) for k, v in grads.items()}
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
