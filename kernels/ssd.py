@@ -659,7 +659,7 @@ def _ssd_bwd_chunk(
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
             initial_states=None, y_pre=None, block_q=None, block_p=None, n_split=None, sides=None,
-            num_warps=None):
+            num_warps=None, num_stages=None):
     """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
 
     dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
@@ -669,7 +669,8 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     ``sides`` "split" runs the chunk kernel's output and input sides as two launches, "fused" as one.
     """
     given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
-    knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, sides=sides, num_warps=num_warps)
+    knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, sides=sides, num_warps=num_warps,
+                 num_stages=num_stages)
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         grads = ssd_bwd(f(dy), f(dhT), chunk_size=chunk_size, dt_softplus=dt_softplus, y_pre=f(y_pre),
@@ -744,12 +745,15 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     dD = torch.empty(b, n_chunks, H, P, **f32) if D is not None else dummy
     dC = torch.empty(b, L, n_split * n_pb[side_ids[0]], G, N, **f32)
     ddt, dA, dB = [], [], []  # parts, per side and block of head dims
-    chunk_extra = {} if interpreting() else dict(num_warps=num_warps or 8, num_stages=1)
+    # software pipelining of the head loop's loads (one program per SM: its latency is not hidden otherwise);
+    # stages per side from the offline sm_90 compile: no spills at 2 (input side), 28 bytes at 3 (output side)
+    stages = {0: 2, 1: 3, 2: 2} if num_stages is None else {i: num_stages for i in (0, 1, 2)}
     for side in side_ids:
         n_part = n_split * n_pb[side]
         ddt.append(torch.empty(n_pb[side], b, L, H, **f32))
         dA.append(torch.empty(n_pb[side], b * n_chunks, H, **f32))
         dB.append(torch.empty(b, L, n_part, G, N, **f32))
+        chunk_extra = {} if interpreting() else dict(num_warps=num_warps or 8, num_stages=stages[side])
         _ssd_bwd_chunk[(b * n_chunks, G, n_part)](
             x, dt, A, B, C, dummy if D is None else D.contiguous(), z_, dy, bias_, states, dstates,
             dx, ddt[-1], dA[-1], dD, dB[-1], dC, g_alpha,
