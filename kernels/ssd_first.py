@@ -13,9 +13,10 @@ with a_t = Δ_t A and a⁺_t its running sum from the chunk's start:
 
 with M[t, s] = exp(a⁺_t - a⁺_s) for s <= t and 0 above the diagonal. Steps past L
 load Δ = 0 (no decay, no input) and are not stored, so L need not be a multiple of
-Q. Everything is float32, the three matrix products too (exact float32, not TF32),
-so one kernel serves float32 and bfloat16 inputs alike, and runs on the CUDA
-cores rather than the tensor cores.
+Q. The three matrix products take the inputs' own type and accumulate in float32:
+bfloat16 operands run on the tensor cores, float32 ones as exact float32 products
+(``input_precision="ieee"``; Triton's default for float32 is TF32, 10-bit
+mantissas). The state, the decays and Δ are float32.
 
 Only the recurrence itself: Δ = dt is used as given (no dt_bias or softplus), with
 no D, gate or initial state; those are elementwise and live in ``ssd_fwd``.
@@ -31,7 +32,8 @@ __all__ = ["ssd_first", "ssd_first_kernel"]
 
 @triton.jit
 def ssd_first_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, y_ptr, L, H, G, P, N,
-                     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+                     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                     PREC: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
     g = h // (H // G)  # the group of B and C that head h reads
@@ -47,25 +49,27 @@ def ssd_first_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, y_ptr, L, H, G, P, N,
         x_ok = ok[:, None] & (p < P)[None, :]
         bc = ((b * L + t[:, None]) * G + g) * N + n[None, :]  # offsets in (b, L, G, N)
         bc_ok = ok[:, None] & (n < N)[None, :]
-        X = tl.load(x_ptr + xy, mask=x_ok, other=0.0).to(tl.float32)  # (Q, P)
-        Bk = tl.load(B_ptr + bc, mask=bc_ok, other=0.0).to(tl.float32)  # (Q, N)
-        Ck = tl.load(C_ptr + bc, mask=bc_ok, other=0.0).to(tl.float32)  # (Q, N)
+        X = tl.load(x_ptr + xy, mask=x_ok, other=0.0)  # (Q, P), the input dtype
+        Bk = tl.load(B_ptr + bc, mask=bc_ok, other=0.0)  # (Q, N)
+        Ck = tl.load(C_ptr + bc, mask=bc_ok, other=0.0)  # (Q, N)
         dt = tl.load(dt_ptr + (b * L + t) * H + h, mask=ok, other=0.0)  # (Q,) Δ
 
         a = tl.cumsum(dt * A, axis=0)  # (Q,) a⁺_t
         a_end = tl.sum(dt * A, axis=0)  # the chunk's total log-decay
         causal = s[:, None] >= s[None, :]  # (Q, Q): t >= s
         M = tl.where(causal, tl.exp(a[:, None] - a[None, :]), 0.0)
-        CB = tl.dot(Ck, tl.trans(Bk), input_precision="ieee")  # (Q, Q)
-        Y = tl.dot(CB * M * dt[None, :], X, input_precision="ieee")
-        Y += tl.dot(Ck, S, input_precision="ieee") * tl.exp(a)[:, None]
-        wB = Bk * (tl.exp(a_end - a) * dt)[:, None]  # (Q, N)
-        S = S * tl.exp(a_end) + tl.dot(tl.trans(wB), X, input_precision="ieee")
+        CB = tl.dot(Ck, tl.trans(Bk), input_precision=PREC)  # (Q, Q)
+        W = (CB * M * dt[None, :]).to(X.dtype)
+        Y = tl.dot(W, X, input_precision=PREC)
+        Y += tl.dot(Ck, S.to(X.dtype), input_precision=PREC) * tl.exp(a)[:, None]
+        wB = Bk.to(tl.float32) * (tl.exp(a_end - a) * dt)[:, None]  # (Q, N)
+        wB = tl.trans(wB.to(X.dtype))
+        S = S * tl.exp(a_end) + tl.dot(wB, X, input_precision=PREC)
         tl.store(y_ptr + xy, Y.to(y_ptr.dtype.element_ty), mask=x_ok)
 
 
 def ssd_first(x, dt, A, B, C):
-    """SSD with Δ = dt as given: x (b, L, H, P), dt (b, L, H), A (H,), B, C (b, L, G, N).
+    """SSD, Δ = dt as given: x (b, L, H, P), dt (b, L, H), A (H,), B, C (b, L, G, N).
 
     Returns y (b, L, H, P) in x's dtype; dt and A are used in float32.
     """
@@ -74,7 +78,9 @@ def ssd_first(x, dt, A, B, C):
     y = torch.empty_like(x)
     bp = max(16, triton.next_power_of_2(P))  # tl.dot needs at least 16
     bn = max(16, triton.next_power_of_2(N))
-    ssd_first_kernel[(b, H)](x.contiguous(), dt.float().contiguous(), A.float().contiguous(),
-                             B.contiguous(), C.contiguous(), y, L, H, G, P, N,
-                             Q=64, BP=bp, BN=bn, num_stages=1)
+    prec = "ieee" if x.dtype == torch.float32 else "tf32"  # float32: exact products
+    dt, A = dt.float().contiguous(), A.float().contiguous()
+    B, C = B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous()
+    ssd_first_kernel[(b, H)](x.contiguous(), dt, A, B, C, y, L, H, G, P, N,
+                             Q=64, BP=bp, BN=bn, PREC=prec, num_stages=1)
     return y
