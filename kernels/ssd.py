@@ -659,23 +659,24 @@ def _ssd_bwd_chunk(
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
             initial_states=None, y_pre=None, block_q=None, block_p=None, n_split=None, sides=None,
-            num_warps=None, num_stages=None):
+            num_warps=None, num_stages=None, stop_after=None):
     """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
 
     dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
     ddt_bias, dinitial_states when those inputs are given, each in its input's dtype. With z, y_pre is
     the forward's output before the gate (``ssd_fwd(..., return_pre_gate=True)``; recomputed if None).
     The keyword arguments after it override the launch parameters (benchmarks and tests only):
-    ``sides`` "split" runs the chunk kernel's output and input sides as two launches, "fused" as one.
+    ``sides`` "split" runs the chunk kernel's output and input sides as two launches, "fused" as one;
+    ``stop_after`` ("states", "dstates" or "side1") returns None after that launch (to time the kernels).
     """
     given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, sides=sides, num_warps=num_warps,
-                 num_stages=num_stages)
+                 num_stages=num_stages, stop_after=stop_after)
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         grads = ssd_bwd(f(dy), f(dhT), chunk_size=chunk_size, dt_softplus=dt_softplus, y_pre=f(y_pre),
                         **{k: f(t) for k, t in given.items()}, **knobs)
-        return {k: v.to(given[k[1:]].dtype) for k, v in grads.items()}
+        return None if grads is None else {k: v.to(given[k[1:]].dtype) for k, v in grads.items()}
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dtypes = {k: t.dtype for k, t in given.items() if t is not None}
@@ -734,11 +735,15 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     _ssd_bwd_states[grid](
         x, dt, A, B, bias_, dummy if initial_states is None else initial_states.contiguous(), states,
         L, H, G, P, N, n_chunks, HAS_H0=initial_states is not None, **walk)
+    if stop_after == "states":
+        return None
     dz = torch.empty_like(x) if z is not None else dummy
     _ssd_bwd_dstates[grid](
         dy, z_, dummy if z is None else y_pre.to(x.dtype).contiguous(), dz, dt, A, C, bias_, dummy if dhT is None else dhT.contiguous(), states, dstates, dh0, g_alpha,
         L, H, G, P, N, n_chunks, HAS_Z=z is not None, HAS_DHT=dhT is not None,
         STORE_DH0=initial_states is not None, **walk)
+    if stop_after == "dstates":
+        return None
     g_alpha = g_alpha.sum(-1)  # (b, c, H)
 
     dx = torch.empty_like(x)
@@ -761,6 +766,8 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
             SIDE=side, HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
             HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
             BLOCK_Q=Q, BLOCK_P=side_p[side], BLOCK_N=BLOCK_N, **chunk_extra)
+        if stop_after == f"side{side}":
+            return None
 
     ddt = sum(part.sum(0) for part in ddt)
     dA = sum(part.sum((0, 1)) for part in dA)
