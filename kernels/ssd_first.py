@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import interpreting
+
 __all__ = ["ssd_first", "ssd_first_kernel"]
 
 
@@ -73,6 +75,8 @@ def ssd_first(x, dt, A, B, C):
 
     Returns y (b, L, H, P) in x's dtype; dt and A are used in float32.
     """
+    if interpreting() and x.dtype != torch.float32:  # the interpreter has no bfloat16 arithmetic
+        return ssd_first(x.float(), dt, A, B.float(), C.float()).to(x.dtype)
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     y = torch.empty_like(x)

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import interpreting
 from .ssd import _ssd_cb, ssd_fwd
 from .ssd_first import ssd_first, ssd_first_kernel
 
@@ -93,6 +94,8 @@ def chunk_cb(B, C, Q=64):
 def ssd_rung1(x, dt, A, B, C, CB=None):
     """Rung 1 (C Bᵀ once per group): ``ssd_first``'s arguments, and C Bᵀ of every chunk
     and group (b, c, G, 64, 64) if already computed (``chunk_cb``)."""
+    if interpreting() and x.dtype != torch.float32:  # the interpreter has no bfloat16 arithmetic
+        return ssd_rung1(x.float(), dt, A, B.float(), C.float(), CB).to(x.dtype)
     b, L, H, P, G, N, bp, bn, prec = _blocks(x, B)
     y = torch.empty_like(x)
     dt, A = dt.float().contiguous(), A.float().contiguous()
