@@ -59,3 +59,31 @@ def test_first_kernel_source_fits_the_page():
     for module in (ssd_first, ssd_ladder):
         wide = [line for line in inspect.getsource(module).splitlines() if len(line) > 88]
         assert not wide, wide
+
+
+def test_chunk_cb_equals_the_pytorch_form():
+    from ssm_edu.kernels.ssd_ladder import chunk_cb
+    from ssm_edu.ssd import ssd_chunk_cb
+
+    _, _, _, B, C = inputs(2, 70, 1, 1, 2, 5, torch.float32)
+    ref = ssd_chunk_cb(B.double(), C.double(), 64)
+    assert ref.shape == (2, 2, 2, 64, 64)
+    assert rel_error(chunk_cb(B.to(DEVICE), C.to(DEVICE)), ref) < 1e-6
+
+
+def test_sweep_log_reader_on_the_dry_run_fixture():
+    """Chapter 8 reads the GPU sweep's log; the fixture is a dry run of benchmarks/sweep_ssd.py in the
+    interpreter (SSD_DRY=1), never book data: the default reader skips it."""
+    import pathlib
+
+    from ssm_edu.kernels.ssd_ladder import RUNGS
+    from ssm_edu.ssd import ssd_ladder_log, ssd_ladder_rows
+
+    log = ssd_ladder_log(pathlib.Path(__file__).parent / "data" / "sweep_ssd_dry.json")
+    assert log["dry"] and log["shape"]
+    rows = ssd_ladder_rows(log)
+    assert [r["name"] for r in rows] == [name for name, *_ in RUNGS]
+    assert all(r["us"] > 0 and r["status"] == "ok" for r in rows)
+    assert {e["group"] for e in log["entries"]} >= {"ladder", "fwd+bwd", "backward", "forward"}
+    default = ssd_ladder_log()
+    assert default is None or not default["dry"]
