@@ -75,7 +75,7 @@ def ssd_first(x, dt, A, B, C):
 
     Returns y (b, L, H, P) in x's dtype; dt and A are used in float32.
     """
-    if interpreting() and x.dtype != torch.float32:  # the interpreter has no bfloat16 arithmetic
+    if interpreting() and x.dtype != torch.float32:  # no bfloat16 in the interpreter
         return ssd_first(x.float(), dt, A, B.float(), C.float()).to(x.dtype)
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]

@@ -94,7 +94,7 @@ def chunk_cb(B, C, Q=64):
 def ssd_rung1(x, dt, A, B, C, CB=None):
     """Rung 1 (C Bᵀ once per group): ``ssd_first``'s arguments, and C Bᵀ of every chunk
     and group (b, c, G, 64, 64) if already computed (``chunk_cb``)."""
-    if interpreting() and x.dtype != torch.float32:  # the interpreter has no bfloat16 arithmetic
+    if interpreting() and x.dtype != torch.float32:  # no bfloat16 in the interpreter
         return ssd_rung1(x.float(), dt, A, B.float(), C.float(), CB).to(x.dtype)
     b, L, H, P, G, N, bp, bn, prec = _blocks(x, B)
     y = torch.empty_like(x)
