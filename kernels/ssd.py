@@ -64,9 +64,51 @@ Precision. Δ (with bias and softplus), the decays, the state and every
 accumulation are float32. In Triton's CPU interpreter, half-precision
 arithmetic is not supported: the launcher computes in float32 there.
 
-Gradients. ``ssd_triton`` is differentiable: its backward pass recomputes the
-forward with the chunked PyTorch code (``ssm_edu.ssd.ssd_vectorized``) in
-float32 and differentiates that. Correct, not fast.
+Backward. ``ssd_triton`` is differentiable; ``ssd_bwd`` runs the four steps in
+reverse in four launches:
+
+1. ``_ssd_bwd_states``, one program per (batch, head, P block): a forward walk
+   (steps 2 and 3 again) that stores the state entering every chunk, S_{k-1}.
+2. ``_ssd_bwd_dstates``, the same programs walking backwards: the state's
+   gradient passes from chunk to chunk as the state itself did, reversed,
+       dS_{k-1} = exp(α_k) dS_k + Σ_{t in k} exp(a⁺_t) dy_t C_tᵀ
+   from the final state's gradient; it stores dS_k for every chunk, the initial
+   state's gradient, exp(α_k) <dS_k, S_{k-1}> (the part of dL/dα_k that needs
+   both, α_k the chunk's total log-decay) and, with a gate, dz.
+3. ``_ssd_bwd_chunk``, output side, one program per (batch, chunk, group, split
+   of the group's heads), heads in turn: Σ_h M ∘ (dY X̄ᵀ), the gradient of C Bᵀ,
+   and with it dC and the diagonal part of dB; dC's part from S_{k-1}.
+4. ``_ssd_bwd_chunk``, input side: dX̄ = (M ∘ C Bᵀ)ᵀ dY + exp(α - a⁺_s) B dSᵀ,
+   then dx, dΔ (with the softplus and dt_bias), dD and dB's part from dS_k.
+dB and dC are sums over the heads of a group: a program loops over heads and
+writes one float32 part per split, summed afterwards, as are dA and dD.
+
+The decays' gradient. a_r = Δ_r A enters M[t, s] for every s < r <= t and every
+state that crosses step r, so dL/da_r sums exactly those pairs: within the
+chunk a cumulative sum of Z = dL/dM ∘ M down its columns, plus the parts through
+S_{k-1} and dS_k. Written instead as (all pairs to t) - (all pairs from s) summed
+over the chunk, it cancels: float32 dA then erred by 1e-5 relative, 10 times
+PyTorch's autograd; this way it matches it (tests/test_ssd_bwd.py).
+
+Recomputed, not stored (goal shape B4 L4096 H128 P64 N128 bf16, Q = 64). The
+forward saves its inputs only (and, with a gate, y before the gate, b L H P
+values like x, for dz). The chunk states are (b, c, H, P, N), 268 M numbers,
+537 MB in bf16: twice x. Storing them in the forward would cost that write and
+keep them alive until the backward; walk 1 recomputes them from x (268 MB) and
+B with P N multiply-adds per step. Their gradients are as large and only walk 2
+makes them. C Bᵀ (b c G Q² = 1 M numbers) is recomputed per chunk and group and
+shared by the group's 128 heads; the decays come from Δ in every kernel.
+
+Traffic per (batch, step, head), in bytes (bf16): walk 1 reads x (128) and
+writes S (256); walk 2 reads dy (128) and S (256) and writes dS (256); the
+output side reads x, dy (256) and S (256); the input side reads x, dy (256) and
+dS (256) and writes dx (128): 2176 bytes, 4.6 GB at the goal shape, 1.5 ms at
+3 TB/s. One chunk kernel for both sides would read x and dy once (1920 bytes),
+but holds too much: compiled for sm_90 (Triton 3.7) it needs 255 registers and
+spills 1.5 KB a thread at 8 warps. The two sides compile to 255 and 251
+registers with 28 and 0 bytes of spill; the walks to 178 and 185, no spill.
+Block sizes per case come from that compile (``benchmarks/sweep_ssd.py
+--compile``): float32 products and N = 256 take chunks of 32.
 """
 
 from __future__ import annotations
