@@ -352,7 +352,7 @@ def compile_all(shape=None):
     C = torch.empty_like(B)
     names = {kernel: ["_ssd_cb", "_ssd_fwd", "_ssd_seg_fix", "_ssd_bwd_states", "_ssd_bwd_dstates",
                       "_ssd_bwd_chunk"],
-             ssd_first: ["ssd_first_kernel"], ssd_ladder: ["ssd_rung1_kernel", "_ssd_cb"]}
+             ssd_first: ["ssd_first_kernel"], ssd_ladder: ["ssd_rung1_kernel", "ssd_rung2_kernel", "_ssd_cb"]}
     saved = {(m, n): getattr(m, n) for m, ns in names.items() for n in ns}
     sms = kernel._num_sms
     try:
@@ -361,6 +361,7 @@ def compile_all(shape=None):
         kernel._num_sms = lambda device: 132
         ssd_first.ssd_first(x, dt, A, B, C)
         ssd_ladder.ssd_rung1(x, dt, A, B, C)
+        ssd_ladder.ssd_rung2(x, dt, A, B, C)
         kernel.ssd_fwd(x, dt, A, B, C, 64, D=D)
         kernel.ssd_bwd(torch.empty_like(x), None, x, dt, A, B, C, 64, D=D)
     finally:
