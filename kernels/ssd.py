@@ -820,7 +820,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
         dD = dD.sum((0, 1))
         out["dD"] = (dD if D.dim() == 2 else dD.sum(-1)).to(dtypes["D"])
     if z is not None:
-        out["dz"] = dz
+        out["dz"] = dz.to(dtypes["z"])
     if dt_bias is not None:
         out["ddt_bias"] = ddt.sum((0, 1)).to(dtypes["dt_bias"])
     if initial_states is not None:
