@@ -413,9 +413,11 @@ def main():
     elif "--compile" in sys.argv:
         print(f"sm_90 offline compile, {SHAPE_NAME} bf16 (the launchers' choices)")
         print(f"{'kernel':24s} {'grid':>16s} warps stages regs spill(st/ld) smem")
-        for r in compile_all():
+        rows = compile_all()
+        for r in rows:
             print(f"{r['kernel']:24s} {str(tuple(r['grid'])):>16s} {r['warps']:5d} {r['stages']:6d} "
                   f"{r['registers']:4d} {r['spill_stores']:5d}/{r['spill_loads']:<5d} {r['shared_bytes']:7d}")
+        print("JSON " + json.dumps(rows))
     else:
         sweep()
 

@@ -93,17 +93,35 @@ def test_ssd_triton_gradients_float32(case):
     assert_close(got, ref, tolerance(torch.float32), str(case[:7]))
 
 
-@pytest.mark.parametrize("case", [CASES[3]] + CASES[5:], ids=lambda c: str(c[:7]))
-def test_ssd_triton_gradients_bfloat16(case):
-    """bfloat16 gradients within 2e-2 of the float32 kernel's on the same (rounded) inputs."""
+HALF = [(c, torch.bfloat16) for c in [CASES[3]] + CASES[5:]] + ([(CASES[5], torch.float16)] if ON_GPU else [])
+
+
+@pytest.mark.parametrize("case,dtype", HALF, ids=lambda c: str(c[:7]) if isinstance(c, tuple) else str(c))
+def test_ssd_triton_gradients_half(case, dtype):
+    """bfloat16 (and float16) gradients within 2e-2 of the float32 kernel's on the same (rounded) inputs."""
     *dims, chunk, options = case
     args, kw = make(*dims, seed=sum(dims) + 1, chunk=chunk, **options)
-    low = [a.bfloat16() for a in args]
-    low_kw = {k: (v.bfloat16() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    low = [a.to(dtype) for a in args]
+    low_kw = {k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     ref = grads("triton", torch.float32, [a.float() for a in low],
                 {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in low_kw.items()}, DEVICE)
-    got = grads("triton", torch.bfloat16, low, low_kw, DEVICE)
-    assert_close(got, ref, tolerance(torch.bfloat16), str(case[:7]))
+    got = grads("triton", dtype, low, low_kw, DEVICE)
+    assert_close(got, ref, tolerance(dtype), str(case[:7]))
+
+
+@pytest.mark.parametrize("n_seg", [1, 3])
+def test_ssd_fwd_output_before_the_gate(n_seg):
+    """With z, the forward also returns y + D x before the gate (the backward's dz needs it), segments too."""
+    from ssm_edu.kernels.ssd import ssd_fwd
+
+    args, kw = make(2, 100, 2, 3, 1, 4, seed=9, chunk=16, D="h", z=True, h0=True)
+    z = kw.pop("z")
+    ref = ssd(*args, **{k: v for k, v in kw.items() if k != "chunk_size"}, impl="naive")
+    args = [a.float().to(DEVICE) for a in args]
+    kw = {k: (v.float().to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    y, _, pre = ssd_fwd(*args, **kw, z=z.float().to(DEVICE), return_pre_gate=True, n_seg=n_seg)
+    assert rel_error(pre, ref) < 1e-5
+    assert rel_error(y, ref * torch.nn.functional.silu(z)) < 1e-5
 
 
 KNOBS = [dict(sides="fused"), dict(block_p=16, n_split=3), dict(sides="fused", block_p=16, n_split=2),
