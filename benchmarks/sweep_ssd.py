@@ -24,7 +24,7 @@ Robustness: the entries run in a worker subprocess. An entry that raises, or who
 wrong, is reported and skipped. A worker that dies (an illegal memory access poisons its CUDA
 context) takes only the entry it was running with it: the parent reports that one as crashed and
 starts a new worker at the next entry. Entries that would start after SSD_BUDGET seconds (default
-90) are skipped. SSD_ONLY=a,b keeps the entries whose name contains a or b; SSD_CRASH=name makes the
+90) are skipped, and one still running 30 s later is killed. SSD_ONLY=a,b keeps the entries whose name contains a or b; SSD_CRASH=name makes the
 worker die in that entry (to test this).
 
 Output: one line per entry as it finishes, a table last, and the log as JSON in
@@ -42,6 +42,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -250,6 +251,11 @@ def sweep():
             break
         proc = subprocess.Popen([sys.executable, __file__, "--worker", str(start)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        # a hard deadline: an entry still running 30 s past the budget (a long compile) is killed
+        watchdog = threading.Timer(max(1.0, t0 + BUDGET + 30 - time.time()), proc.kill)
+        watchdog.daemon = True
+        if not DRY:
+            watchdog.start()
         running = None
         for line in proc.stdout:
             if line.startswith("START "):
@@ -265,17 +271,22 @@ def sweep():
             elif line.startswith("SETUP "):
                 setup = json.loads(line[6:])
         proc.wait()
+        watchdog.cancel()
         err = proc.stderr.read()
         if running is None and proc.returncode and not rows:  # the set-up itself failed: say why and stop
             print(f"the worker failed before its first entry (exit {proc.returncode}):\n{err[-2000:]}", flush=True)
             break
-        if running is None or time.time() - t0 > BUDGET and not DRY:
+        if running is None:
             break
         group, name, what, _ = todo[running]  # the worker died in this entry: report it, go on after it
         tail = " | ".join(err.strip().splitlines()[-3:])[-300:]
+        late = time.time() - t0 > BUDGET and not DRY
+        why = f"killed at the time limit ({BUDGET:.0f} + 30 s)" if late else f"crashed (worker exit {proc.returncode})"
         rows[running] = dict(index=running, group=group, name=name, what=what, median_us=None,
-                             status=f"crashed (worker exit {proc.returncode}): {tail}")
+                             status=f"{why}: {tail}")
         _print_row(rows[running], time.time() - t0)
+        if late:
+            break
         start = running + 1
     for i, (group, name, what, _) in enumerate(todo):
         rows.setdefault(i, dict(index=i, group=group, name=name, what=what, median_us=None,
