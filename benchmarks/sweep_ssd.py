@@ -11,7 +11,8 @@ them (benchmarks/ssd.py's ``ssd_inputs``); chunk 64. Entries, in order of priori
 - ladder: the forward rungs of kernels/ssd_ladder.py (Δ as given, no options), each checked against
   ``ssd(impl="vectorized")`` in float32 on the same inputs (relative error < 2e-2), then timed;
 - fwd+bwd: ``ssd(impl="triton")`` forward and backward, gradients of x, dt, A, B, C, D checked
-  against the vectorized form's in float32; the backward alone, and its kernels one by one
+  against the vectorized form's in float32 (each error in the log; wrong above 0.1, as the suite's
+  check allows 10 times the bf16 tolerance); the backward alone, and its kernels one by one
   (``ssd_bwd``'s ``stop_after``); the backward's knobs;
 - forward knobs: ``ssd_fwd``'s chunk length, P block and warps;
 - peers: mamba_ssm's ``mamba_chunk_scan_combined`` (chunk 256) forward and fwd+bwd, when
@@ -158,6 +159,8 @@ def run_entry(st, group, name, knobs):
     from ssm_edu.kernels import ssd as kernel
 
     tol = ssm_edu.tolerance(torch.bfloat16)
+    grad_tol = 5 * tol  # bf16 gradients that are sums over L (dA) sit nearer 2e-2 than outputs do
+    names = ("dx", "ddt", "dA", "dB", "dC", "dD")
     args = (st.x, st.dt, st.A, st.B, st.C)
     if "rung" in knobs or "fwd" in knobs:
         if "rung" in knobs:
@@ -184,17 +187,15 @@ def run_entry(st, group, name, knobs):
             combined(*leaves[:5], 256, D=leaves[5]).backward(st.gy)
 
         fb()
-        err = max(float(ssm_edu.rel_error(t.grad.float(), r)) for t, r in zip(leaves, st.ref_grads()))
-        return st.time_us(fb), err, "fwd+bwd"
+        errs = {n: float(ssm_edu.rel_error(t.grad.float(), r)) for n, t, r in zip(names, leaves, st.ref_grads())}
+        return st.time_us(fb), errs, "fwd+bwd"
     if "bwd" in knobs:  # the backward alone (or its first kernels): checked through the full run
         gy = st.gy
         fn = functools.partial(kernel.ssd_bwd, gy, None, *args, 64, D=st.D, **knobs["bwd"])
         out = fn()
-        err = 0.0
-        if out is not None:
-            names = ("dx", "ddt", "dA", "dB", "dC", "dD")
-            err = max(float(ssm_edu.rel_error(out[k].float(), r)) for k, r in zip(names, st.ref_grads()))
-        return (st.time_us(fn) if err < tol else None), err, "bwd"
+        errs = {} if out is None else {k: float(ssm_edu.rel_error(out[k].float(), r))
+                                       for k, r in zip(names, st.ref_grads())}
+        return (st.time_us(fn) if max(errs.values(), default=0.0) < grad_tol else None), errs, "bwd"
     plain = kernel.ssd_bwd
     kernel.ssd_bwd = functools.partial(plain, **knobs.get("knobs", {}))
     try:
@@ -206,8 +207,8 @@ def run_entry(st, group, name, knobs):
             ssm_edu.ssd(*leaves[:5], D=leaves[5], impl="triton").backward(st.gy)
 
         fb()
-        err = max(float(ssm_edu.rel_error(t.grad.float(), r)) for t, r in zip(leaves, st.ref_grads()))
-        return (st.time_us(fb) if err < tol else None), err, "fwd+bwd"
+        errs = {n: float(ssm_edu.rel_error(t.grad.float(), r)) for n, t, r in zip(names, leaves, st.ref_grads())}
+        return (st.time_us(fb) if max(errs.values()) < grad_tol else None), errs, "fwd+bwd"
     finally:
         kernel.ssd_bwd = plain
 
@@ -226,8 +227,11 @@ def worker(start):
             row["rung"] = knobs["rung"]
         try:
             us, err, pass_ = run_entry(st, group, name, knobs)
+            worst = max(err.values(), default=0.0) if isinstance(err, dict) else err
             row.update(median_us=us, rel_error=err, pass_=pass_, floor_us=st.floor.get(pass_),
-                       status="ok" if us is not None else f"wrong (relative error {err:.2g})")
+                       status="ok" if us is not None else f"wrong (relative error {worst:.2g})")
+            if isinstance(err, dict) and err:  # gradients: the largest error, named
+                row["status"] += f" (largest gradient error {worst:.1e}, {max(err, key=err.get)})"
         except Exception as e:  # a compile error, a missing peer...: reported, the sweep goes on
             msg = str(e).strip().splitlines()
             row.update(median_us=None, status=f"failed: {type(e).__name__}: {msg[0][:200] if msg else ''}")
