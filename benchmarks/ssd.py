@@ -1,7 +1,20 @@
 """Benchmark rows of SSD (Mamba-2, chapter 8) and its peers (mamba_ssm, fla).
 
-Floor (``Context.floor_us``): x, y, B, C bytes in the input dtype; the chunked
-algorithm's tensor-core FLOPs. Forward plus backward: three times both.
+Floor (``Context.floor_us``), the larger of a memory and an arithmetic time:
+
+- forward: x and y (b·L·H·P each) and B, C (b·L·G·N each) in the input dtype
+  read or written once; the chunked algorithm's tensor-core FLOPs at Q = 64,
+  2·b·H·L·(Q·N + Q·P + 2·P·N): C Bᵀ, the diagonal block, the chunk state and
+  the off-diagonal output.
+- forward plus backward: three times both. The backward must read x, dy, B, C
+  and write dx, dB, dC (twice the forward's bytes), and its products are the
+  forward's, transposed, twice over (gradients of both operands of each).
+
+At the goal shape (B4 L4096 H128 P64 N128 G1, bf16) both are memory-bound:
+545 MB forward, 1.6 GB forward plus backward.
+
+Forward plus backward rows time ``y.backward(g)`` after the forward with x,
+dt, A, B, C, D requiring gradients (for fla, q, k, v and the log-decay g).
 """
 
 from __future__ import annotations
@@ -76,8 +89,10 @@ def bench_ssd(ctx: Context):
                     v = (x * dt[..., None]).to(x.dtype)
                     gate = dt * A  # (b, L, h): log of the decay
                 v.requires_grad_(grad)
+                gate.requires_grad_(grad)  # its gradient is SSD's dt and A gradients
                 ref_noD = ref - (D[:, None] * x).to(ref.dtype)  # fla has no D skip
-                yield peer_row(ctx, base | {"impl": "fla"}, lambda: gla(q, k, v, g=gate, scale=1.0)[0], ref_noD, [q, k, v])
+                yield peer_row(ctx, base | {"impl": "fla"}, lambda: gla(q, k, v, g=gate, scale=1.0)[0], ref_noD,
+                               [q, k, v, gate])
             except peers.Missing as why:
                 yield missing_row("ssd", "fla", pass_, shape, "bf16", str(why))
 

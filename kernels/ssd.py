@@ -64,9 +64,52 @@ Precision. Δ (with bias and softplus), the decays, the state and every
 accumulation are float32. In Triton's CPU interpreter, half-precision
 arithmetic is not supported: the launcher computes in float32 there.
 
-Gradients. ``ssd_triton`` is differentiable: its backward pass recomputes the
-forward with the chunked PyTorch code (``ssm_edu.ssd.ssd_vectorized``) in
-float32 and differentiates that. Correct, not fast.
+Backward. ``ssd_triton`` is differentiable; ``ssd_bwd`` runs the four steps in
+reverse in four launches:
+
+1. ``_ssd_bwd_states``, one program per (batch, head, P block): a forward walk
+   (steps 2 and 3 again) that stores the state entering every chunk, S_{k-1}.
+2. ``_ssd_bwd_dstates``, the same programs walking backwards: the state's
+   gradient passes from chunk to chunk as the state itself did, reversed,
+       dS_{k-1} = exp(α_k) dS_k + Σ_{t in k} exp(a⁺_t) dy_t C_tᵀ
+   from the final state's gradient; it stores dS_k for every chunk, the initial
+   state's gradient, exp(α_k) <dS_k, S_{k-1}> (the part of dL/dα_k that needs
+   both, α_k the chunk's total log-decay) and, with a gate, dz.
+3. ``_ssd_bwd_chunk``, output side, one program per (batch, chunk, group, split
+   of the group's heads), heads in turn: Σ_h M ∘ (dY X̄ᵀ), the gradient of C Bᵀ,
+   and with it dC and the diagonal part of dB; dC's part from S_{k-1}.
+4. ``_ssd_bwd_chunk``, input side: dX̄ = (M ∘ C Bᵀ)ᵀ dY + exp(α - a⁺_s) B dSᵀ,
+   then dx, dΔ (with the softplus and dt_bias), dD and dB's part from dS_k.
+dB and dC are sums over the heads of a group: a program loops over heads and
+writes one float32 part per split, summed afterwards, as are dA and dD.
+
+The decays' gradient. a_r = Δ_r A enters M[t, s] for every s < r <= t and every
+state that crosses step r, so dL/da_r sums exactly those pairs: within the
+chunk a cumulative sum of Z = dL/dM ∘ M down its columns, plus the parts through
+S_{k-1} and dS_k. Written instead as (all pairs to t) - (all pairs from s) summed
+over the chunk, it cancels: float32 dA and dt_bias then erred by up to 5e-6
+relative (1.2e-5 with the cancellation across chunks), ten times PyTorch's
+autograd on the same inputs; summed by pairs they match it (2e-7 to 6e-7).
+
+Recomputed, not stored (goal shape B4 L4096 H128 P64 N128 bf16, Q = 64). The
+forward saves its inputs only (and, with a gate, y before the gate, b L H P
+values like x, for dz). The chunk states are (b, c, H, P, N), 268 M numbers,
+537 MB in bf16: twice x. Storing them in the forward would cost that write and
+keep them alive until the backward; walk 1 recomputes them from x (268 MB) and
+B with P N multiply-adds per step. Their gradients are as large and only walk 2
+makes them. C Bᵀ (b c G Q² = 1 M numbers) is recomputed per chunk and group and
+shared by the group's 128 heads; the decays come from Δ in every kernel.
+
+Traffic per (batch, step, head), in bytes (bf16): walk 1 reads x (128) and
+writes S (256); walk 2 reads dy (128) and S (256) and writes dS (256); the
+output side reads x, dy (256) and S (256); the input side reads x, dy (256) and
+dS (256) and writes dx (128): 2176 bytes, 4.6 GB at the goal shape, 1.5 ms at
+3 TB/s. One chunk kernel for both sides would read x and dy once (1920 bytes),
+but holds too much: compiled for sm_90 (Triton 3.7) it needs 255 registers and
+spills 1.5 KB a thread at 8 warps. The two sides compile to 255 and 251
+registers with 28 and 0 bytes of spill; the walks to 178 and 185, no spill.
+Block sizes per case come from that compile (``benchmarks/sweep_ssd.py
+--compile``): float32 products and N = 256 take chunks of 32.
 """
 
 from __future__ import annotations
@@ -77,7 +120,7 @@ import triton.language as tl
 
 from ._launch import interpreting, next_pow2
 
-__all__ = ["ssd_triton", "ssd_fwd"]
+__all__ = ["ssd_triton", "ssd_fwd", "ssd_bwd"]
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -127,10 +170,10 @@ def _load_dt(dt_ptr, row, h, H, t_ok, bias, HAS_DT_BIAS: tl.constexpr, DT_SOFTPL
 @triton.jit
 def _ssd_fwd(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, CB_ptr, D_ptr, z_ptr, dt_bias_ptr, h0_ptr, y_ptr, hT_ptr, seg_a_ptr,
-    L, H, G, P, N, n_chunks, seg_len,
+    ypre_ptr, L, H, G, P, N, n_chunks, seg_len,
     HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_STATE: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STORE_PRE: tl.constexpr = False,
 ):
     pid = tl.program_id(0)  # batch * H + head
     seg = tl.program_id(2)  # segment of seg_len chunks (one segment unless the launcher splits L)
@@ -205,6 +248,8 @@ def _ssd_fwd(
                 y += x.to(tl.float32) * Dh[None, :]
             else:
                 y += x.to(tl.float32) * Dh
+        if STORE_PRE:  # y before the gate, for the backward pass's dz
+            tl.store(ypre_ptr + x_offs, y.to(ypre_ptr.dtype.element_ty), mask=mask_x)
         if HAS_Z:
             zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
@@ -219,10 +264,11 @@ def _ssd_fwd(
 
 @triton.jit
 def _ssd_seg_fix(
-    dt_ptr, A_ptr, C_ptr, z_ptr, dt_bias_ptr, seg_ptr, seg_a_ptr, y_ptr, hT_ptr,
+    dt_ptr, A_ptr, C_ptr, z_ptr, dt_bias_ptr, seg_ptr, seg_a_ptr, y_ptr, hT_ptr, ypre_ptr,
     L, H, G, P, N, n_chunks, seg_len, n_seg,
     HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
     STORE_FINAL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    STORE_PRE: tl.constexpr = False,
 ):
     """Segment k = 1, 2, ...: add what the state entering it contributes (steps 3 and 4 again).
 
@@ -274,6 +320,9 @@ def _ssd_seg_fix(
         corr = corr * tl.exp2(a_cum)[:, None]  # (Q, BLOCK_P)
         mask_x = t_ok[:, None] & p_ok[None, :]
         x_offs = (row[:, None] * H + h) * P + p[None, :]
+        if STORE_PRE:
+            pre = tl.load(ypre_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32) + corr
+            tl.store(ypre_ptr + x_offs, pre.to(ypre_ptr.dtype.element_ty), mask=mask_x)
         if HAS_Z:  # the gate multiplies the whole SSM output, the correction included
             zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
             corr = corr * zz * tl.sigmoid(zz)
@@ -296,22 +345,23 @@ def _smem_bytes(elem, Q, block_p, block_n, stages):
 
 
 def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-            initial_states=None, return_final_states=False,
+            initial_states=None, return_final_states=False, return_pre_gate=False,
             block_q=None, block_p=None, n_seg=None, num_warps=None, num_stages=None):
     """Launch the kernels. Returns (y, final_states or None), in x's dtype.
 
     Inputs as in ``ssm_edu.ssd`` (already validated); B and C are cast to x's
-    dtype. The keyword arguments after ``return_final_states`` override the
-    launch parameters (benchmarks and tests only).
+    dtype. With ``return_pre_gate`` (and z), also y before the gate, y + D x
+    (the backward pass's dz needs it), as a third result. The keyword
+    arguments after it override the launch parameters (benchmarks and tests only).
     """
     if x.dtype not in _SUPPORTED:
         raise ValueError(f"ssd(impl='triton') supports float32, bfloat16 and float16 x; got {x.dtype}")
     given = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in given):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
-        y, hT = ssd_fwd(f(x), f(dt), f(A), f(B), f(C), chunk_size, f(D), f(z), f(dt_bias), dt_softplus,
-                        f(initial_states), return_final_states, block_q, block_p, n_seg)
-        return y.to(x.dtype), None if hT is None else hT.to(x.dtype)
+        y, hT, *pre = ssd_fwd(f(x), f(dt), f(A), f(B), f(C), chunk_size, f(D), f(z), f(dt_bias), dt_softplus,
+                              f(initial_states), return_final_states, return_pre_gate, block_q, block_p, n_seg)
+        return (y.to(x.dtype), None if hT is None else hT.to(x.dtype), *(t.to(x.dtype) for t in pre))
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
@@ -354,6 +404,8 @@ def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_soft
                                **({} if interpreting() else dict(num_warps=4)))
 
     y = torch.empty_like(x)
+    pre = return_pre_gate and z is not None
+    y_pre = torch.empty_like(x) if pre else y
     store_state = return_final_states or n_seg > 1
     # each segment's last state (from h0 for the first, from zero for the others) and its total log2 decay
     seg_states = torch.empty(b, n_seg, H, P, N, device=x.device, dtype=torch.float32) if store_state else y
@@ -366,21 +418,415 @@ def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_soft
     flags = dict(HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
                  BLOCK_Q=Q, BLOCK_P=block_p, BLOCK_N=BLOCK_N, **extra)
     _ssd_fwd[(b * H, triton.cdiv(P, block_p), n_seg)](
-        x, dt, A, B, C, CB, D_, z_, bias_, h0_, y, seg_states, seg_a,
+        x, dt, A, B, C, CB, D_, z_, bias_, h0_, y, seg_states, seg_a, y_pre,
         L, H, G, P, N, n_chunks, seg_len,
         HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_H0=initial_states is not None,
-        STORE_STATE=store_state, **flags,
+        STORE_STATE=store_state, STORE_PRE=pre, **flags,
     )
+    extra_out = (y_pre,) if return_pre_gate else ()
     if n_seg == 1:
-        return y, (seg_states[:, 0].to(x.dtype) if return_final_states else None)
+        return (y, seg_states[:, 0].to(x.dtype) if return_final_states else None, *extra_out)
     final = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32) if return_final_states else y
     n_fix = n_seg if return_final_states else n_seg - 1  # program n_seg - 1 stores the final state
     _ssd_seg_fix[(b * H, triton.cdiv(P, block_p), n_fix)](
-        dt, A, C, z_, bias_, seg_states, seg_a, y, final,
-        L, H, G, P, N, n_chunks, seg_len, n_seg, STORE_FINAL=bool(return_final_states), **flags,
+        dt, A, C, z_, bias_, seg_states, seg_a, y, final, y_pre,
+        L, H, G, P, N, n_chunks, seg_len, n_seg, STORE_FINAL=bool(return_final_states), STORE_PRE=pre, **flags,
     )
-    return y, (final.to(x.dtype) if return_final_states else None)
+    return (y, final.to(x.dtype) if return_final_states else None, *extra_out)
 
+
+# ---------------------------------------------------------------- backward
+
+
+@triton.jit
+def _mm(a, b, IEEE: tl.constexpr):
+    """a @ b accumulated in float32: IEEE float32 products for float32 work, else tensor cores (a, b half)."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _mma(a, b, acc, IEEE: tl.constexpr):
+    """acc + a @ b, in place."""
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _chunk_decays(dt_ptr, row, h, H, t_ok, bias, A2, last, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
+    """Δ (Q,), the log2 decays a⁺ from the chunk's start to t (Q,) and the chunk's total (scalar)."""
+    dt = _load_dt(dt_ptr, row, h, H, t_ok, bias, HAS_DT_BIAS, DT_SOFTPLUS)
+    a_cum = tl.cumsum(dt * A2, axis=0)
+    return dt, a_cum, tl.sum(tl.where(last, a_cum, 0.0), axis=0)
+
+
+@triton.jit
+def _ssd_bwd_states(
+    x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, h0_ptr, st_ptr,
+    L, H, G, P, N, n_chunks,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Forward walk (steps 2 and 3 again): store the state entering every chunk, S_{k-1} (P, N), in st."""
+    pid = tl.program_id(0)  # batch * H + head
+    bi = pid // H
+    h = pid % H
+    g = h // (H // G)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    q = tl.arange(0, BLOCK_Q)
+    st_mask = (p < P)[:, None] & (n < N)[None, :]
+    last = q == BLOCK_Q - 1
+    A2 = tl.load(A_ptr + h).to(tl.float32) * 1.4426950408889634
+    bias = 0.0
+    if HAS_DT_BIAS:
+        bias = tl.load(dt_bias_ptr + h).to(tl.float32)
+    if HAS_H0:
+        S = tl.load(h0_ptr + (pid.to(tl.int64) * P + p[:, None]) * N + n[None, :], mask=st_mask, other=0.0)
+        S = S.to(tl.float32)  # (P, N)
+    else:
+        S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for c in range(0, n_chunks):
+        st_offs = (((bi * n_chunks + c) * H + h).to(tl.int64) * P + p[:, None]) * N + n[None, :]
+        tl.store(st_ptr + st_offs, S.to(st_ptr.dtype.element_ty), mask=st_mask)
+        t = c * BLOCK_Q + q
+        t_ok = t < L
+        row = (bi * L + t).to(tl.int64)
+        dt, a_cum, a_end = _chunk_decays(dt_ptr, row, h, H, t_ok, bias, A2, last, HAS_DT_BIAS, DT_SOFTPLUS)
+        xT = tl.load(x_ptr + (row[None, :] * H + h) * P + p[:, None], mask=(p < P)[:, None] & t_ok[None, :],
+                     other=0.0)  # Xᵀ (P, Q)
+        Bc = tl.load(B_ptr + (row[:, None] * G + g) * N + n[None, :], mask=t_ok[:, None] & (n < N)[None, :],
+                     other=0.0)  # (Q, N)
+        wB = Bc.to(tl.float32) * (tl.exp2(a_end - a_cum) * dt)[:, None]  # (Q, N)
+        S = S * tl.exp2(a_end) + _mm(xT, wB.to(xT.dtype), IEEE)  # (P, N)
+
+
+@triton.jit
+def _ssd_bwd_dstates(
+    dout_ptr, z_ptr, ypre_ptr, dz_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, dhT_ptr, st_ptr, dst_ptr, dh0_ptr, g_ptr,
+    L, H, G, P, N, n_chunks,
+    HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Reverse walk (step 3 backwards): store dS_k, the gradient of the state leaving every chunk k.
+
+    dS_{k-1} = exp(α_k) dS_k + Σ_{t in k} exp(a⁺_t) dy_t C_tᵀ, from dS_{c-1} = the final state's
+    gradient (or zero); dS_{-1} is the initial state's gradient. Also the part of dL/dα_k (α_k the
+    chunk's total log-decay) that needs both states, exp(α_k) <dS_k, S_{k-1}>, in g (this block of P);
+    and with z, dz from the output before the gate (ypre, stored by the forward pass).
+    """
+    pid = tl.program_id(0)  # batch * H + head
+    bi = pid // H
+    h = pid % H
+    g = h // (H // G)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    q = tl.arange(0, BLOCK_Q)
+    st_mask = (p < P)[:, None] & (n < N)[None, :]
+    last = q == BLOCK_Q - 1
+    A2 = tl.load(A_ptr + h).to(tl.float32) * 1.4426950408889634
+    bias = 0.0
+    if HAS_DT_BIAS:
+        bias = tl.load(dt_bias_ptr + h).to(tl.float32)
+    fin_offs = (pid.to(tl.int64) * P + p[:, None]) * N + n[None, :]
+    if HAS_DHT:
+        dS = tl.load(dhT_ptr + fin_offs, mask=st_mask, other=0.0).to(tl.float32)  # (P, N)
+    else:
+        dS = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        st_offs = (((bi * n_chunks + c) * H + h).to(tl.int64) * P + p[:, None]) * N + n[None, :]
+        tl.store(dst_ptr + st_offs, dS.to(dst_ptr.dtype.element_ty), mask=st_mask)
+        t = c * BLOCK_Q + q
+        t_ok = t < L
+        row = (bi * L + t).to(tl.int64)
+        dt, a_cum, a_end = _chunk_decays(dt_ptr, row, h, H, t_ok, bias, A2, last, HAS_DT_BIAS, DT_SOFTPLUS)
+        S_prev = tl.load(st_ptr + st_offs, mask=st_mask, other=0.0).to(tl.float32)
+        tl.store(g_ptr + ((bi * n_chunks + c) * H + h) * tl.num_programs(1) + tl.program_id(1),
+                 tl.exp2(a_end) * tl.sum(tl.sum(dS * S_prev, axis=1), axis=0))
+        offsT = (row[None, :] * H + h) * P + p[:, None]  # (P, Q)
+        maskT = (p < P)[:, None] & t_ok[None, :]
+        dyT = tl.load(dout_ptr + offsT, mask=maskT, other=0.0).to(tl.float32)  # dYᵀ (P, Q)
+        if HAS_Z:  # the gradient reaching the SSM output: dout ⊙ SiLU(z); and dz = dout ⊙ y_pre ⊙ SiLU'(z)
+            zT = tl.load(z_ptr + offsT, mask=maskT, other=0.0).to(tl.float32)
+            sT = tl.sigmoid(zT)
+            preT = tl.load(ypre_ptr + offsT, mask=maskT, other=0.0).to(tl.float32)
+            tl.store(dz_ptr + offsT, (dyT * preT * sT * (1.0 + zT * (1.0 - sT))).to(dz_ptr.dtype.element_ty),
+                     mask=maskT)
+            dyT = dyT * zT * sT
+        Cc = tl.load(C_ptr + (row[:, None] * G + g) * N + n[None, :], mask=t_ok[:, None] & (n < N)[None, :],
+                     other=0.0)  # (Q, N)
+        dyT = dyT * tl.exp2(a_cum)[None, :]
+        dS = dS * tl.exp2(a_end) + _mm(dyT.to(Cc.dtype), Cc, IEEE)
+    if STORE_DH0:
+        tl.store(dh0_ptr + fin_offs, dS, mask=st_mask)
+
+
+@triton.jit
+def _ssd_bwd_chunk(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr,
+    dx_ptr, ddt_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr, g_ptr,
+    L, H, G, P, N, n_chunks, heads_per_split,
+    SIDE: tl.constexpr, HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One chunk of one group, the heads of one split in turn: every gradient but the states'.
+
+    SIDE 1, the output side (reads the entering states S_prev): dC, and C Bᵀ's gradient; SIDE 2, the
+    input side (reads the leaving states' gradients dS): dx, dD, dB; SIDE 0 both.
+    Each writes its part of dL/dΔ and dL/dA (summed by the launcher); the part of dL/dα that needs both
+    S_prev and dS comes from the reverse walk, in g.
+    (Q, Q) tiles are transposed, [s, t]: s the input step, t the output step (t >= s).
+    """
+    OUT: tl.constexpr = SIDE != 2
+    IN: tl.constexpr = SIDE != 1
+    pid = tl.program_id(0)  # batch * n_chunks + chunk
+    g = tl.program_id(1)
+    part = tl.program_id(2)  # split * (blocks of head dims) + block
+    n_part = tl.num_programs(2)
+    n_pb = tl.cdiv(P, BLOCK_P)
+    split = part // n_pb
+    pb = part % n_pb
+    bi = pid // n_chunks
+    c = pid % n_chunks
+    q = tl.arange(0, BLOCK_Q)
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    t = c * BLOCK_Q + q
+    t_ok = t < L
+    p_ok = p < P
+    row = (bi * L + t).to(tl.int64)  # (Q,)
+    last = q == BLOCK_Q - 1
+    causal = q[None, :] >= q[:, None]  # [s, t]: t >= s
+    mask_bc = t_ok[:, None] & (n < N)[None, :]
+    bc_offs = (row[:, None] * G + g) * N + n[None, :]
+    Bc = tl.load(B_ptr + bc_offs, mask=mask_bc, other=0.0)  # (Q, N)
+    Cc = tl.load(C_ptr + bc_offs, mask=mask_bc, other=0.0)
+    dot_t = Bc.dtype
+    CBt = _mm(Bc, tl.trans(Cc), IEEE)  # [s, t] = B_s · C_t (the forward's C Bᵀ, transposed)
+    dCBt = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)  # Σ over the heads of dL/d(C Bᵀ), transposed
+    dB = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    dC = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    mask_x = t_ok[:, None] & p_ok[None, :]
+    st_mask = p_ok[:, None] & (n < N)[None, :]
+    x_tile = q[:, None] * (H * P) + p[None, :]  # (Q, BLOCK_P) offsets in (b, L, H, P)
+    st_tile = p[:, None] * N + n[None, :]  # (BLOCK_P, N) offsets in (b, c, H, P, N)
+    row0 = (bi * L + c * BLOCK_Q).to(tl.int64)  # the chunk's first (batch, time) row
+    part_offs = pb * tl.num_programs(0) + pid  # this block of head dims' (b, c) slot of dA
+    HG = H // G
+    h_first = g * HG + split * heads_per_split
+    for h in range(h_first, h_first + tl.minimum(heads_per_split, HG - split * heads_per_split)):
+        A = tl.load(A_ptr + h).to(tl.float32)
+        raw = tl.load(dt_ptr + row0 * H + h + q * H, mask=t_ok, other=0.0).to(tl.float32)
+        if HAS_DT_BIAS:
+            raw += tl.load(dt_bias_ptr + h).to(tl.float32)
+        dt = raw
+        if DT_SOFTPLUS:
+            u = tl.exp(tl.minimum(raw, 20.0))
+            v = 1.0 + u
+            dt = tl.where(raw > 20.0, raw, tl.where(v == 1.0, u, tl.log(v) * (u / (v - 1.0))))
+        dt = tl.where(t_ok, dt, 0.0)  # (Q,) Δ
+        a_cum = tl.cumsum(dt * (A * 1.4426950408889634), axis=0)  # log2 decay from the chunk's start to t
+        a_end = tl.sum(tl.where(last, a_cum, 0.0), axis=0)
+        x_offs = (row0 * H + h) * P + x_tile
+        x = tl.load(x_ptr + x_offs, mask=mask_x, other=0.0)
+        xf = x.to(tl.float32)
+        dy = tl.load(dout_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)  # dL/d(y_ssm + D x)
+        if HAS_D:
+            if D_PER_DIM:
+                Dh = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0).to(tl.float32)[None, :]
+            else:
+                Dh = tl.load(D_ptr + h).to(tl.float32)
+        xb = xf * dt[:, None]  # X̄ = Δ x (Q, BLOCK_P)
+        xb_op = xb.to(dot_t)
+        dy_op = dy.to(dot_t)
+        s_offs = ((bi * n_chunks + c) * H + h).to(tl.int64) * (P * N) + st_tile
+        # step 1 backwards: the diagonal block T = M ∘ C Bᵀ, transposed
+        Lt = tl.exp2(tl.where(causal, a_cum[None, :] - a_cum[:, None], float("-inf")))  # [s, t] decay s -> t
+        Wt = (Lt * CBt).to(dot_t)
+        da = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dL/da_r, a_r = Δ_r A (natural log units)
+        ddt = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dL/dΔ through X̄ = Δ x
+        if OUT:
+            dCBt_h = Lt * _mm(xb_op, tl.trans(dy_op), IEEE)  # [s, t] = M[t, s] x̄_s · dy_t
+            dCBt += dCBt_h
+            # a_r enters M[t, s] for s < r <= t: dL/da_r sums Z = dL/dM ∘ M over those (s, t), no cancellation
+            Z = dCBt_h * CBt
+            da = tl.sum(tl.where(causal, tl.cumsum(Z, axis=0) - Z, 0.0), axis=1)  # row r: Σ_{s < r}, t >= r
+            # step 4 backwards: the entering state, read out by C_t, decayed by from_start[t] (a_r for r <= t)
+            S_prev = tl.load(st_ptr + s_offs, mask=st_mask, other=0.0)  # (BLOCK_P, N)
+            from_start = tl.exp2(a_cum)  # (Q,)
+            y_off = _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]  # (Q, BLOCK_P)
+            dC = _mma((dy * from_start[:, None]).to(dot_t), S_prev, dC, IEEE)  # (Q, N)
+            da += tl.cumsum(tl.sum(dy * y_off, axis=1), axis=0, reverse=True)
+        if IN:
+            dxb = _mm(Wt, dy_op, IEEE)  # dL/dX̄ (Q, BLOCK_P), diagonal part
+            # step 2 backwards: X̄_s reaches the state leaving the chunk decayed by to_end[s] (a_r for r > s)
+            dS = tl.load(dst_ptr + s_offs, mask=st_mask, other=0.0)  # (BLOCK_P, N)
+            to_end = tl.exp2(a_end - a_cum)  # (Q,)
+            dxb_s = _mm(Bc, tl.trans(dS), IEEE) * to_end[:, None]
+            dB = _mma((xf * (dt * to_end)[:, None]).to(dot_t), dS, dB, IEEE)  # (Q, N)
+            col = tl.sum(xb * dxb_s, axis=1)  # (Q,)
+            da += tl.cumsum(col, axis=0) - col  # Σ_{s < r}
+            # step 3 backwards: S_k = exp(α_k) S_prev + ..., and every a_r of the chunk is in α_k
+            if pb == 0:
+                da += tl.load(g_ptr + pid * H + h)  # exp(α_k) <dS, S_prev>, from the reverse walk
+            dxb += dxb_s
+            ddt = tl.sum(xf * dxb, axis=1)
+            dx = dxb * dt[:, None]
+            if HAS_D:
+                dx += dy * Dh
+                tl.store(dD_ptr + ((bi * n_chunks + c) * H + h) * P + p, tl.sum(dy * xf, axis=0), mask=p_ok)
+            tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask_x)
+        ddt += A * da  # dL/dΔ
+        if DT_SOFTPLUS:
+            ddt = tl.where(raw > 20.0, ddt, ddt * tl.sigmoid(raw))
+        tl.store(ddt_ptr + pb * (L * H * tl.num_programs(0) // n_chunks) + row0 * H + h + q * H, ddt, mask=t_ok)
+        tl.store(dA_ptr + part_offs * H + h, tl.sum(dt * da, axis=0))
+
+    offs = ((row[:, None] * n_part + part) * G + g) * N + n[None, :]  # (b, L, n_part, G, N)
+    if OUT:  # C Bᵀ's gradient, summed over the heads: dB_s += Σ_t dCBt[s, t] C_t, dC_t += Σ_s dCBt[s, t] B_s
+        dB = _mma(dCBt.to(dot_t), Cc, dB, IEEE)
+        dC = _mma(tl.trans(dCBt).to(dot_t), Bc, dC, IEEE)
+        tl.store(dC_ptr + offs, dC, mask=mask_bc)
+    tl.store(dB_ptr + offs, dB, mask=mask_bc)
+
+
+def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+            initial_states=None, y_pre=None, block_q=None, block_p=None, n_split=None, sides=None,
+            num_warps=None, num_stages=None, stop_after=None):
+    """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
+
+    dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
+    ddt_bias, dinitial_states when those inputs are given, each in its input's dtype. With z, y_pre is
+    the forward's output before the gate (``ssd_fwd(..., return_pre_gate=True)``; recomputed if None).
+    The keyword arguments after it override the launch parameters (benchmarks and tests only):
+    ``sides`` "split" runs the chunk kernel's output and input sides as two launches, "fused" as one;
+    ``stop_after`` ("states", "dstates" or "side1") returns None after that launch (to time the kernels).
+    """
+    given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
+    knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, sides=sides, num_warps=num_warps,
+                 num_stages=num_stages, stop_after=stop_after)
+    if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
+        f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
+        grads = ssd_bwd(f(dy), f(dhT), chunk_size=chunk_size, dt_softplus=dt_softplus, y_pre=f(y_pre),
+                        **{k: f(t) for k, t in given.items()}, **knobs)
+        return None if grads is None else {k: v.to(given[k[1:]].dtype) for k, v in grads.items()}
+    b, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    dtypes = {k: t.dtype for k, t in given.items() if t is not None}
+    if z is not None and y_pre is None:
+        y_pre = ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states,
+                        return_pre_gate=True)[2]
+    x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
+    B, C = B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous()
+    dy = torch.zeros_like(x) if dy is None else dy.to(x.dtype).contiguous()
+    ieee = x.dtype == torch.float32
+    BLOCK_N = max(16, next_pow2(N))
+    BLOCK_P = max(16, next_pow2(P))
+    # registers of the chunk kernel (offline sm_90 compile): float32 products and N = 256 take Q <= 32
+    q_max = 32 if (ieee or BLOCK_N > 128) and not interpreting() else 64
+    Q = block_q or min(max(next_pow2(chunk_size), 16), q_max)
+    n_chunks = triton.cdiv(L, Q)
+    dev = x.device
+    sides = sides or "split"
+    side_ids = (1, 2) if sides == "split" else (0,)
+    # blocks of head dims per side (registers: the input side, and the output side with z, take 32)
+    if block_p:
+        side_p = {i: block_p for i in side_ids}
+    elif q_max == 32:
+        side_p = {i: 16 for i in side_ids}
+    else:
+        side_p = {0: min(BLOCK_P, 32), 1: min(BLOCK_P, 32 if z is not None else 64), 2: min(BLOCK_P, 32)}
+    n_pb = {i: triton.cdiv(P, side_p[i]) for i in side_ids}
+    if interpreting():
+        walk_p, extra, n_split = min(BLOCK_P, 32), {}, n_split or 1
+    else:
+        sms = _num_sms(dev)
+        walk_p = 64 if BLOCK_P >= 64 and b * H >= 2 * sms else min(BLOCK_P, 32)
+        if ieee:  # float32 products are FMA loops: smaller tiles (offline sm_90 compile)
+            walk_p = min(walk_p, 16 if BLOCK_N > 128 else 32)
+        extra = dict(num_warps=4, num_stages=2)
+        if n_split is None:  # enough programs of the chunk kernel to fill the GPU twice
+            n_split = max(1, min(H // G, triton.cdiv(2 * sms, b * n_chunks * G * min(n_pb.values()))))
+    HG = H // G
+    n_split = min(n_split, HG)
+    heads_per_split = triton.cdiv(HG, n_split)
+    n_split = triton.cdiv(HG, heads_per_split)  # no empty split
+    n_walk = triton.cdiv(P, walk_p)
+
+    # the states entering each chunk and the gradients of those leaving it: (b, c, H, P, N), x's dtype
+    states = torch.empty(b, n_chunks, H, P, N, device=dev, dtype=x.dtype)
+    dstates = torch.empty_like(states)
+    f32 = dict(device=dev, dtype=torch.float32)
+    dh0 = torch.empty(b, H, P, N, **f32) if initial_states is not None else states
+    g_alpha = torch.empty(b, n_chunks, H, n_walk, **f32)  # exp(α_k) <dS_k, S_{k-1}>, per block of P
+    dummy = x
+    bias_ = dummy if dt_bias is None else dt_bias.contiguous()
+    z_ = dummy if z is None else z.contiguous()
+    walk = dict(HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
+                BLOCK_Q=Q, BLOCK_P=walk_p, BLOCK_N=BLOCK_N, **extra)
+    grid = (b * H, n_walk)
+    _ssd_bwd_states[grid](
+        x, dt, A, B, bias_, dummy if initial_states is None else initial_states.contiguous(), states,
+        L, H, G, P, N, n_chunks, HAS_H0=initial_states is not None, **walk)
+    if stop_after == "states":
+        return None
+    dz = torch.empty_like(x) if z is not None else dummy
+    _ssd_bwd_dstates[grid](
+        dy, z_, dummy if z is None else y_pre.to(x.dtype).contiguous(), dz, dt, A, C, bias_, dummy if dhT is None else dhT.contiguous(), states, dstates, dh0, g_alpha,
+        L, H, G, P, N, n_chunks, HAS_Z=z is not None, HAS_DHT=dhT is not None,
+        STORE_DH0=initial_states is not None, **walk)
+    if stop_after == "dstates":
+        return None
+    g_alpha = g_alpha.sum(-1)  # (b, c, H)
+
+    dx = torch.empty_like(x)
+    dD = torch.empty(b, n_chunks, H, P, **f32) if D is not None else dummy
+    dC = torch.empty(b, L, n_split * n_pb[side_ids[0]], G, N, **f32)
+    ddt, dA, dB = [], [], []  # parts, per side and block of head dims
+    # software pipelining of the head loop's loads (one program per SM: its latency is not hidden otherwise);
+    # stages per side from the offline sm_90 compile: no spills at 2 (input side), 28 bytes at 3 (output side)
+    stages = {0: 2, 1: 3, 2: 2} if num_stages is None else {i: num_stages for i in (0, 1, 2)}
+    for side in side_ids:
+        n_part = n_split * n_pb[side]
+        ddt.append(torch.empty(n_pb[side], b, L, H, **f32))
+        dA.append(torch.empty(n_pb[side], b * n_chunks, H, **f32))
+        dB.append(torch.empty(b, L, n_part, G, N, **f32))
+        chunk_extra = {} if interpreting() else dict(num_warps=num_warps or 8, num_stages=stages[side])
+        _ssd_bwd_chunk[(b * n_chunks, G, n_part)](
+            x, dt, A, B, C, dummy if D is None else D.contiguous(), z_, dy, bias_, states, dstates,
+            dx, ddt[-1], dA[-1], dD, dB[-1], dC, g_alpha,
+            L, H, G, P, N, n_chunks, heads_per_split,
+            SIDE=side, HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
+            HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
+            BLOCK_Q=Q, BLOCK_P=side_p[side], BLOCK_N=BLOCK_N, **chunk_extra)
+        if stop_after == f"side{side}":
+            return None
+
+    ddt = sum(part.sum(0) for part in ddt)
+    dA = sum(part.sum((0, 1)) for part in dA)
+    dB = sum(part.sum(2) for part in dB)
+    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.to(dtypes["A"]), dB=dB.to(dtypes["B"]),
+               dC=dC.sum(2).to(dtypes["C"]))
+    if D is not None:
+        dD = dD.sum((0, 1))
+        out["dD"] = (dD if D.dim() == 2 else dD.sum(-1)).to(dtypes["D"])
+    if z is not None:
+        out["dz"] = dz.to(dtypes["z"])
+    if dt_bias is not None:
+        out["ddt_bias"] = ddt.sum((0, 1)).to(dtypes["dt_bias"])
+    if initial_states is not None:
+        out["dinitial_states"] = dh0.to(dtypes["initial_states"])
+    return out
 
 _NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
@@ -389,42 +835,24 @@ class _SSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, chunk_size, dt_softplus, return_final_states, *tensors):
         kw = dict(zip(_NAMES, tensors))
-        y, hT = ssd_fwd(chunk_size=chunk_size, dt_softplus=dt_softplus,
-                        return_final_states=return_final_states, **kw)
-        ctx.save_for_backward(*tensors)
+        y, hT, y_pre = ssd_fwd(chunk_size=chunk_size, dt_softplus=dt_softplus,
+                               return_final_states=return_final_states, return_pre_gate=True, **kw)
+        ctx.save_for_backward(*tensors, y_pre if kw["z"] is not None else None)
         ctx.chunk_size, ctx.dt_softplus = chunk_size, dt_softplus
         ctx.set_materialize_grads(False)
         return (y, hT) if return_final_states else y
 
     @staticmethod
     def backward(ctx, gy, ghT=None):
-        from ssm_edu.ssd import ssd_vectorized
-
-        saved = ctx.saved_tensors
+        *tensors, y_pre = ctx.saved_tensors
+        grads = ssd_bwd(gy, ghT, chunk_size=ctx.chunk_size, dt_softplus=ctx.dt_softplus, y_pre=y_pre,
+                        **dict(zip(_NAMES, tensors)))
         needs = ctx.needs_input_grad[3:]
-        work = [None if t is None else t.detach().float().requires_grad_(nd) for t, nd in zip(saved, needs)]
-        with torch.enable_grad():
-            kw = dict(zip(_NAMES, work))
-            y, hT = ssd_vectorized(chunk_size=ctx.chunk_size, dt_softplus=ctx.dt_softplus,
-                                   return_final_states=True, **kw)
-            outs, grads_out = [], []
-            if gy is not None:
-                outs.append(y)
-                grads_out.append(gy.float())
-            if ghT is not None:
-                outs.append(hT)
-                grads_out.append(ghT.float())
-            wanted = [t for t, nd in zip(work, needs) if t is not None and nd]
-            grads = torch.autograd.grad(outs, wanted, grads_out, allow_unused=True) if outs and wanted else []
-        grads = iter(grads)
-        result = []
-        for t, w, nd in zip(saved, work, needs):
-            if t is None or not nd:
-                result.append(None)
-            else:
-                gr = next(grads)
-                result.append(None if gr is None else gr.to(t.dtype))
-        return (None, None, None, *result)
+        return (None, None, None, *(grads.get(_GRAD[k]) if nd else None for k, nd in zip(_NAMES, needs)))
+
+
+_GRAD = {"x": "dx", "dt": "ddt", "A": "dA", "B": "dB", "C": "dC", "D": "dD", "z": "dz", "dt_bias": "ddt_bias",
+         "initial_states": "dinitial_states"}
 
 
 def ssd_triton(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,

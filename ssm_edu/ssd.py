@@ -58,7 +58,10 @@ __all__ = [
     "ssd_chunk_states",
     "ssd_state_passing",
     "ssd_off_diagonal",
+    "ssd_chunk_cb",
     "effective_dt",
+    "ssd_ladder_log",
+    "ssd_ladder_rows",
 ]
 
 _FLOAT = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -232,6 +235,18 @@ def ssd_off_diagonal(C, a, states_in):
     return torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states_in, decay)
 
 
+def ssd_chunk_cb(B, C, chunk_size=64):
+    """C Bᵀ of every chunk and group: B, C (b, L, G, N) -> (b, c, G, Q, Q).
+
+    Entry [.., t, s] is C_t · B_s for steps t, s of the chunk (zero past L). It does
+    not depend on the head: the Triton kernels compute it once per chunk and group.
+    """
+    Q = chunk_size
+    pad = -B.shape[1] % Q
+    Bc, Cc = (F.pad(t, (0, 0, 0, 0, 0, pad)).unflatten(1, (-1, Q)) for t in (B, C))  # (b, c, Q, G, N)
+    return torch.einsum("bctgn,bcsgn->bcgts", Cc, Bc)
+
+
 def _to_chunks(x, dt, B, C, Q):
     """Pad L to a multiple of Q and cut into chunks; padded steps have Δ = 0 (decay 1, no input)."""
     L = x.shape[1]
@@ -331,3 +346,40 @@ def ssd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus
     if return_final_states:
         return out[0].to(x.dtype), out[1].to(x.dtype)
     return out.to(x.dtype)
+
+
+# ---------------------------------------------------------------- measured: the Triton kernels (chapter 8)
+
+
+def ssd_ladder_log(path=None):
+    """The GPU sweep's log (``benchmarks/sweep_ssd.py``) as a dict, or None where none is stored.
+
+    By default the newest ``book/data/benchmarks/logs/sweep_ssd-<gpu>.json`` measured on a GPU
+    (a copy of ``ssm_edu`` installed without the book's data has none); ``path`` reads that file.
+    """
+    import json
+    import pathlib
+
+    from .results import DATA
+
+    if path is not None:
+        return json.loads(pathlib.Path(path).read_text())
+    logs = DATA / "logs"
+    found = [json.loads(p.read_text()) for p in sorted(logs.glob("sweep_ssd-*.json"))] if logs.is_dir() else []
+    found = [log for log in found if not log.get("dry")]
+    return max(found, key=lambda log: log["date"]) if found else None
+
+
+def ssd_ladder_rows(log, group="ladder"):
+    """One dict per entry of ``group`` in a sweep log: name, what changed, the median time in µs (None
+    if it was not measured), the fraction of the roofline floor, and the speed-up over the entry before."""
+    rows, before = [], None
+    for e in log["entries"]:
+        if e["group"] != group:
+            continue
+        us, floor = e.get("median_us"), e.get("floor_us")
+        rows.append(dict(name=e["name"], what=e["what"], us=us, status=e["status"],
+                         fraction=floor / us if us and floor else None,
+                         speedup=before / us if us and before else None))
+        before = us or before
+    return rows

@@ -64,6 +64,10 @@ SOLUTIONS = {
         lambda a: torch.exp(torch.cumsum(torch.tril(a[..., :, None].expand(*a.shape, a.shape[-1]), -1), -2)).tril(),
         lambda a: torch.exp(a.cumsum(-1)[..., :, None] - a.cumsum(-1)[..., None, :]).tril(),  # cs_t - cs_s: cancels
     ),
+    "ch08.first_kernel_cb": (  # a Triton kernel: the interpreter on a CPU
+        lambda *args: _ssd_rung1(*args),
+        lambda x, dt, A, B, C, CB: _ssd_rung1(x, dt, A, B, C, CB.transpose(-1, -2)),  # C Bᵀ read transposed
+    ),
     "ch09.trapezoid_weights": (
         lambda dt, A, lam: (torch.exp(dt * A), (1 - lam) * dt * torch.exp(dt * A), lam * dt),
         lambda dt, A, lam: (torch.exp(dt * A), (1 - lam) * dt, lam * dt),  # β not decayed by the step
@@ -90,6 +94,15 @@ SOLUTIONS = {
         lambda K, beta: torch.linalg.inv(torch.eye(K.shape[-2], dtype=K.dtype) + torch.tril(K @ K.mT, -1)),  # β left out
     ),
 }
+
+
+def _ssd_rung1(x, dt, A, B, C, CB):
+    """Rung 1 of chapter 8's ladder on the device, from the check's float64 CPU tensors."""
+    import ssm_edu
+    from ssm_edu.kernels.ssd_ladder import ssd_rung1
+
+    dev = ssm_edu.default_device()
+    return ssd_rung1(*(t.to(dev, torch.float32) for t in (x, dt, A, B, C, CB))).cpu()
 
 
 def test_every_exercise_has_test_solutions():

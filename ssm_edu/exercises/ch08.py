@@ -39,3 +39,56 @@ register(Exercise(
     "exact on paper but cancels catastrophically in float32 once the prefix sums are large.",
     tol=5e-7,
 ))
+
+
+def _first_kernel_cases(gen):
+    """Float64 CPU inputs of ssd (Δ > 0 as given) and C Bᵀ per chunk of 64 steps and group."""
+    from ..ssd import ssd_chunk_cb
+
+    def case(b, L, H, P, G, N, scale=1.0):
+        x = torch.randn(b, L, H, P, generator=gen, dtype=torch.float64)
+        dt = 0.05 + 0.5 * torch.rand(b, L, H, generator=gen, dtype=torch.float64)
+        A = -(0.2 + 2 * torch.rand(H, generator=gen, dtype=torch.float64))
+        B, C = (0.5 * torch.randn(b, L, G, N, generator=gen, dtype=torch.float64) for _ in range(2))
+        return x, dt, A, B, C, scale * ssd_chunk_cb(B, C, 64)
+
+    return [
+        ("a single step (L = 1), N = 1, one head", case(1, 1, 1, 1, 1, 1)),
+        ("L = 70: a whole chunk and a partial one; 4 heads in 2 groups", case(2, 70, 4, 5, 2, 3)),
+        ("P = 17, N = 20: not powers of two", case(1, 40, 2, 17, 1, 20)),
+        ("three chunks, batch 2, 3 heads sharing one group", case(2, 150, 3, 4, 1, 8)),
+        ("CB = 2 C Bᵀ: the diagonal blocks must use the CB given", case(1, 90, 2, 3, 1, 4, scale=2.0)),
+    ]
+
+
+def _first_kernel_reference(x, dt, A, B, C, CB, Q=64):
+    """The chunked form with the diagonal blocks' scores read from CB (b, c, G, Q, Q): equal to ssd
+    when CB is C Bᵀ of every chunk; the states still come from B and C."""
+    from ..ssd import _heads, _to_chunks, ssd_chunk_states, ssd_off_diagonal, ssd_state_passing
+
+    b, L, H, P = x.shape
+    xc, dtc, Bc, Cc = _to_chunks(x, dt, _heads(B, H), _heads(C, H), Q)  # (b, c, Q, ...)
+    a = (dtc * A).permute(0, 3, 1, 2)  # (b, H, c, Q)
+    dtx = dtc[..., None] * xc
+    scores = CB.repeat_interleave(H // B.shape[2], dim=2)  # (b, c, H, Q, Q)
+    y = torch.einsum("bhcts,bchts,bcshp->bcthp", torch.exp(segsum(a)), scores, dtx)
+    states_in, _ = ssd_state_passing(ssd_chunk_states(Bc, a, dtx), a.sum(-1))
+    return (y + ssd_off_diagonal(Cc, a, states_in)).flatten(1, 2)[:, :L]
+
+
+register(Exercise(
+    name="ch08.first_kernel_cb",
+    signature="first_kernel_cb(x, dt, A, B, C, CB) -> y",
+    task="the first SSD kernel one rung up: read C Bᵀ from CB (b, c, G, 64, 64), chunk k's C Bᵀ of group g "
+    "at CB[b, k, g], instead of computing it in every head; x (b, L, H, P), dt (b, L, H) = Δ, A (H,), "
+    "B, C (b, L, G, N) -> y (b, L, H, P)",
+    reference=_first_kernel_reference,
+    cases=_first_kernel_cases,
+    hint="Start from ssd_first_kernel: add a CB_ptr argument, and in the loop over chunks replace the "
+    "product tl.dot(Ck, tl.trans(Bk)) by a load of the (64, 64) tile of chunk k and group g: its offset "
+    "in the contiguous (b, c, G, 64, 64) tensor is ((b * n_chunks + k) * G + g) * 64 * 64, plus "
+    "s[:, None] * 64 + s[None, :]. The check passes float64 CPU tensors: give your kernel float32 "
+    "ones on your device (the interpreter's on a CPU) and return y on the CPU.",
+    tol=1e-5,
+    outputs=("y",),
+))

@@ -1,0 +1,441 @@
+"""SSD (Mamba-2) on a GPU: the ladder from the first kernel to the library's, and forward plus backward.
+
+    python benchmarks/sweep_ssd.py            about 60-90 s on an H100 (compiles included)
+    SSD_DRY=1 python benchmarks/sweep_ssd.py  a dry run on a CPU: Triton's interpreter, a tiny shape
+    python benchmarks/sweep_ssd.py --compile  no GPU: compile every kernel for sm_90, print registers,
+                                              spills and shared memory
+
+Shape B4 L4096 H128 P64 N128 G1 (chapter 8's goal), bf16 x, B, C; float32 dt, A, D as Mamba2 passes
+them (benchmarks/ssd.py's ``ssd_inputs``); chunk 64. Entries, in order of priority:
+
+- ladder: the forward rungs of kernels/ssd_ladder.py (Δ as given, no options), each checked against
+  ``ssd(impl="vectorized")`` in float32 on the same inputs (relative error < 2e-2), then timed;
+- fwd+bwd: ``ssd(impl="triton")`` forward and backward, gradients of x, dt, A, B, C, D checked
+  against the vectorized form's in float32 (each error in the log; wrong above 0.1, as the suite's
+  check allows 10 times the bf16 tolerance); the backward alone, and its kernels one by one
+  (``ssd_bwd``'s ``stop_after``); the backward's knobs;
+- forward knobs: ``ssd_fwd``'s chunk length, P block and warps;
+- peers: mamba_ssm's ``mamba_chunk_scan_combined`` (chunk 256) forward and fwd+bwd, when
+  ``benchmarks/peers.py`` finds it (its autotuning compiles last).
+
+Timing: ``triton.testing.do_bench`` (warmup 25 ms, rep 100 ms, median). The floors are
+benchmarks/ssd.py's ``ssd_floor`` at the bandwidth measured by the suite's ``Context``.
+
+Robustness: the entries run in a worker subprocess. An entry that raises, or whose result is
+wrong, is reported and skipped. A worker that dies (an illegal memory access poisons its CUDA
+context) takes only the entry it was running with it: the parent reports that one as crashed and
+starts a new worker at the next entry. Entries that would start after SSD_BUDGET seconds (default
+90) are skipped, and one still running 30 s later is killed. SSD_ONLY=a,b keeps the entries whose name contains a or b; SSD_CRASH=name makes the
+worker die in that entry (to test this).
+
+Output: one line per entry as it finishes, a table last, and the log as JSON in
+``$OUT/sweep_ssd.json`` when OUT is set, else ``book/data/benchmarks/logs/sweep_ssd-<gpu>.json``,
+which chapter 8 reads (``ssm_edu.ssd.ssd_ladder_log``). A dry run writes the tests' fixture
+``tests/data/sweep_ssd_dry.json`` instead: interpreter timings are not measurements.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DRY = os.environ.get("SSD_DRY") == "1"
+if DRY:
+    os.environ["TRITON_INTERPRET"] = "1"
+if "--compile" in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "0"  # before the kernels are imported: compile, never interpret
+
+SHAPE = dict(b=1, L=80, h=2, p=16, n=16, g=1) if DRY else dict(b=4, L=4096, h=128, p=64, n=128, g=1)
+SHAPE_NAME = "B{b} L{L} H{h} P{p} N{n} G{g}".format(**SHAPE)
+BUDGET = float(os.environ.get("SSD_BUDGET", "90"))
+
+
+# --------------------------------------------------------------------------- the entries
+
+
+def entries():
+    """(group, name, what it is, knobs) in order of priority; the worker turns each into a run."""
+    from ssm_edu.kernels.ssd_ladder import RUNGS
+
+    out = [("ladder", name, f"{change} ({reason})", dict(rung=i))
+           for i, (name, change, reason, _, _) in enumerate(RUNGS)]
+    out += [
+        ("fwd+bwd", "default", "ssd(impl='triton'), forward and backward", {}),
+        ("backward", "backward alone", "ssd_bwd with the default launch", dict(bwd={})),
+        ("backward", "walks", "the forward walk (chunk states) and the reverse walk (their gradients)",
+         dict(bwd=dict(stop_after="dstates"))),
+        ("backward", "walks + output side", "... and the chunk kernel's output side",
+         dict(bwd=dict(stop_after="side1"))),
+        ("fwd+bwd", "sides fused", "the chunk kernel's two sides in one launch", dict(knobs=dict(sides="fused"))),
+        ("fwd+bwd", "1 stage", "no software pipelining of the chunk kernel's head loop",
+         dict(knobs=dict(num_stages=1))),
+        ("fwd+bwd", "P blocks of 64", "the input side on whole heads (spills)", dict(knobs=dict(block_p=64))),
+        ("fwd+bwd", "n_split 1", "every head of a group in one program", dict(knobs=dict(n_split=1))),
+        ("fwd+bwd", "n_split 4", "the heads of a group over 4 programs", dict(knobs=dict(n_split=4))),
+        ("fwd+bwd", "Q 32", "backward chunks of 32 (twice the state traffic)", dict(knobs=dict(block_q=32))),
+        ("forward", "Q 32", "ssd_fwd with chunks of 32", dict(fwd=dict(block_q=32))),
+        ("forward", "P blocks of 32", "ssd_fwd with two programs per head", dict(fwd=dict(block_p=32))),
+        ("forward", "8 warps", "ssd_fwd with 8 warps", dict(fwd=dict(num_warps=8))),
+        ("peer", "mamba_ssm fwd", "mamba_chunk_scan_combined, chunk 256", dict(peer="fwd")),
+        ("peer", "mamba_ssm fwd+bwd", "mamba_chunk_scan_combined, chunk 256", dict(peer="fwd+bwd")),
+    ]
+    only = os.environ.get("SSD_ONLY")
+    if only:
+        out = [e for e in out if any(s in e[1] for s in only.split(","))]
+    return out
+
+
+class Setup:
+    """Inputs, references and the timer, built once per worker."""
+
+    def __init__(self):
+        import torch
+
+        import ssm_edu
+        import benchmarks.suite  # noqa: F401  (first: it imports the per-operation modules in order)
+        from benchmarks.ssd import ssd_floor, ssd_inputs
+
+        self.torch, self.ssm_edu = torch, ssm_edu
+        dev = "cpu" if DRY else "cuda"
+        if DRY:
+            self.ctx = type("Ctx", (), {"device": torch.device("cpu")})()
+            self.floor = {"fwd": None, "fwd+bwd": None}
+            self.hbm = None
+        else:
+            from benchmarks.suite import Context
+
+            self.ctx = Context()
+            self.hbm = self.ctx.hbm_bytes_s / 1e12
+            s = SHAPE
+            self.floor = {p: ssd_floor(self.ctx, s["b"], s["L"], s["h"], s["p"], s["n"], s["g"], torch.bfloat16, p)
+                          for p in ("fwd", "fwd+bwd")}
+        s = SHAPE
+        self.x, self.dt, self.A, self.B, self.C, self.D = ssd_inputs(self.ctx, s["b"], s["L"], s["h"], s["p"],
+                                                                     s["n"], s["g"], torch.bfloat16)
+        self.dev = dev
+        f32 = [t.float() for t in (self.x, self.dt, self.A, self.B, self.C)]
+        with torch.no_grad():
+            self.ref_fwd = ssm_edu.ssd(*f32, impl="vectorized")  # the ladder: Δ = dt as given, no options
+        gen = torch.Generator(device=dev).manual_seed(7)
+        self.gy = torch.randn(self.x.shape, device=dev, generator=gen).to(torch.bfloat16)
+        self._ref_grads = None
+
+    def ref_grads(self):
+        """Gradients of the vectorized form in float32 on the same inputs (computed once, on demand)."""
+        if self._ref_grads is None:
+            torch = self.torch
+            leaves = [t.float().requires_grad_() for t in (self.x, self.dt, self.A, self.B, self.C, self.D)]
+            y = self.ssm_edu.ssd(*leaves[:5], D=leaves[5], impl="vectorized")
+            y.backward(self.gy.float())
+            self._ref_grads = [t.grad for t in leaves]
+            if not DRY:
+                torch.cuda.empty_cache()
+        return self._ref_grads
+
+    def time_us(self, fn):
+        if DRY:
+            t = time.perf_counter()
+            fn()
+            return 1e6 * (time.perf_counter() - t)
+        return self.ctx.time_us(fn)
+
+
+def _leaves(st):
+    return [t.detach().clone().requires_grad_() for t in (st.x, st.dt, st.A, st.B, st.C, st.D)]
+
+
+def run_entry(st, group, name, knobs):
+    """Check, then time, one entry: returns (median µs, relative error, pass)."""
+    torch, ssm_edu = st.torch, st.ssm_edu
+    from ssm_edu.kernels import ssd as kernel
+
+    tol = ssm_edu.tolerance(torch.bfloat16)
+    grad_tol = 5 * tol  # bf16 gradients that are sums over L (dA) sit nearer 2e-2 than outputs do
+    names = ("dx", "ddt", "dA", "dB", "dC", "dD")
+    args = (st.x, st.dt, st.A, st.B, st.C)
+    if "rung" in knobs or "fwd" in knobs:
+        if "rung" in knobs:
+            from ssm_edu.kernels.ssd_ladder import RUNGS
+
+            fn = functools.partial(RUNGS[knobs["rung"]][3], *args)
+        else:
+            fn = functools.partial(lambda **k: kernel.ssd_fwd(*args, chunk_size=64, **k)[0], **knobs["fwd"])
+        err = float(ssm_edu.rel_error(fn().float(), st.ref_fwd))
+        return (st.time_us(fn) if err < tol else None), err, "fwd"
+    if "peer" in knobs:
+        from benchmarks import peers
+
+        combined = peers.mamba_ssm("ops.triton.ssd_combined").mamba_chunk_scan_combined
+        if knobs["peer"] == "fwd":
+            fn = functools.partial(combined, *args, 256, D=st.D)
+            err = float(ssm_edu.rel_error(fn().float(), st.ref_fwd + (st.D[:, None] * st.x.float())))
+            return st.time_us(fn), err, "fwd"
+        leaves = _leaves(st)
+
+        def fb():
+            for t in leaves:
+                t.grad = None
+            combined(*leaves[:5], 256, D=leaves[5]).backward(st.gy)
+
+        fb()
+        errs = {n: float(ssm_edu.rel_error(t.grad.float(), r)) for n, t, r in zip(names, leaves, st.ref_grads())}
+        return st.time_us(fb), errs, "fwd+bwd"
+    if "bwd" in knobs:  # the backward alone (or its first kernels): checked through the full run
+        gy = st.gy
+        fn = functools.partial(kernel.ssd_bwd, gy, None, *args, 64, D=st.D, **knobs["bwd"])
+        out = fn()
+        errs = {} if out is None else {k: float(ssm_edu.rel_error(out[k].float(), r))
+                                       for k, r in zip(names, st.ref_grads())}
+        return (st.time_us(fn) if max(errs.values(), default=0.0) < grad_tol else None), errs, "bwd"
+    plain = kernel.ssd_bwd
+    kernel.ssd_bwd = functools.partial(plain, **knobs.get("knobs", {}))
+    try:
+        leaves = _leaves(st)
+
+        def fb():
+            for t in leaves:
+                t.grad = None
+            ssm_edu.ssd(*leaves[:5], D=leaves[5], impl="triton").backward(st.gy)
+
+        fb()
+        errs = {n: float(ssm_edu.rel_error(t.grad.float(), r)) for n, t, r in zip(names, leaves, st.ref_grads())}
+        return (st.time_us(fb) if max(errs.values()) < grad_tol else None), errs, "fwd+bwd"
+    finally:
+        kernel.ssd_bwd = plain
+
+
+def worker(start):
+    """Run the entries from ``start`` on, one JSON line each (the parent reads them)."""
+    st = Setup()
+    for i, (group, name, what, knobs) in enumerate(entries()):
+        if i < start:
+            continue
+        print(f"START {i}", flush=True)
+        if os.environ.get("SSD_CRASH") == name:  # testing the script: the worker dies in this entry
+            os._exit(3)
+        row = dict(index=i, group=group, name=name, what=what, knobs={k: v for k, v in knobs.items() if k != "rung"})
+        if "rung" in knobs:
+            row["rung"] = knobs["rung"]
+        try:
+            us, err, pass_ = run_entry(st, group, name, knobs)
+            worst = max(err.values(), default=0.0) if isinstance(err, dict) else err
+            row.update(median_us=us, rel_error=err, pass_=pass_, floor_us=st.floor.get(pass_),
+                       status="ok" if us is not None else f"wrong (relative error {worst:.2g})")
+            if isinstance(err, dict) and err:  # gradients: the largest error, named
+                row["status"] += f" (largest gradient error {worst:.1e}, {max(err, key=err.get)})"
+        except Exception as e:  # a compile error, a missing peer...: reported, the sweep goes on
+            msg = str(e).strip().splitlines()
+            row.update(median_us=None, status=f"failed: {type(e).__name__}: {msg[0][:200] if msg else ''}")
+        print("RESULT " + json.dumps(row), flush=True)
+    print("SETUP " + json.dumps(dict(hbm_tb_s=st.hbm, floor_us=st.floor)), flush=True)
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+def sweep():
+    import torch
+    import triton
+
+    t0 = time.time()
+    todo = entries()
+    rows, setup, start = {}, {}, 0
+    env = dict(os.environ)
+    while start < len(todo):
+        if time.time() - t0 > BUDGET and not DRY:
+            break
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", str(start)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        # a hard deadline: an entry still running 30 s past the budget (a long compile) is killed
+        watchdog = threading.Timer(max(1.0, t0 + BUDGET + 30 - time.time()), proc.kill)
+        watchdog.daemon = True
+        if not DRY:
+            watchdog.start()
+        running = None
+        for line in proc.stdout:
+            if line.startswith("START "):
+                running = int(line.split()[1])
+                if time.time() - t0 > BUDGET and not DRY:
+                    proc.kill()
+                    break
+            elif line.startswith("RESULT "):
+                row = json.loads(line[7:])
+                rows[row["index"]] = row
+                _print_row(row, time.time() - t0)
+                running = None
+            elif line.startswith("SETUP "):
+                setup = json.loads(line[6:])
+        proc.wait()
+        watchdog.cancel()
+        err = proc.stderr.read()
+        if running is None and proc.returncode and not rows:  # the set-up itself failed: say why and stop
+            print(f"the worker failed before its first entry (exit {proc.returncode}):\n{err[-2000:]}", flush=True)
+            break
+        if running is None:
+            break
+        group, name, what, _ = todo[running]  # the worker died in this entry: report it, go on after it
+        tail = " | ".join(err.strip().splitlines()[-3:])[-300:]
+        late = time.time() - t0 > BUDGET and not DRY
+        why = f"killed at the time limit ({BUDGET:.0f} + 30 s)" if late else f"crashed (worker exit {proc.returncode})"
+        rows[running] = dict(index=running, group=group, name=name, what=what, median_us=None,
+                             status=f"{why}: {tail}")
+        _print_row(rows[running], time.time() - t0)
+        if late:
+            break
+        start = running + 1
+    for i, (group, name, what, _) in enumerate(todo):
+        rows.setdefault(i, dict(index=i, group=group, name=name, what=what, median_us=None,
+                                status=f"skipped (time budget {BUDGET:.0f} s)"))
+    device = "cpu (Triton interpreter)" if DRY else torch.cuda.get_device_name()
+    log = dict(device=device, dry=DRY, date=datetime.date.today().isoformat(), torch=torch.__version__,
+               triton=triton.__version__, shape=SHAPE_NAME, dtype="bf16", chunk=64, **setup,
+               seconds=round(time.time() - t0, 1), entries=[rows[i] for i in sorted(rows)])
+    path = _log_path(device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(log, indent=1) + "\n")
+    _table(log)
+    print(f"log written to {path} ({log['seconds']:.0f} s)")
+    return log
+
+
+def _log_path(device):
+    if os.environ.get("OUT"):
+        return pathlib.Path(os.environ["OUT"]) / "sweep_ssd.json"
+    if DRY:  # interpreter timings are no measurement: the dry log is the tests' fixture, never book data
+        return ROOT / "tests" / "data" / "sweep_ssd_dry.json"
+    from benchmarks.suite import gpu_slug
+
+    return ROOT / "book" / "data" / "benchmarks" / "logs" / f"sweep_ssd-{gpu_slug(device)}.json"
+
+
+def _print_row(row, elapsed):
+    t = f"{row['median_us']:10.1f} us" if row.get("median_us") is not None else " " * 13
+    print(f"{row['group']:9s} {row['name']:22s} {t}  {row['status']}  [{elapsed:.0f} s]", flush=True)
+
+
+def _table(log):
+    print(f"---- {log['device']}, {log['shape']} bf16, torch {log['torch']}, triton {log['triton']}")
+    for row in log["entries"]:
+        us, floor = row.get("median_us"), row.get("floor_us")
+        frac = f"{100 * floor / us:5.1f}% of floor" if us and floor else ""
+        t = f"{us:10.1f} us" if us is not None else f"{'-':>13s}"
+        print(f"{row['group']:9s} {row['name']:22s} {t} {frac:>16s}  {row['status'][:60]}")
+
+
+# --------------------------------------------------------------------------- offline compile (no GPU)
+
+
+def compile_all(shape=None):
+    """Compile every kernel the entries launch for sm_90 (Triton's compiler, ptxas from its wheel):
+    registers, spill bytes (stores/loads), shared memory. Returns a list of rows."""
+    import inspect
+    import re
+    import tempfile
+
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ssm_edu.kernels import ssd as kernel
+    from ssm_edu.kernels import ssd_first, ssd_ladder
+
+    s = shape or dict(b=4, L=4096, h=128, p=64, n=128, g=1)
+    types = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    log = []
+
+    class Recorder:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: log.append((self.fn, grid, a, k))
+
+    meta = dict(device="meta")
+    x = torch.empty(s["b"], s["L"], s["h"], s["p"], dtype=torch.bfloat16, **meta)
+    dt, A, D = torch.empty(s["b"], s["L"], s["h"], **meta), torch.empty(s["h"], **meta), torch.empty(s["h"], **meta)
+    B = torch.empty(s["b"], s["L"], s["g"], s["n"], dtype=torch.bfloat16, **meta)
+    C = torch.empty_like(B)
+    names = {kernel: ["_ssd_cb", "_ssd_fwd", "_ssd_seg_fix", "_ssd_bwd_states", "_ssd_bwd_dstates",
+                      "_ssd_bwd_chunk"],
+             ssd_first: ["ssd_first_kernel"], ssd_ladder: ["ssd_rung1_kernel", "ssd_rung2_kernel", "_ssd_cb"]}
+    saved = {(m, n): getattr(m, n) for m, ns in names.items() for n in ns}
+    sms = kernel._num_sms
+    try:
+        for (m, n), f in saved.items():
+            setattr(m, n, Recorder(f))
+        kernel._num_sms = lambda device: 132
+        ssd_first.ssd_first(x, dt, A, B, C)
+        ssd_ladder.ssd_rung1(x, dt, A, B, C)
+        ssd_ladder.ssd_rung2(x, dt, A, B, C)
+        kernel.ssd_fwd(x, dt, A, B, C, 64, D=D)
+        kernel.ssd_bwd(torch.empty_like(x), None, x, dt, A, B, C, 64, D=D)
+    finally:
+        for (m, n), f in saved.items():
+            setattr(m, n, f)
+        kernel._num_sms = sms
+    out, seen = [], set()
+    binary = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for fn, grid, args, kwargs in log:
+        kwargs = dict(kwargs)
+        warps, stages = kwargs.pop("num_warps", 4), kwargs.pop("num_stages", 3)
+        sig, attrs, ce = {}, {}, {}
+        for i, (name, param) in enumerate(inspect.signature(fn.fn).parameters.items()):
+            v = args[i] if i < len(args) else kwargs.get(name, param.default)
+            if "constexpr" in str(param.annotation) or (name in kwargs and i >= len(args)):
+                sig[name], ce[name] = "constexpr", v
+            elif isinstance(v, torch.Tensor):
+                sig[name], attrs[(i,)] = "*" + types[v.dtype], [["tt.divisibility", 16]]
+            elif isinstance(v, int) and v == 1:
+                sig[name], ce[name] = "constexpr", 1
+            elif isinstance(v, int):
+                sig[name] = "i32"
+                if v % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+            else:
+                sig[name] = "fp32"
+        label = fn.fn.__name__ + (f" side {ce['SIDE']}" if "SIDE" in ce else "")
+        if label in seen:
+            continue
+        seen.add(label)
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
+                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+        with tempfile.TemporaryDirectory() as tmp:
+            ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+            with open(ptx, "w") as f:
+                f.write(k.asm["ptx"])
+            info = subprocess.run([os.path.join(binary, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o", cubin],
+                                  capture_output=True, text=True, check=True).stderr
+        regs = int(re.search(r"Used (\d+) registers", info).group(1))
+        spill = tuple(int(re.search(rf"(\d+) bytes spill {w}", info).group(1)) for w in ("stores", "loads"))
+        out.append(dict(kernel=label, grid=list(grid), warps=warps, stages=stages, registers=regs,
+                        spill_stores=spill[0], spill_loads=spill[1], shared_bytes=k.metadata.shared))
+    return out
+
+
+def main():
+    if "--worker" in sys.argv:
+        worker(int(sys.argv[sys.argv.index("--worker") + 1]))
+    elif "--compile" in sys.argv:
+        print(f"sm_90 offline compile, {SHAPE_NAME} bf16 (the launchers' choices)")
+        print(f"{'kernel':24s} {'grid':>16s} warps stages regs spill(st/ld) smem")
+        rows = compile_all()
+        for r in rows:
+            print(f"{r['kernel']:24s} {str(tuple(r['grid'])):>16s} {r['warps']:5d} {r['stages']:6d} "
+                  f"{r['registers']:4d} {r['spill_stores']:5d}/{r['spill_loads']:<5d} {r['shared_bytes']:7d}")
+        print("JSON " + json.dumps(rows))
+    else:
+        sweep()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The SSD kernels compile for an H100 without one (benchmarks/sweep_ssd.py --compile): every kernel the
+first kernel, the ladder, the forward and the backward launch at the goal shape (bf16), within the H100's
+227 KB of shared memory per block and with at most 64 bytes of spill per thread (the backward's output side
+spills 28 under Triton 3.7.1). A subprocess: the script turns the interpreter off before importing kernels."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+
+def test_ssd_kernels_compile_for_sm90_without_spilling():
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "sweep_ssd.py"
+    out = subprocess.run([sys.executable, str(script), "--compile"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.splitlines()[-1].removeprefix("JSON "))
+    names = {r["kernel"] for r in rows}
+    assert {"ssd_first_kernel", "ssd_rung1_kernel", "ssd_rung2_kernel", "_ssd_cb", "_ssd_fwd", "_ssd_bwd_states",
+            "_ssd_bwd_dstates", "_ssd_bwd_chunk side 1", "_ssd_bwd_chunk side 2"} <= names, names
+    for r in rows:
+        assert 0 < r["registers"] <= 255, r
+        assert r["spill_stores"] <= 64 and r["spill_loads"] <= 64, r
+        assert r["shared_bytes"] <= 227 * 1024, r
