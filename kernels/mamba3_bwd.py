@@ -66,8 +66,7 @@ __all__ = ["mamba3_bwd", "bwd_launch_config", "training_knobs"]
 MAX_ROWS = 64  # rows per chunk in training (the forward pass saves a state per chunk of this length)
 STATE_BLOCK_P = 32  # rows of the state per program of the reverse recurrence
 STATE_WARPS = 4
-CHUNK_WARPS = 8
-CHUNK_BLOCK_P = 32  # rows of the state per step of the chunk kernel's inner loop
+CHUNK_WARPS = 4
 HEADS = None  # heads per program of the chunk kernel (None: the whole group, no atomics)
 SHARED_KNOBS = ("lowp", "fast_trig", "f32_precision")  # knobs of the forward pass that the backward pass follows
 
@@ -164,6 +163,20 @@ def _mamba3_bwd_state(
 
 
 @triton.jit
+def _add_pairs(ptr, src, mask, d_e, d_o, cos, sin, ATOMIC: tl.constexpr):
+    """ptr[src], ptr[src + 1] += the pairs (d_e, d_o) turned back by -Φ: atomically, or read-modify-write
+    where this program owns the entries (the launcher zero-fills them)."""
+    g_e = d_e * cos + d_o * sin
+    g_o = d_o * cos - d_e * sin
+    if ATOMIC:
+        tl.atomic_add(ptr + src, g_e, mask=mask, sem="relaxed")
+        tl.atomic_add(ptr + src + 1, g_o, mask=mask, sem="relaxed")
+    else:
+        tl.store(ptr + src, tl.load(ptr + src, mask=mask, other=0.0) + g_e, mask=mask)
+        tl.store(ptr + src + 1, tl.load(ptr + src + 1, mask=mask, other=0.0) + g_o, mask=mask)
+
+
+@triton.jit
 def _mamba3_bwd_chunk(
     x_ptr, dt_ptr, A_ptr, lam_ptr, theta_ptr, B_ptr, C_ptr, D_ptr, z_ptr, gy_ptr, Sc_ptr, Pc_ptr, dSc_ptr,
     vend_ptr, carry_ptr, K0_ptr,
@@ -174,10 +187,9 @@ def _mamba3_bwd_chunk(
     BLOCK_T: tl.constexpr, RP: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_PB: tl.constexpr,
 ):
     # x, z, gy, dx, dz (b, L, H, R, P); dt, A, lam, da, ddt (b, L, H) float32; theta, dth (b, L, H, N2) float32;
-    # B, C (b, L, G, R, 2 N2); dB, dC (b, L, G, R, 2 N2) float32; dgam, dwgt (b, L, H, R); D (H, P);
-    # dD (b, n_chunks, H, P); Sc, dSc, Pc, vend, carry from the forward pass and _mamba3_bwd_state;
-    # K0 (b, H, N2) = dΦ_T - ⟨dh_T, h_T J⟩. The P rows are taken BLOCK_P at a time: every gradient but
-    # dx and dz is a sum of one term per block of P (the products over P split), accumulated per head.
+    # B, C (b, L, G, R, 2 N2); dB, dC (b, L, G, R, 2 N2) float32, zero-filled; dgam, dwgt (b, L, H, R);
+    # D (H, P); dD (b, n_chunks, H, P); Sc, dSc, Pc, vend, carry from the forward pass and _mamba3_bwd_state;
+    # K0 (b, H, N2) = dΦ_T - ⟨dh_T, h_T J⟩.
     ROWS: tl.constexpr = BLOCK_T * RP
     OP = x_ptr.dtype.element_ty
     c = tl.program_id(0)
@@ -192,6 +204,8 @@ def _mamba3_bwd_chunk(
     first = rank == 0
     n = tl.arange(0, BLOCK_N2)
     n_ok = n < N2
+    p = tl.arange(0, BLOCK_P)
+    p_ok = p < P
     ti = tok[:, None]
     tj = tok[None, :]
     causal = ti >= tj
@@ -201,19 +215,20 @@ def _mamba3_bwd_chunk(
     t_ok = t < L
     row_ok = t_ok & (rank < R)
     src, rn_mask = _pairs(t, rank, row_ok, n, n_ok, G, R, N2)
+    st_mask = n_ok[:, None] & p_ok[None, :]
+    rp_mask = row_ok[:, None] & p_ok[None, :]
+    tn_mask = t_ok[:, None] & n_ok[None, :]
     pb = tl.arange(0, BLOCK_PB)
     bg = (bi.to(tl.int64) * L * G + g) * R * N
-    dB_e = tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32)  # the group's dB, dC over its heads
-    dB_o = tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32)
-    dC_e = tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32)
-    dC_o = tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32)
 
     for hh in range(0, HEADS):
         h = h_first + hh
         bh = (bi * H + h).to(tl.int64)
-        io = (bi.to(tl.int64) * L * H + h) * R * P
         sc = bi.to(tl.int64) * L * H + h
         ci = bh * n_chunks + c
+        xo = sc * R * P + (t * (H * R * P) + rank * P)[:, None] + p[None, :]  # (ROWS, BLOCK_P)
+        st_off = ci * P * N + p[None, :] * N + 2 * n[:, None]  # (BLOCK_N2, BLOCK_P) of hᵀ
+        th_off = sc * N2 + (t * (H * N2))[:, None] + n[None, :]
         psi = tl.load(Pc_ptr + ci * N2 + n, mask=n_ok, other=0.0)
         dt, a, gamma, wgt = _scalars(dt_ptr + sc, A_ptr + sc, lam_ptr + sc, t, t_ok, first, L, H)
         a_cum = tl.cumsum(a, axis=0)
@@ -230,108 +245,84 @@ def _mamba3_bwd_chunk(
         W = tl.where(causal, decay * tl.where(below, wgt[None, :], gamma[None, :]), 0.0)
         s = _dot(q_e, tl.trans(k_e), tl.zeros([ROWS, ROWS], dtype=tl.float32), F32, OP, PREC)
         s = _dot(q_o, tl.trans(k_o), s, F32, OP, PREC)
-        Ws = W * s
-        # the head's sums over its P blocks
-        ds = tl.zeros([ROWS, ROWS], dtype=tl.float32)  # (dy xᵀ) ∘ s
-        dV = tl.zeros([ROWS], dtype=tl.float32)  # dy·y_off - U x·(dS k̂), row by row
-        xdSk = tl.zeros([ROWS], dtype=tl.float32)
-        dq_e = tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32)
-        dq_o = tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32)
-        dk_e = tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32)
-        dk_o = tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32)
-        for p0 in range(0, P, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            p_ok = p < P
-            st_mask = n_ok[:, None] & p_ok[None, :]
-            st_off = ci * P * N + p[None, :] * N + 2 * n[:, None]  # (BLOCK_N2, BLOCK_P) of hᵀ
-            S_e = tl.load(Sc_ptr + st_off, mask=st_mask, other=0.0)  # S_c
-            S_o = tl.load(Sc_ptr + st_off + 1, mask=st_mask, other=0.0)
-            dS_e = tl.load(dSc_ptr + st_off, mask=st_mask, other=0.0)  # dS_{c+1}
-            dS_o = tl.load(dSc_ptr + st_off + 1, mask=st_mask, other=0.0)
-            xo = io + (t * (H * R * P) + rank * P)[:, None] + p[None, :]  # (ROWS, BLOCK_P)
-            rp_mask = row_ok[:, None] & p_ok[None, :]
-            xv = tl.load(x_ptr + xo, mask=rp_mask, other=0.0)
-            dy = tl.load(gy_ptr + xo, mask=rp_mask, other=0.0).to(tl.float32)
-            y_off = _dot(q_e, S_e, tl.zeros([ROWS, BLOCK_P], dtype=tl.float32), F32, OP, PREC)
-            y_off = _dot(q_o, S_o, y_off, F32, OP, PREC) * E[:, None]
-            if HAS_D:
-                Dv = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0)
-            if HAS_Z:  # through the gate: dy = g SiLU(z), dz = g y σ(z)(1 + z(1 - σ(z)))
-                zv = tl.load(z_ptr + xo, mask=rp_mask, other=0.0).to(tl.float32)
-                y_pre = _dot(Ws, xv, y_off, F32, OP, PREC)
-                if HAS_D:
-                    y_pre += Dv[None, :] * xv.to(tl.float32)
-                sg = tl.sigmoid(zv)
-                tl.store(dz_ptr + xo, (dy * y_pre * sg * (1.0 + zv * (1.0 - sg))).to(dz_ptr.dtype.element_ty),
-                         mask=rp_mask)
-                dy = dy * zv * sg
-            dV += tl.sum(dy * y_off, axis=1)
-            dyx = _dot(dy, tl.trans(xv), tl.zeros([ROWS, ROWS], dtype=tl.float32), F32, OP, PREC)  # dy_i · x_j
-            ds += dyx * s
-            Gm = W * dyx
-            # dq̂ = (W ∘ dy xᵀ) k̂ + E ∘ (dy S_c),  dk̂ = (W ∘ dy xᵀ)ᵀ q̂ + U ∘ (x dS_{c+1})
-            dq_e += _dot(Gm, k_e, _dot(dy, tl.trans(S_e), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP,
-                                       PREC) * E[:, None], F32, OP, PREC)
-            dq_o += _dot(Gm, k_o, _dot(dy, tl.trans(S_o), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP,
-                                       PREC) * E[:, None], F32, OP, PREC)
-            dk_e += _dot(tl.trans(Gm), q_e, _dot(xv, tl.trans(dS_e), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32),
-                                                 F32, OP, PREC) * U[:, None], F32, OP, PREC)
-            dk_o += _dot(tl.trans(Gm), q_o, _dot(xv, tl.trans(dS_o), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32),
-                                                 F32, OP, PREC) * U[:, None], F32, OP, PREC)
-            # dx = (W ∘ s)ᵀ dy + U ∘ (k̂ dS_{c+1}ᵀ) + D dy
-            KdS = _dot(k_e, dS_e, tl.zeros([ROWS, BLOCK_P], dtype=tl.float32), F32, OP, PREC)
-            KdS = _dot(k_o, dS_o, KdS, F32, OP, PREC)  # (ROWS, BLOCK_P): row j is dS_{c+1} k̂_j
-            xdSk += tl.sum(xv.to(tl.float32) * KdS, axis=1)
-            dxv = _dot(tl.trans(Ws), dy, KdS * U[:, None], F32, OP, PREC)
-            if HAS_D:
-                dxv += Dv[None, :] * dy
-                tl.store(dD_ptr + ((bi * n_chunks + c) * H + h).to(tl.int64) * P + p,
-                         tl.sum(dy * xv.to(tl.float32), axis=0), mask=p_ok)
-            tl.store(dx_ptr + xo, dxv.to(dx_ptr.dtype.element_ty), mask=rp_mask)
 
-        # dB, dC: dk̂, dq̂ turned back by -Φ, summed over the group's heads
-        dC_e += dq_e * cos + dq_o * sin
-        dC_o += dq_o * cos - dq_e * sin
-        dB_e += dk_e * cos + dk_o * sin
-        dB_o += dk_o * cos - dk_e * sin
-        # the angles: dΦ per row, a reverse cumsum within the chunk plus the carry from the later chunks
-        dphi = q_e.to(tl.float32) * dq_o - q_o.to(tl.float32) * dq_e + k_e.to(tl.float32) * dk_o \
-            - k_o.to(tl.float32) * dk_e
-        vend = tl.sum(tl.load(vend_ptr + ci * n_pb + pb, mask=pb < n_pb, other=0.0), axis=0)
+        xv = tl.load(x_ptr + xo, mask=rp_mask, other=0.0)
+        dy = tl.load(gy_ptr + xo, mask=rp_mask, other=0.0).to(tl.float32)
+        S_e = tl.load(Sc_ptr + st_off, mask=st_mask, other=0.0)  # S_c (hᵀ)
+        S_o = tl.load(Sc_ptr + st_off + 1, mask=st_mask, other=0.0)
+        y_off = _dot(q_e, S_e, tl.zeros([ROWS, BLOCK_P], dtype=tl.float32), F32, OP, PREC)
+        y_off = _dot(q_o, S_o, y_off, F32, OP, PREC) * E[:, None]
+        if HAS_D:
+            Dv = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0)
+        if HAS_Z:  # through the gate: dy = g SiLU(z), dz = g y σ(z)(1 + z(1 - σ(z)))
+            zv = tl.load(z_ptr + xo, mask=rp_mask, other=0.0).to(tl.float32)
+            y_pre = _dot(W * s, xv, y_off, F32, OP, PREC)
+            if HAS_D:
+                y_pre += Dv[None, :] * xv.to(tl.float32)
+            sg = tl.sigmoid(zv)
+            tl.store(dz_ptr + xo, (dy * y_pre * sg * (1.0 + zv * (1.0 - sg))).to(dz_ptr.dtype.element_ty),
+                     mask=rp_mask)
+            dy = dy * zv * sg
+        dV = tl.sum(dy * y_off, axis=1)  # the decays' gradient, row by row (finished below)
+        dyx = _dot(dy, tl.trans(xv), tl.zeros([ROWS, ROWS], dtype=tl.float32), F32, OP, PREC)  # dy_i · x_j
+        Gm = W * dyx
+
+        # dq̂ = (W ∘ dy xᵀ) k̂ + E ∘ (dy S_c)  ->  dC, and its share of dΦ
+        dq_e = _dot(dy, tl.trans(S_e), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * E[:, None]
+        dq_e = _dot(Gm, k_e, dq_e, F32, OP, PREC)
+        dq_o = _dot(dy, tl.trans(S_o), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * E[:, None]
+        dq_o = _dot(Gm, k_o, dq_o, F32, OP, PREC)
+        dphi = q_e.to(tl.float32) * dq_o - q_o.to(tl.float32) * dq_e
+        _add_pairs(dC_ptr + bg, src, rn_mask, dq_e, dq_o, cos, sin, ATOMIC)
+
+        # dk̂ = (W ∘ dy xᵀ)ᵀ q̂ + U ∘ (x dS_{c+1})  ->  dB, and its share of dΦ
+        dS_e = tl.load(dSc_ptr + st_off, mask=st_mask, other=0.0)  # dS_{c+1}
+        dS_o = tl.load(dSc_ptr + st_off + 1, mask=st_mask, other=0.0)
+        dk_e = _dot(xv, tl.trans(dS_e), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * U[:, None]
+        dk_e = _dot(tl.trans(Gm), q_e, dk_e, F32, OP, PREC)
+        dk_o = _dot(xv, tl.trans(dS_o), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * U[:, None]
+        dk_o = _dot(tl.trans(Gm), q_o, dk_o, F32, OP, PREC)
+        dphi += k_e.to(tl.float32) * dk_o - k_o.to(tl.float32) * dk_e
+        _add_pairs(dB_ptr + bg, src, rn_mask, dk_e, dk_o, cos, sin, ATOMIC)
+
+        # the angles: a reverse cumsum within the chunk plus the carry from the later chunks
         carry = tl.sum(tl.load(carry_ptr + (ci * n_pb + pb)[:, None] * N2 + n[None, :],
                                mask=(pb < n_pb)[:, None] & n_ok[None, :], other=0.0), axis=0)
         if HAS_K0:
             carry += tl.load(K0_ptr + bh * N2 + n, mask=n_ok, other=0.0)
         rev = tl.sum(dphi, axis=0)[None, :] - tl.cumsum(dphi, axis=0) + dphi + carry[None, :]
-        tn_mask = (t_ok & first)[:, None] & n_ok[None, :]
-        th_off = sc * N2 + (t * (H * N2))[:, None] + n[None, :]
-        tl.store(dth_ptr + th_off, rev * dt[:, None], mask=tn_mask)
-        th = tl.load(theta_ptr + th_off, mask=tn_mask, other=0.0)
+        tl.store(dth_ptr + th_off, rev * dt[:, None], mask=tn_mask & first[:, None])
+        th = tl.load(theta_ptr + th_off, mask=tn_mask & first[:, None], other=0.0)
         tl.store(ddt_ptr + sc + t * H, tl.sum(th * rev, axis=1), mask=t_ok & first)
+
+        # dx = (W ∘ s)ᵀ dy + U ∘ (k̂ dS_{c+1}ᵀ) + D dy, and the state's share of the weights and decays
+        KdS = _dot(k_e, dS_e, tl.zeros([ROWS, BLOCK_P], dtype=tl.float32), F32, OP, PREC)
+        KdS = _dot(k_o, dS_o, KdS, F32, OP, PREC)  # (ROWS, BLOCK_P): row j is dS_{c+1} k̂_j
+        xdSk = tl.sum(xv.to(tl.float32) * KdS, axis=1)
+        dxv = _dot(tl.trans(W * s), dy, KdS * U[:, None], F32, OP, PREC)
+        if HAS_D:
+            dxv += Dv[None, :] * dy
+            tl.store(dD_ptr + ((bi * n_chunks + c) * H + h).to(tl.int64) * P + p,
+                     tl.sum(dy * xv.to(tl.float32), axis=0), mask=p_ok)
+        tl.store(dx_ptr + xo, dxv.to(dx_ptr.dtype.element_ty), mask=rp_mask)
+
         # the weights (per row; the launcher sums the ranks) and the decays: a reverse cumsum within the
         # chunk plus the chunk's whole share
+        ds = dyx * s  # the gradient of each weight, times its decay
         dlog = ds * W  # the gradient of each entry's log decay
         dV += tl.sum(dlog, axis=1) - tl.sum(dlog, axis=0) - U * xdSk
+        vend = tl.sum(tl.load(vend_ptr + ci * n_pb + pb, mask=pb < n_pb, other=0.0), axis=0)
         dV_end = tl.exp2(a_end) * vend + tl.sum(U * xdSk, axis=0)
         tl.store(da_ptr + sc + t * H, tl.sum(dV, axis=0) - tl.cumsum(dV, axis=0) + dV + dV_end, mask=t_ok & first)
         so_r = sc * R + t * (H * R) + rank
         tl.store(dgam_ptr + so_r, tl.sum(tl.where(same, ds, 0.0), axis=0), mask=row_ok)
         tl.store(dwgt_ptr + so_r, tl.sum(tl.where(below, ds * decay, 0.0), axis=0) + V * xdSk, mask=row_ok)
-
-    if ATOMIC:
-        tl.atomic_add(dB_ptr + bg + src, dB_e, mask=rn_mask, sem="relaxed")
-        tl.atomic_add(dB_ptr + bg + src + 1, dB_o, mask=rn_mask, sem="relaxed")
-        tl.atomic_add(dC_ptr + bg + src, dC_e, mask=rn_mask, sem="relaxed")
-        tl.atomic_add(dC_ptr + bg + src + 1, dC_o, mask=rn_mask, sem="relaxed")
-    else:
-        tl.store(dB_ptr + bg + src, dB_e, mask=rn_mask)
-        tl.store(dB_ptr + bg + src + 1, dB_o, mask=rn_mask)
-        tl.store(dC_ptr + bg + src, dC_e, mask=rn_mask)
-        tl.store(dC_ptr + bg + src + 1, dC_o, mask=rn_mask)
+        if not ATOMIC:
+            tl.debug_barrier()  # the next head reads dB, dC back: every thread's writes first
 
 
 def bwd_launch_config(x, N, chunk_size, R, max_rows=None, state_block_p=None, state_warps=None, chunk_warps=None,
-                      chunk_block_p=None, num_stages=None, heads=None, fast_trig=None, lowp=True, f32_precision=None, G=None):
+                      num_stages=None, heads=None, fast_trig=None, lowp=True, f32_precision=None, G=None):
     """Block sizes of the two backward kernels (and the rows per chunk of the forward pass that saves the
     states). Returns (meta shared by both, n_chunks, state-kernel extras, chunk-kernel extras)."""
     b, L, H, _, P = x.shape
@@ -346,7 +337,7 @@ def bwd_launch_config(x, N, chunk_size, R, max_rows=None, state_block_p=None, st
     while hpg % heads:  # a divisor of the heads per group
         heads -= 1
     state = dict(BLOCK_P=max(16, min(next_pow2(P), state_block_p or STATE_BLOCK_P)))
-    chunk = dict(BLOCK_P=max(16, min(next_pow2(P), chunk_block_p or CHUNK_BLOCK_P)), HEADS=heads, ATOMIC=heads < hpg)
+    chunk = dict(BLOCK_P=max(16, next_pow2(P)), HEADS=heads, ATOMIC=heads < hpg)
     if interp:
         return meta, triton.cdiv(L, BLOCK_T), state, chunk
     stages = num_stages or 1
@@ -427,8 +418,7 @@ def mamba3_bwd(gy, ghT, gpsiT, Sc, Pc, hT, meta, x, dt, A, B, C, lam, theta, D, 
     # 2. every chunk at once: dx, dz, dq̂, dk̂ -> dB, dC, dθ, and the per-token weights' gradients
     dx = empty(x.shape, dtype=work)
     dz = empty(x.shape, dtype=work) if z is not None else None
-    alloc = zeros if ck["ATOMIC"] else empty
-    dB, dC = alloc(b, L, G, R, N), alloc(b, L, G, R, N)
+    dB, dC = zeros(b, L, G, R, N), zeros(b, L, G, R, N)
     dth = empty(b, L, H, N2)
     da, ddt = empty(b, L, H), empty(b, L, H)
     dgam, dwgt = zeros(b, L, H, R), zeros(b, L, H, R)  # rows of ranks >= R stay 0
