@@ -99,7 +99,7 @@ def fwd_config(R=None, dtype=torch.bfloat16, save=False, **knobs):
     return fwd_mod._mamba3_fwd, pointers, ints, ce, extra, programs
 
 
-def bwd_config(kernel="chunk", R=None, dtype=torch.bfloat16, **knobs):
+def bwd_config(kernel="chunk", R=None, dtype=torch.bfloat16, part=0, **knobs):
     """The backward kernels' compile arguments at the goal shape: kernel "state" or "chunk"."""
     bwd_mod = _mod("mamba3_bwd")
     s = GOAL
@@ -122,7 +122,8 @@ def bwd_config(kernel="chunk", R=None, dtype=torch.bfloat16, **knobs):
         launch = dict(ck)
         ints["n_pb"] = -(-s["P"] // st["BLOCK_P"])
         ce = dict(meta, HAS_D=True, HAS_Z=True, HAS_K0=False, BLOCK_P=launch.pop("BLOCK_P"),
-                  HEADS=launch.pop("HEADS"), ATOMIC=launch.pop("ATOMIC"), BLOCK_PB=max(2, ints["n_pb"]))
+                  HEADS=launch.pop("HEADS"), ATOMIC=launch.pop("ATOMIC"), BLOCK_PB=max(2, ints["n_pb"]),
+                  PART=part if launch.pop("SPLIT") else 2)
         programs = n_chunks * s["b"] * s["G"] * (s["H"] // s["G"]) // ce["HEADS"]
     return fn, pointers, ints, ce, launch, programs
 
@@ -155,6 +156,9 @@ def first_config():
 CONFIGS = [  # (label, builder, arguments); the sweep's variants, the defaults first
     ("fwd bf16 default", fwd_config, {}),
     ("fwd bf16 save (training)", fwd_config, dict(save=True)),
+    ("fwd bf16 save bp64", fwd_config, dict(save=True, block_p=64)),
+    ("fwd bf16 save rows16", fwd_config, dict(save=True, max_rows=16)),
+    ("fwd mimo R4 save", fwd_config, dict(R=4, save=True)),
     ("fwd bf16 bp32", fwd_config, dict(block_p=32)),
     ("fwd bf16 rows64", fwd_config, dict(max_rows=64)),
     ("fwd bf16 rows64 bp32", fwd_config, dict(max_rows=64, block_p=32)),
@@ -177,17 +181,21 @@ CONFIGS = [  # (label, builder, arguments); the sweep's variants, the defaults f
     ("bwd state bf16 bp16 w4", bwd_config, dict(kernel="state", state_block_p=16)),
     ("bwd state bf16 bp16 w8", bwd_config, dict(kernel="state", state_block_p=16, state_warps=8)),
     ("bwd state fp32", bwd_config, dict(kernel="state", dtype=torch.float32)),
-    ("bwd chunk bf16 default", bwd_config, {}),
-    ("bwd chunk bf16 w4", bwd_config, dict(chunk_warps=4)),
-    ("bwd chunk bf16 rows32 w4", bwd_config, dict(max_rows=32, chunk_warps=4)),
-    ("bwd chunk bf16 rows32 w8", bwd_config, dict(max_rows=32)),
-    ("bwd chunk bf16 heads8", bwd_config, dict(heads=8)),
-    ("bwd chunk bf16 bp16", bwd_config, dict(chunk_block_p=16)),
-    ("bwd chunk bf16 bp64", bwd_config, dict(chunk_block_p=64)),
-    ("bwd chunk bf16 rows32 bp16 w4", bwd_config, dict(max_rows=32, chunk_block_p=16, chunk_warps=4)),
-    ("bwd chunk fp32", bwd_config, dict(dtype=torch.float32)),
-    ("bwd chunk fp32 rows32", bwd_config, dict(dtype=torch.float32, max_rows=32)),
-    ("bwd chunk mimo R4 bf16", bwd_config, dict(R=4)),
+    ("bwd chunk dq,dk bf16 default", bwd_config, {}),
+    ("bwd chunk dx bf16 default", bwd_config, dict(part=1)),
+    ("bwd chunk dq,dk bf16 w8", bwd_config, dict(chunk_warps=8)),
+    ("bwd chunk dx bf16 w8", bwd_config, dict(part=1, chunk_warps=8)),
+    ("bwd chunk dq,dk bf16 group", bwd_config, dict(heads=0, chunk_warps=8)),
+    ("bwd chunk dx bf16 group", bwd_config, dict(part=1, heads=0, chunk_warps=8)),
+    ("bwd chunk both bf16", bwd_config, dict(split=False)),
+    ("bwd chunk dq,dk rows16", bwd_config, dict(max_rows=16)),
+    ("bwd chunk dx rows16", bwd_config, dict(part=1, max_rows=16)),
+    ("bwd chunk dq,dk fp32", bwd_config, dict(dtype=torch.float32)),
+    ("bwd chunk dx fp32", bwd_config, dict(part=1, dtype=torch.float32)),
+    ("bwd chunk dq,dk mimo R4", bwd_config, dict(R=4)),
+    ("bwd chunk dx mimo R4", bwd_config, dict(part=1, R=4)),
+    ("bwd chunk dq,dk mimo R4 w4", bwd_config, dict(R=4, chunk_warps=4)),
+    ("bwd chunk dx mimo R4 w4", bwd_config, dict(part=1, R=4, chunk_warps=4)),
     ("step R1 B64", step_config, dict(R=1)),
     ("step R4 B64", step_config, dict(R=4)),
     ("step R4 B1", step_config, dict(R=4, batch=1)),

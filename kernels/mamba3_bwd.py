@@ -63,11 +63,12 @@ from .mamba3 import _angles, _dot, _pairs, _rows, _scalars, _turn, precision
 
 __all__ = ["mamba3_bwd", "bwd_launch_config", "training_knobs"]
 
-MAX_ROWS = 64  # rows per chunk in training (the forward pass saves a state per chunk of this length)
-STATE_BLOCK_P = 32  # rows of the state per program of the reverse recurrence
+MAX_ROWS = 32  # rows per chunk in training (the forward pass saves a state per chunk of this length)
+STATE_BLOCK_P = 16  # rows of the state per program of the reverse recurrence
 STATE_WARPS = 4
-CHUNK_WARPS = 4
-HEADS = None  # heads per program of the chunk kernel (None: the whole group, no atomics)
+CHUNK_WARPS = 8
+HEADS = 1  # heads per program of the chunk kernel (0: the whole group, dB and dC without atomics)
+SPLIT = True  # two launches of the chunk kernel: dq̂, dk̂ in one, dx and the scalars in the other
 SHARED_KNOBS = ("lowp", "fast_trig", "f32_precision")  # knobs of the forward pass that the backward pass follows
 
 
@@ -183,13 +184,16 @@ def _mamba3_bwd_chunk(
     dx_ptr, dz_ptr, dB_ptr, dC_ptr, dth_ptr, da_ptr, dgam_ptr, dwgt_ptr, ddt_ptr, dD_ptr,
     L, H, HPG, G, R, P, N2, n_chunks, n_pb,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_K0: tl.constexpr, ATOMIC: tl.constexpr, HEADS: tl.constexpr,
-    F32: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+    PART: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
     BLOCK_T: tl.constexpr, RP: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_PB: tl.constexpr,
 ):
     # x, z, gy, dx, dz (b, L, H, R, P); dt, A, lam, da, ddt (b, L, H) float32; theta, dth (b, L, H, N2) float32;
     # B, C (b, L, G, R, 2 N2); dB, dC (b, L, G, R, 2 N2) float32, zero-filled; dgam, dwgt (b, L, H, R);
     # D (H, P); dD (b, n_chunks, H, P); Sc, dSc, Pc, vend, carry from the forward pass and _mamba3_bwd_state;
     # K0 (b, H, N2) = dΦ_T - ⟨dh_T, h_T J⟩.
+    # PART 0: dq̂, dk̂ -> dB, dC, dθ; PART 1: dx, dz, dD and the weights' and decays' gradients; 2: both.
+    # Split in two launches, each kernel holds about half the live tiles of the whole (both recompute the
+    # rotations and dy xᵀ).
     ROWS: tl.constexpr = BLOCK_T * RP
     OP = x_ptr.dtype.element_ty
     c = tl.program_id(0)
@@ -228,7 +232,6 @@ def _mamba3_bwd_chunk(
         ci = bh * n_chunks + c
         xo = sc * R * P + (t * (H * R * P) + rank * P)[:, None] + p[None, :]  # (ROWS, BLOCK_P)
         st_off = ci * P * N + p[None, :] * N + 2 * n[:, None]  # (BLOCK_N2, BLOCK_P) of hᵀ
-        th_off = sc * N2 + (t * (H * N2))[:, None] + n[None, :]
         psi = tl.load(Pc_ptr + ci * N2 + n, mask=n_ok, other=0.0)
         dt, a, gamma, wgt = _scalars(dt_ptr + sc, A_ptr + sc, lam_ptr + sc, t, t_ok, first, L, H)
         a_cum = tl.cumsum(a, axis=0)
@@ -243,86 +246,93 @@ def _mamba3_bwd_chunk(
         U = V * wgt
         decay = tl.exp2(tl.minimum(a_cum[:, None] - a_cum[None, :], 0.0))
         W = tl.where(causal, decay * tl.where(below, wgt[None, :], gamma[None, :]), 0.0)
-        s = _dot(q_e, tl.trans(k_e), tl.zeros([ROWS, ROWS], dtype=tl.float32), F32, OP, PREC)
-        s = _dot(q_o, tl.trans(k_o), s, F32, OP, PREC)
-
         xv = tl.load(x_ptr + xo, mask=rp_mask, other=0.0)
         dy = tl.load(gy_ptr + xo, mask=rp_mask, other=0.0).to(tl.float32)
         S_e = tl.load(Sc_ptr + st_off, mask=st_mask, other=0.0)  # S_c (hᵀ)
         S_o = tl.load(Sc_ptr + st_off + 1, mask=st_mask, other=0.0)
-        y_off = _dot(q_e, S_e, tl.zeros([ROWS, BLOCK_P], dtype=tl.float32), F32, OP, PREC)
-        y_off = _dot(q_o, S_o, y_off, F32, OP, PREC) * E[:, None]
         if HAS_D:
             Dv = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0)
-        if HAS_Z:  # through the gate: dy = g SiLU(z), dz = g y σ(z)(1 + z(1 - σ(z)))
+        if HAS_Z:
             zv = tl.load(z_ptr + xo, mask=rp_mask, other=0.0).to(tl.float32)
-            y_pre = _dot(W * s, xv, y_off, F32, OP, PREC)
-            if HAS_D:
-                y_pre += Dv[None, :] * xv.to(tl.float32)
             sg = tl.sigmoid(zv)
-            tl.store(dz_ptr + xo, (dy * y_pre * sg * (1.0 + zv * (1.0 - sg))).to(dz_ptr.dtype.element_ty),
-                     mask=rp_mask)
-            dy = dy * zv * sg
-        dV = tl.sum(dy * y_off, axis=1)  # the decays' gradient, row by row (finished below)
-        dyx = _dot(dy, tl.trans(xv), tl.zeros([ROWS, ROWS], dtype=tl.float32), F32, OP, PREC)  # dy_i · x_j
-        Gm = W * dyx
 
-        # dq̂ = (W ∘ dy xᵀ) k̂ + E ∘ (dy S_c)  ->  dC, and its share of dΦ
-        dq_e = _dot(dy, tl.trans(S_e), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * E[:, None]
-        dq_e = _dot(Gm, k_e, dq_e, F32, OP, PREC)
-        dq_o = _dot(dy, tl.trans(S_o), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * E[:, None]
-        dq_o = _dot(Gm, k_o, dq_o, F32, OP, PREC)
-        dphi = q_e.to(tl.float32) * dq_o - q_o.to(tl.float32) * dq_e
-        _add_pairs(dC_ptr + bg, src, rn_mask, dq_e, dq_o, cos, sin, ATOMIC)
+        if PART != 1:
+            if HAS_Z:
+                dyg = dy * zv * sg  # the gradient through the gate, dy SiLU(z)
+            else:
+                dyg = dy
+            Gm = W * _dot(dyg, tl.trans(xv), tl.zeros([ROWS, ROWS], dtype=tl.float32), F32, OP, PREC)
+            # dq̂ = (W ∘ dy xᵀ) k̂ + E ∘ (dy S_c)  ->  dC, and its share of dΦ
+            dq_e = _dot(dyg, tl.trans(S_e), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * E[:, None]
+            dq_e = _dot(Gm, k_e, dq_e, F32, OP, PREC)
+            dq_o = _dot(dyg, tl.trans(S_o), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * E[:, None]
+            dq_o = _dot(Gm, k_o, dq_o, F32, OP, PREC)
+            dphi = q_e.to(tl.float32) * dq_o - q_o.to(tl.float32) * dq_e
+            _add_pairs(dC_ptr + bg, src, rn_mask, dq_e, dq_o, cos, sin, ATOMIC)
+            # dk̂ = (W ∘ dy xᵀ)ᵀ q̂ + U ∘ (x dS_{c+1})  ->  dB, and its share of dΦ
+            dS_e = tl.load(dSc_ptr + st_off, mask=st_mask, other=0.0)  # dS_{c+1}
+            dS_o = tl.load(dSc_ptr + st_off + 1, mask=st_mask, other=0.0)
+            dk_e = _dot(xv, tl.trans(dS_e), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * U[:, None]
+            dk_e = _dot(tl.trans(Gm), q_e, dk_e, F32, OP, PREC)
+            dk_o = _dot(xv, tl.trans(dS_o), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * U[:, None]
+            dk_o = _dot(tl.trans(Gm), q_o, dk_o, F32, OP, PREC)
+            dphi += k_e.to(tl.float32) * dk_o - k_o.to(tl.float32) * dk_e
+            _add_pairs(dB_ptr + bg, src, rn_mask, dk_e, dk_o, cos, sin, ATOMIC)
+            # the angles: a reverse cumsum within the chunk plus the carry from the later chunks
+            carry = tl.sum(tl.load(carry_ptr + (ci * n_pb + pb)[:, None] * N2 + n[None, :],
+                                   mask=(pb < n_pb)[:, None] & n_ok[None, :], other=0.0), axis=0)
+            if HAS_K0:
+                carry += tl.load(K0_ptr + bh * N2 + n, mask=n_ok, other=0.0)
+            rev = tl.sum(dphi, axis=0)[None, :] - tl.cumsum(dphi, axis=0) + dphi + carry[None, :]
+            th_off = sc * N2 + (t * (H * N2))[:, None] + n[None, :]
+            tl.store(dth_ptr + th_off, rev * dt[:, None], mask=tn_mask & first[:, None])
+            th = tl.load(theta_ptr + th_off, mask=tn_mask & first[:, None], other=0.0)
+            tl.store(ddt_ptr + sc + t * H, tl.sum(th * rev, axis=1), mask=t_ok & first)
 
-        # dk̂ = (W ∘ dy xᵀ)ᵀ q̂ + U ∘ (x dS_{c+1})  ->  dB, and its share of dΦ
-        dS_e = tl.load(dSc_ptr + st_off, mask=st_mask, other=0.0)  # dS_{c+1}
-        dS_o = tl.load(dSc_ptr + st_off + 1, mask=st_mask, other=0.0)
-        dk_e = _dot(xv, tl.trans(dS_e), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * U[:, None]
-        dk_e = _dot(tl.trans(Gm), q_e, dk_e, F32, OP, PREC)
-        dk_o = _dot(xv, tl.trans(dS_o), tl.zeros([ROWS, BLOCK_N2], dtype=tl.float32), F32, OP, PREC) * U[:, None]
-        dk_o = _dot(tl.trans(Gm), q_o, dk_o, F32, OP, PREC)
-        dphi += k_e.to(tl.float32) * dk_o - k_o.to(tl.float32) * dk_e
-        _add_pairs(dB_ptr + bg, src, rn_mask, dk_e, dk_o, cos, sin, ATOMIC)
-
-        # the angles: a reverse cumsum within the chunk plus the carry from the later chunks
-        carry = tl.sum(tl.load(carry_ptr + (ci * n_pb + pb)[:, None] * N2 + n[None, :],
-                               mask=(pb < n_pb)[:, None] & n_ok[None, :], other=0.0), axis=0)
-        if HAS_K0:
-            carry += tl.load(K0_ptr + bh * N2 + n, mask=n_ok, other=0.0)
-        rev = tl.sum(dphi, axis=0)[None, :] - tl.cumsum(dphi, axis=0) + dphi + carry[None, :]
-        tl.store(dth_ptr + th_off, rev * dt[:, None], mask=tn_mask & first[:, None])
-        th = tl.load(theta_ptr + th_off, mask=tn_mask & first[:, None], other=0.0)
-        tl.store(ddt_ptr + sc + t * H, tl.sum(th * rev, axis=1), mask=t_ok & first)
-
-        # dx = (W ∘ s)ᵀ dy + U ∘ (k̂ dS_{c+1}ᵀ) + D dy, and the state's share of the weights and decays
-        KdS = _dot(k_e, dS_e, tl.zeros([ROWS, BLOCK_P], dtype=tl.float32), F32, OP, PREC)
-        KdS = _dot(k_o, dS_o, KdS, F32, OP, PREC)  # (ROWS, BLOCK_P): row j is dS_{c+1} k̂_j
-        xdSk = tl.sum(xv.to(tl.float32) * KdS, axis=1)
-        dxv = _dot(tl.trans(W * s), dy, KdS * U[:, None], F32, OP, PREC)
-        if HAS_D:
-            dxv += Dv[None, :] * dy
-            tl.store(dD_ptr + ((bi * n_chunks + c) * H + h).to(tl.int64) * P + p,
-                     tl.sum(dy * xv.to(tl.float32), axis=0), mask=p_ok)
-        tl.store(dx_ptr + xo, dxv.to(dx_ptr.dtype.element_ty), mask=rp_mask)
-
-        # the weights (per row; the launcher sums the ranks) and the decays: a reverse cumsum within the
-        # chunk plus the chunk's whole share
-        ds = dyx * s  # the gradient of each weight, times its decay
-        dlog = ds * W  # the gradient of each entry's log decay
-        dV += tl.sum(dlog, axis=1) - tl.sum(dlog, axis=0) - U * xdSk
-        vend = tl.sum(tl.load(vend_ptr + ci * n_pb + pb, mask=pb < n_pb, other=0.0), axis=0)
-        dV_end = tl.exp2(a_end) * vend + tl.sum(U * xdSk, axis=0)
-        tl.store(da_ptr + sc + t * H, tl.sum(dV, axis=0) - tl.cumsum(dV, axis=0) + dV + dV_end, mask=t_ok & first)
-        so_r = sc * R + t * (H * R) + rank
-        tl.store(dgam_ptr + so_r, tl.sum(tl.where(same, ds, 0.0), axis=0), mask=row_ok)
-        tl.store(dwgt_ptr + so_r, tl.sum(tl.where(below, ds * decay, 0.0), axis=0) + V * xdSk, mask=row_ok)
+        if PART != 0:
+            s = _dot(q_e, tl.trans(k_e), tl.zeros([ROWS, ROWS], dtype=tl.float32), F32, OP, PREC)
+            s = _dot(q_o, tl.trans(k_o), s, F32, OP, PREC)
+            Ws = W * s
+            y_off = _dot(q_e, S_e, tl.zeros([ROWS, BLOCK_P], dtype=tl.float32), F32, OP, PREC)
+            y_off = _dot(q_o, S_o, y_off, F32, OP, PREC) * E[:, None]
+            if HAS_Z:  # through the gate: dy = g SiLU(z), dz = g y σ(z)(1 + z(1 - σ(z)))
+                y_pre = _dot(Ws, xv, y_off, F32, OP, PREC)
+                if HAS_D:
+                    y_pre += Dv[None, :] * xv.to(tl.float32)
+                tl.store(dz_ptr + xo, (dy * y_pre * sg * (1.0 + zv * (1.0 - sg))).to(dz_ptr.dtype.element_ty),
+                         mask=rp_mask)
+                dy = dy * zv * sg
+            dV = tl.sum(dy * y_off, axis=1)  # the decays' gradient, row by row
+            ds = _dot(dy, tl.trans(xv), tl.zeros([ROWS, ROWS], dtype=tl.float32), F32, OP, PREC) * s
+            # dx = (W ∘ s)ᵀ dy + U ∘ (k̂ dS_{c+1}ᵀ) + D dy, and the state's share of the weights and decays
+            dS_e = tl.load(dSc_ptr + st_off, mask=st_mask, other=0.0)  # dS_{c+1}
+            dS_o = tl.load(dSc_ptr + st_off + 1, mask=st_mask, other=0.0)
+            KdS = _dot(k_e, dS_e, tl.zeros([ROWS, BLOCK_P], dtype=tl.float32), F32, OP, PREC)
+            KdS = _dot(k_o, dS_o, KdS, F32, OP, PREC)  # (ROWS, BLOCK_P): row j is dS_{c+1} k̂_j
+            xdSk = tl.sum(xv.to(tl.float32) * KdS, axis=1)
+            dxv = _dot(tl.trans(Ws), dy, KdS * U[:, None], F32, OP, PREC)
+            if HAS_D:
+                dxv += Dv[None, :] * dy
+                tl.store(dD_ptr + ((bi * n_chunks + c) * H + h).to(tl.int64) * P + p,
+                         tl.sum(dy * xv.to(tl.float32), axis=0), mask=p_ok)
+            tl.store(dx_ptr + xo, dxv.to(dx_ptr.dtype.element_ty), mask=rp_mask)
+            # the weights (per row; the launcher sums the ranks) and the decays: a reverse cumsum within
+            # the chunk plus the chunk's whole share
+            dlog = ds * W  # the gradient of each entry's log decay
+            dV += tl.sum(dlog, axis=1) - tl.sum(dlog, axis=0) - U * xdSk
+            vend = tl.sum(tl.load(vend_ptr + ci * n_pb + pb, mask=pb < n_pb, other=0.0), axis=0)
+            dV_end = tl.exp2(a_end) * vend + tl.sum(U * xdSk, axis=0)
+            tl.store(da_ptr + sc + t * H, tl.sum(dV, axis=0) - tl.cumsum(dV, axis=0) + dV + dV_end,
+                     mask=t_ok & first)
+            so_r = sc * R + t * (H * R) + rank
+            tl.store(dgam_ptr + so_r, tl.sum(tl.where(same, ds, 0.0), axis=0), mask=row_ok)
+            tl.store(dwgt_ptr + so_r, tl.sum(tl.where(below, ds * decay, 0.0), axis=0) + V * xdSk, mask=row_ok)
         if not ATOMIC:
             tl.debug_barrier()  # the next head reads dB, dC back: every thread's writes first
 
 
 def bwd_launch_config(x, N, chunk_size, R, max_rows=None, state_block_p=None, state_warps=None, chunk_warps=None,
-                      num_stages=None, heads=None, fast_trig=None, lowp=True, f32_precision=None, G=None):
+                      split=None, num_stages=None, heads=None, fast_trig=None, lowp=True, f32_precision=None, G=None):
     """Block sizes of the two backward kernels (and the rows per chunk of the forward pass that saves the
     states). Returns (meta shared by both, n_chunks, state-kernel extras, chunk-kernel extras)."""
     b, L, H, _, P = x.shape
@@ -333,11 +343,12 @@ def bwd_launch_config(x, N, chunk_size, R, max_rows=None, state_block_p=None, st
     meta = dict(BLOCK_T=BLOCK_T, RP=RP, BLOCK_N2=max(16, next_pow2(N // 2)), F32=f32, PREC=prec,
                 FAST=bool((not f32) if fast_trig is None else fast_trig) and not interp)
     hpg = H // (G or 1)
-    heads = max(1, min(hpg, heads or HEADS or hpg))
+    heads = HEADS if heads is None else heads
+    heads = max(1, min(hpg, heads or hpg))
     while hpg % heads:  # a divisor of the heads per group
         heads -= 1
     state = dict(BLOCK_P=max(16, min(next_pow2(P), state_block_p or STATE_BLOCK_P)))
-    chunk = dict(BLOCK_P=max(16, next_pow2(P)), HEADS=heads, ATOMIC=heads < hpg)
+    chunk = dict(BLOCK_P=max(16, next_pow2(P)), HEADS=heads, ATOMIC=heads < hpg, SPLIT=SPLIT if split is None else split)
     if interp:
         return meta, triton.cdiv(L, BLOCK_T), state, chunk
     stages = num_stages or 1
@@ -346,11 +357,15 @@ def bwd_launch_config(x, N, chunk_size, R, max_rows=None, state_block_p=None, st
     return meta, triton.cdiv(L, BLOCK_T), state, chunk
 
 
+TRAIN_WARPS = 8  # the forward pass of training (it also stores a state per chunk): 8 warps spill least
+
+
 def training_knobs(knobs):
     """The forward pass of training saves its states at the backward's chunks: rows per chunk from
     ``bwd_max_rows`` (default MAX_ROWS); the other ``bwd_*`` knobs are the backward's own."""
     out = {k: v for k, v in knobs.items() if not k.startswith("bwd_")}
     out["max_rows"] = knobs.get("bwd_max_rows") or MAX_ROWS
+    out.setdefault("num_warps", TRAIN_WARPS)
     return out
 
 
@@ -423,14 +438,16 @@ def mamba3_bwd(gy, ghT, gpsiT, Sc, Pc, hT, meta, x, dt, A, B, C, lam, theta, D, 
     da, ddt = empty(b, L, H), empty(b, L, H)
     dgam, dwgt = zeros(b, L, H, R), zeros(b, L, H, R)  # rows of ranks >= R stay 0
     dD = empty(b, n_chunks, H, P) if D is not None else None
-    _mamba3_bwd_chunk[(n_chunks, b * G, (H // G) // ck["HEADS"])](
-        xw, dtf, Af, lamf, thf, Bw, Cw, d if Df is None else Df, d if zw is None else zw, gyw, Sc, Pc, dSc,
-        vend, carry, d if K0 is None else K0,
-        dx, d if dz is None else dz, dB, dC, dth, da, dgam, dwgt, ddt, d if dD is None else dD,
-        L, H, H // G, G, R, P, N2, n_chunks, n_pb,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_K0=K0 is not None, BLOCK_PB=max(2, next_pow2(n_pb)),
-        **bmeta, **ck,
-    )
+    ck = dict(ck)
+    for part in ((0, 1) if ck.pop("SPLIT") else (2,)):
+        _mamba3_bwd_chunk[(n_chunks, b * G, (H // G) // ck["HEADS"])](
+            xw, dtf, Af, lamf, thf, Bw, Cw, d if Df is None else Df, d if zw is None else zw, gyw, Sc, Pc, dSc,
+            vend, carry, d if K0 is None else K0,
+            dx, d if dz is None else dz, dB, dC, dth, da, dgam, dwgt, ddt, d if dD is None else dD,
+            L, H, H // G, G, R, P, N2, n_chunks, n_pb,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_K0=K0 is not None, BLOCK_PB=max(2, next_pow2(n_pb)),
+            PART=part, **bmeta, **ck,
+        )
     # the weights: γ_t = λ_t Δ_t on the diagonal and in w_t = γ_t + (1 - λ_{t+1}) Δ_{t+1} below it
     g1, g2 = dgam.sum(-1), dwgt.sum(-1)  # (b, L, H)
     dgamma = g1 + g2
