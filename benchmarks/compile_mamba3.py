@@ -81,8 +81,11 @@ def _mod(name):
 
 
 def fwd_config(R=None, dtype=torch.bfloat16, save=False, **knobs):
-    """The forward kernel's compile arguments at the goal shape (R: MIMO rank, None for SISO)."""
+    """The forward kernel's compile arguments at the goal shape (R: MIMO rank, None for SISO); with
+    ``save`` as the forward pass of training launches it (the backward's rows per chunk, 8 warps)."""
     fwd_mod = _mod("mamba3")
+    if save:
+        knobs = _mod("mamba3_bwd").training_knobs(knobs)
     s = GOAL
     RR = R or 1
     x = _fake((s["b"], s["L"], s["H"], RR, s["P"]), dtype)
@@ -119,11 +122,13 @@ def bwd_config(kernel="chunk", R=None, dtype=torch.bfloat16, part=0, **knobs):
         ce = dict(meta, HAS_Z=True, HAS_H0=False, HAS_DHT=False, BLOCK_P=launch.pop("BLOCK_P"))
         programs = s["b"] * s["H"] * ints["n_pb"]
     else:
-        launch = dict(ck)
+        parts = dict(ck)
+        the_part = part if part in parts else 2
+        launch = dict(parts[the_part])
         ints["n_pb"] = -(-s["P"] // st["BLOCK_P"])
         ce = dict(meta, HAS_D=True, HAS_Z=True, HAS_K0=False, BLOCK_P=launch.pop("BLOCK_P"),
                   HEADS=launch.pop("HEADS"), ATOMIC=launch.pop("ATOMIC"), BLOCK_PB=max(2, ints["n_pb"]),
-                  PART=part if launch.pop("SPLIT") else 2)
+                  PART=the_part)
         programs = n_chunks * s["b"] * s["G"] * (s["H"] // s["G"]) // ce["HEADS"]
     return fn, pointers, ints, ce, launch, programs
 
@@ -153,49 +158,40 @@ def first_config():
     return first_mod._mamba3_first, pointers, ints, ce, dict(num_warps=4, num_stages=1), s["b"] * s["H"] * 4
 
 
-CONFIGS = [  # (label, builder, arguments); the sweep's variants, the defaults first
+CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's variants (benchmarks/sweep_mamba3.py)
     ("fwd bf16 default", fwd_config, {}),
-    ("fwd bf16 save (training)", fwd_config, dict(save=True)),
-    ("fwd bf16 save bp64", fwd_config, dict(save=True, block_p=64)),
-    ("fwd bf16 save rows16", fwd_config, dict(save=True, max_rows=16)),
-    ("fwd mimo R4 save", fwd_config, dict(R=4, save=True)),
-    ("fwd bf16 bp32", fwd_config, dict(block_p=32)),
-    ("fwd bf16 rows64", fwd_config, dict(max_rows=64)),
-    ("fwd bf16 rows64 bp32", fwd_config, dict(max_rows=64, block_p=32)),
-    ("fwd bf16 rows64 w8", fwd_config, dict(max_rows=64, num_warps=8)),
+    ("fwd bf16 bp64", fwd_config, dict(block_p=64)),
     ("fwd bf16 rows16", fwd_config, dict(max_rows=16)),
-    ("fwd bf16 w8", fwd_config, dict(num_warps=8)),
+    ("fwd bf16 rows64 w8", fwd_config, dict(max_rows=64, num_warps=8)),
+    ("fwd bf16 w8 bp64", fwd_config, dict(num_warps=8, block_p=64)),
     ("fwd bf16 stages1", fwd_config, dict(num_stages=1)),
-    ("fwd bf16 stages3", fwd_config, dict(num_stages=3)),
     ("fwd bf16 exact trig", fwd_config, dict(fast_trig=False)),
-    ("fwd bf16 lowp off (tf32x3)", fwd_config, dict(lowp=False)),
-    ("fwd fp32 tf32x3", fwd_config, dict(dtype=torch.float32)),
-    ("fwd fp32 ieee", fwd_config, dict(dtype=torch.float32, f32_precision="ieee")),
+    ("fwd fp32 (tf32x3)", fwd_config, dict(dtype=torch.float32)),
     ("fwd mimo R4 bf16", fwd_config, dict(R=4)),
-    ("fwd mimo R4 bf16 rows64", fwd_config, dict(R=4, max_rows=64)),
-    ("bwd state bf16 default", bwd_config, dict(kernel="state")),
-    ("bwd state bf16 bp64 w4", bwd_config, dict(kernel="state", state_block_p=64)),
-    ("bwd state bf16 bp64 w8", bwd_config, dict(kernel="state", state_block_p=64, state_warps=8)),
-    ("bwd state bf16 rows32", bwd_config, dict(kernel="state", max_rows=32)),
-    ("bwd state bf16 bp32 w8", bwd_config, dict(kernel="state", state_warps=8)),
-    ("bwd state bf16 bp16 w4", bwd_config, dict(kernel="state", state_block_p=16)),
-    ("bwd state bf16 bp16 w8", bwd_config, dict(kernel="state", state_block_p=16, state_warps=8)),
+    ("fwd mimo R4 rows64 w8", fwd_config, dict(R=4, max_rows=64, num_warps=8)),
+    ("fwd training (saves S)", fwd_config, dict(save=True)),
+    ("fwd training rows16", fwd_config, dict(save=True, bwd_max_rows=16)),
+    ("fwd training rows64", fwd_config, dict(save=True, bwd_max_rows=64)),
+    ("bwd state default", bwd_config, dict(kernel="state")),
+    ("bwd state bp32 w8", bwd_config, dict(kernel="state", state_block_p=32, state_warps=8)),
+    ("bwd state rows16", bwd_config, dict(kernel="state", max_rows=16)),
+    ("bwd state rows64", bwd_config, dict(kernel="state", max_rows=64)),
     ("bwd state fp32", bwd_config, dict(kernel="state", dtype=torch.float32)),
-    ("bwd chunk dq,dk bf16 default", bwd_config, {}),
-    ("bwd chunk dx bf16 default", bwd_config, dict(part=1)),
-    ("bwd chunk dq,dk bf16 w8", bwd_config, dict(chunk_warps=8)),
-    ("bwd chunk dx bf16 w8", bwd_config, dict(part=1, chunk_warps=8)),
-    ("bwd chunk dq,dk bf16 group", bwd_config, dict(heads=0, chunk_warps=8)),
-    ("bwd chunk dx bf16 group", bwd_config, dict(part=1, heads=0, chunk_warps=8)),
-    ("bwd chunk both bf16", bwd_config, dict(split=False)),
+    ("bwd chunk dq,dk default", bwd_config, {}),
+    ("bwd chunk dx default", bwd_config, dict(part=1)),
+    ("bwd chunk dq,dk group", bwd_config, dict(heads=0)),
+    ("bwd chunk dx one head", bwd_config, dict(part=1, x_heads=1)),
+    ("bwd chunk one launch", bwd_config, dict(split=False)),
     ("bwd chunk dq,dk rows16", bwd_config, dict(max_rows=16)),
     ("bwd chunk dx rows16", bwd_config, dict(part=1, max_rows=16)),
+    ("bwd chunk dq,dk rows64", bwd_config, dict(max_rows=64)),
+    ("bwd chunk dx rows64", bwd_config, dict(part=1, max_rows=64)),
+    ("bwd chunk dq,dk w4", bwd_config, dict(chunk_warps=4)),
+    ("bwd chunk dx w4", bwd_config, dict(part=1, chunk_warps=4)),
     ("bwd chunk dq,dk fp32", bwd_config, dict(dtype=torch.float32)),
     ("bwd chunk dx fp32", bwd_config, dict(part=1, dtype=torch.float32)),
     ("bwd chunk dq,dk mimo R4", bwd_config, dict(R=4)),
     ("bwd chunk dx mimo R4", bwd_config, dict(part=1, R=4)),
-    ("bwd chunk dq,dk mimo R4 w4", bwd_config, dict(R=4, chunk_warps=4)),
-    ("bwd chunk dx mimo R4 w4", bwd_config, dict(part=1, R=4, chunk_warps=4)),
     ("step R1 B64", step_config, dict(R=1)),
     ("step R4 B64", step_config, dict(R=4)),
     ("step R4 B1", step_config, dict(R=4, batch=1)),

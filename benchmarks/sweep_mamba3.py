@@ -38,6 +38,7 @@ VARIANTS = [
     ("fwd exact trig", "fwd", dict(fast_trig=False)),
     ("fwd+bwd default", "fwd+bwd", {}),
     ("fwd+bwd group heads (no atomics)", "fwd+bwd", dict(bwd_heads=0)),
+    ("fwd+bwd dx one head per program", "fwd+bwd", dict(bwd_x_heads=1)),
     ("fwd+bwd one chunk launch", "fwd+bwd", dict(bwd_split=False)),
     ("fwd+bwd rows16", "fwd+bwd", dict(bwd_max_rows=16)),
     ("fwd+bwd state bp32 w8", "fwd+bwd", dict(bwd_state_block_p=32, bwd_state_warps=8)),

@@ -80,11 +80,14 @@ F32_PRECISION = "tf32x3"  # float32 inputs: three tensor-float32 products per pr
 
 @triton.jit
 def _trig(phi, FAST: tl.constexpr):
-    """cos and sin of phi (float32). FAST: the GPU's approximate units after reducing phi to [-π, π)."""
+    """cos and sin of phi (float32). FAST: the GPU's approximate units, after
+    reducing phi to [-π, π)."""
     if FAST:
         r = phi - 6.283185307179586 * tl.floor(phi * 0.15915494309189535 + 0.5)
-        c = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
-        s = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
+        c = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=f,f", [r],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        s = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [r],
+                                      dtype=tl.float32, is_pure=True, pack=1)
     else:
         c = tl.cos(phi)
         s = tl.sin(phi)
@@ -93,19 +96,21 @@ def _trig(phi, FAST: tl.constexpr):
 
 @triton.jit
 def _dot(a, b, acc, F32: tl.constexpr, OP: tl.constexpr, PREC: tl.constexpr):
-    """acc + a @ b, accumulated in float32: float32 operands (F32; PREC "ieee" is exact, "tf32x3" splits
-    each operand into two tensor-float32 halves and keeps three products, to about 2^-21) or operands
-    cast to OP (bfloat16 / float16)."""
+    """acc + a @ b, accumulated in float32. F32: float32 operands (PREC "ieee" is
+    exact; "tf32x3" splits each operand into two tensor-float32 halves and keeps
+    three products, to about 2^-21). Else operands cast to OP (bf16, fp16)."""
     if F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc, input_precision=PREC)
+        a, b = a.to(tl.float32), b.to(tl.float32)
+        return tl.dot(a, b, acc=acc, input_precision=PREC)
     else:
         return tl.dot(a.to(OP), b.to(OP), acc=acc)
 
 
 @triton.jit
 def _scalars(dt_ptr, A_ptr, lam_ptr, t, t_ok, first, L, H):
-    """Per row of a chunk, float32 (rows,): Δ, the log2 decay increment (on each token's first row only),
-    γ = λ Δ, and the weight below the diagonal w = γ + (1 - λ_{t+1}) Δ_{t+1} (0 past the sequence's end)."""
+    """Per row of a chunk (rows,), float32: Δ, the log2 decay increment (on
+    each token's first row only), γ = λ Δ, and the weight below the diagonal
+    w = γ + (1 - λ_{t+1}) Δ_{t+1}, which looks one step ahead (0 at the end)."""
     o = t * H
     dt = tl.load(dt_ptr + o, mask=t_ok, other=0.0)
     a = tl.load(A_ptr + o, mask=t_ok, other=0.0) * dt * 1.4426950408889634
@@ -120,11 +125,11 @@ def _scalars(dt_ptr, A_ptr, lam_ptr, t, t_ok, first, L, H):
 
 @triton.jit
 def _angles(theta_ptr, dt, psi, t, t_ok, first, n, n_ok, H, N2, FAST: tl.constexpr):
-    """cos Φ, sin Φ (rows, BLOCK_N2) for Φ = psi + the chunk's running sum of θ Δ (each token adds its
-    increment once, on its first row); also θ (same shape) and the chunk's total angle δ (BLOCK_N2,).
-    theta_ptr points at this (batch, head)'s θ."""
-    th = tl.load(theta_ptr + (t * (H * N2))[:, None] + n[None, :], mask=t_ok[:, None] & n_ok[None, :],
-                 other=0.0).to(tl.float32)
+    """cos Φ, sin Φ (rows, BLOCK_N2) for Φ = psi + the chunk's running sum of
+    θ Δ (a token adds its increment once, on its first row); also θ, and the
+    chunk's total angle (BLOCK_N2,). theta_ptr: this (batch, head)'s θ."""
+    th = tl.load(theta_ptr + (t * (H * N2))[:, None] + n[None, :],
+                 mask=t_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
     inc = tl.where(first[:, None], th * dt[:, None], 0.0)  # (rows, BLOCK_N2)
     cos, sin = _trig(psi[None, :] + tl.cumsum(inc, axis=0), FAST)
     return cos, sin, th, tl.sum(inc, axis=0)
@@ -132,14 +137,16 @@ def _angles(theta_ptr, dt, psi, t, t_ok, first, n, n_ok, H, N2, FAST: tl.constex
 
 @triton.jit
 def _pairs(t, rank, row_ok, n, n_ok, G, R, N2):
-    """Offsets (rows, BLOCK_N2) of the even entries of B_t, C_t within a (batch, group), and their mask."""
+    """Offsets (rows, BLOCK_N2) of the even entries of B_t, C_t within a
+    (batch, group), and their mask."""
     src = (t * (G * R * 2 * N2) + rank * (2 * N2))[:, None] + 2 * n[None, :]
     return src, row_ok[:, None] & n_ok[None, :]
 
 
 @triton.jit
 def _turn(ptr, src, mask, cos, sin):
-    """Rot(Φ) of the pairs (ptr[src], ptr[src + 1]): their even and odd entries, float32."""
+    """Rot(Φ) of the pairs (ptr[src], ptr[src + 1]): their even and odd
+    entries after the turn, float32."""
     u = tl.load(ptr + src, mask=mask, other=0.0).to(tl.float32)
     v = tl.load(ptr + src + 1, mask=mask, other=0.0).to(tl.float32)
     return u * cos - v * sin, u * sin + v * cos
@@ -147,16 +154,19 @@ def _turn(ptr, src, mask, cos, sin):
 
 @triton.jit
 def _mamba3_fwd(
-    x_ptr, dt_ptr, A_ptr, lam_ptr, theta_ptr, B_ptr, C_ptr, D_ptr, z_ptr, h0_ptr, psi0_ptr,
-    y_ptr, hT_ptr, psiT_ptr, Sc_ptr, Pc_ptr,
+    x_ptr, dt_ptr, A_ptr, lam_ptr, theta_ptr, B_ptr, C_ptr, D_ptr, z_ptr,
+    h0_ptr, psi0_ptr, y_ptr, hT_ptr, psiT_ptr, Sc_ptr, Pc_ptr,
     L, H, HPG, G, R, P, N2, n_chunks,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr, HAS_PSI0: tl.constexpr,
-    STORE_FINAL: tl.constexpr, SAVE: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-    BLOCK_T: tl.constexpr, RP: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N2: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_PSI0: tl.constexpr, STORE_FINAL: tl.constexpr, SAVE: tl.constexpr,
+    F32: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+    BLOCK_T: tl.constexpr, RP: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N2: tl.constexpr,
 ):
-    # x, z, y (b, L, H, R, P); dt, A, lam (b, L, H) float32; theta (b, L, H, N2); B, C (b, L, G, R, 2 N2);
-    # D (H, P) float32; h0, hT (b, H, P, 2 N2) float32; psi0, psiT (b, H, N2) float32;
-    # SAVE: Sc (b, H, n_chunks, P, 2 N2) the state entering each chunk, Pc (b, H, n_chunks, N2) its angle.
+    # x, z, y (b, L, H, R, P); dt, A, lam (b, L, H) float32; theta (b, L, H, N2);
+    # B, C (b, L, G, R, 2 N2); D (H, P); h0, hT (b, H, P, 2 N2), psi0, psiT
+    # (b, H, N2) float32. SAVE: Sc (b, H, n_chunks, P, 2 N2), the state entering
+    # each chunk, and Pc (b, H, n_chunks, N2), its angle (for the backward pass).
     ROWS: tl.constexpr = BLOCK_T * RP
     OP = x_ptr.dtype.element_ty  # the products' operand dtype (unless F32)
     pid_p = tl.program_id(0)
@@ -169,22 +179,22 @@ def _mamba3_fwd(
     rows = tl.arange(0, ROWS)
     tok = rows // RP  # token of each row within the chunk
     rank = rows % RP
-    first = rank == 0  # one row per token carries the token's decay and angle increments
+    first = rank == 0  # a token's first row carries its decay and angle
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N2)
     p_ok = p < P
     n_ok = n < N2
     st_mask = n_ok[:, None] & p_ok[None, :]
-    st_off = p[None, :] * N + 2 * n[:, None]  # (BLOCK_N2, BLOCK_P): the even columns of h (P, N)
+    st_off = p[None, :] * N + 2 * n[:, None]  # (BLOCK_N2, BLOCK_P): h[p, 2i]
     bh = pid_bh.to(tl.int64)
-    if HAS_H0:
-        S_e = tl.load(h0_ptr + bh * P * N + st_off, mask=st_mask, other=0.0)  # Ŝ = hᵀ, even rows
-        S_o = tl.load(h0_ptr + bh * P * N + st_off + 1, mask=st_mask, other=0.0)  # and odd rows
+    if HAS_H0:  # Ŝ = hᵀ as its even and odd rows
+        S_e = tl.load(h0_ptr + bh * P * N + st_off, mask=st_mask, other=0.0)
+        S_o = tl.load(h0_ptr + bh * P * N + st_off + 1, mask=st_mask, other=0.0)
     else:
         S_e = tl.zeros([BLOCK_N2, BLOCK_P], dtype=tl.float32)
         S_o = tl.zeros([BLOCK_N2, BLOCK_P], dtype=tl.float32)
-    if HAS_PSI0:
-        psi = tl.load(psi0_ptr + bh * N2 + n, mask=n_ok, other=0.0)  # the angle before the chunk
+    if HAS_PSI0:  # Ψ: the angle before the chunk
+        psi = tl.load(psi0_ptr + bh * N2 + n, mask=n_ok, other=0.0)
     else:
         psi = tl.zeros([BLOCK_N2], dtype=tl.float32)
     if HAS_D:
@@ -209,21 +219,23 @@ def _mamba3_fwd(
         t = c * BLOCK_T + tok  # (ROWS,)
         t_ok = t < L
         row_ok = t_ok & (rank < R)
-        if SAVE:  # the state entering the chunk and its angle, for the backward pass
+        if SAVE:  # the state entering the chunk and its angle
             so = (bh * n_chunks + c) * P * N
-            tl.store(Sc_ptr + so + st_off, S_e.to(Sc_ptr.dtype.element_ty), mask=st_mask)
-            tl.store(Sc_ptr + so + st_off + 1, S_o.to(Sc_ptr.dtype.element_ty), mask=st_mask)
+            Sty = Sc_ptr.dtype.element_ty
+            tl.store(Sc_ptr + so + st_off, S_e.to(Sty), mask=st_mask)
+            tl.store(Sc_ptr + so + st_off + 1, S_o.to(Sty), mask=st_mask)
             if pid_p == 0:
                 tl.store(Pc_ptr + (bh * n_chunks + c) * N2 + n, psi, mask=n_ok)
         dt, a, gamma, wgt = _scalars(dt_ptr, A_ptr, lam_ptr, t, t_ok, first, L, H)
-        a_cum = tl.cumsum(a, axis=0)  # (ROWS,) log2 decay from the chunk's start to the row's token
+        a_cum = tl.cumsum(a, axis=0)  # (ROWS,) log2 decay from the chunk's start
         a_end = tl.sum(a, axis=0)
-        cos, sin, _th, delta = _angles(theta_ptr, dt, psi, t, t_ok, first, n, n_ok, H, N2, FAST)
+        cos, sin, _th, delta = _angles(theta_ptr, dt, psi, t, t_ok, first, n, n_ok,
+                                       H, N2, FAST)
         src, rn_mask = _pairs(t, rank, row_ok, n, n_ok, G, R, N2)
-        k_e, k_o = _turn(B_ptr, src, rn_mask, cos, sin)  # k̂ (ROWS, BLOCK_N2), even and odd entries
+        k_e, k_o = _turn(B_ptr, src, rn_mask, cos, sin)  # k̂ (ROWS, BLOCK_N2)
         q_e, q_o = _turn(C_ptr, src, rn_mask, cos, sin)  # q̂
         psi = psi + delta
-        psi = psi - 6.283185307179586 * tl.floor(psi * 0.15915494309189535)  # kept in [0, 2π)
+        psi = psi - 6.283185307179586 * tl.floor(psi * 0.15915494309189535)
         if not F32:  # the products' operands, at half the registers
             k_e, k_o, q_e, q_o = k_e.to(OP), k_o.to(OP), q_e.to(OP), q_o.to(OP)
 
@@ -231,13 +243,16 @@ def _mamba3_fwd(
         rp_mask = row_ok[:, None] & p_ok[None, :]
         xv = tl.load(x_ptr + xo, mask=rp_mask, other=0.0)
         # the state carried in, read out: exp2(a⁺_t) q̂_t Ŝ
-        y = _dot(q_e, S_e, tl.zeros([ROWS, BLOCK_P], dtype=tl.float32), F32, OP, PREC)
+        y = tl.zeros([ROWS, BLOCK_P], dtype=tl.float32)
+        y = _dot(q_e, S_e, y, F32, OP, PREC)
         y = _dot(q_o, S_o, y, F32, OP, PREC) * tl.exp2(a_cum)[:, None]
-        # inside the chunk: (q̂ k̂ᵀ ∘ decay ∘ w) x
-        s = _dot(q_e, tl.trans(k_e), tl.zeros([ROWS, ROWS], dtype=tl.float32), F32, OP, PREC)
+        # inside the chunk: (q̂ k̂ᵀ ∘ decay ∘ w) x, w = γ on the diagonal
+        s = tl.zeros([ROWS, ROWS], dtype=tl.float32)
+        s = _dot(q_e, tl.trans(k_e), s, F32, OP, PREC)
         s = _dot(q_o, tl.trans(k_o), s, F32, OP, PREC)
         w = tl.where(below, wgt[None, :], gamma[None, :])
-        s = tl.where(causal, s * w * tl.exp2(tl.minimum(a_cum[:, None] - a_cum[None, :], 0.0)), 0.0)
+        decay = tl.exp2(tl.minimum(a_cum[:, None] - a_cum[None, :], 0.0))
+        s = tl.where(causal, s * w * decay, 0.0)
         y = _dot(s, xv, y, F32, OP, PREC)
         if HAS_D:
             y += Dv[None, :] * xv.to(tl.float32)
@@ -245,11 +260,13 @@ def _mamba3_fwd(
             zv = tl.load(z_ptr + xo, mask=rp_mask, other=0.0).to(tl.float32)
             y = y * zv * tl.sigmoid(zv)
         tl.store(y_ptr + xo, y.to(y_ptr.dtype.element_ty), mask=rp_mask)
-        # the state leaving the chunk (the next chunk's first β-term folded in through w)
+        # the state leaving the chunk; w folds in the next chunk's first β-term
         u = tl.exp2(a_end - a_cum) * wgt  # (ROWS,)
         keep = tl.exp2(a_end)
-        S_e = _dot(tl.trans(k_e.to(tl.float32) * u[:, None]), xv, S_e * keep, F32, OP, PREC)
-        S_o = _dot(tl.trans(k_o.to(tl.float32) * u[:, None]), xv, S_o * keep, F32, OP, PREC)
+        S_e = _dot(tl.trans(k_e.to(tl.float32) * u[:, None]), xv, S_e * keep,
+                   F32, OP, PREC)
+        S_o = _dot(tl.trans(k_o.to(tl.float32) * u[:, None]), xv, S_o * keep,
+                   F32, OP, PREC)
 
     if STORE_FINAL:
         tl.store(hT_ptr + bh * P * N + st_off, S_e, mask=st_mask)

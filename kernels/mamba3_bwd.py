@@ -67,7 +67,8 @@ MAX_ROWS = 32  # rows per chunk in training (the forward pass saves a state per 
 STATE_BLOCK_P = 16  # rows of the state per program of the reverse recurrence
 STATE_WARPS = 4
 CHUNK_WARPS = 8
-HEADS = 1  # heads per program of the chunk kernel (0: the whole group, dB and dC without atomics)
+HEADS = 1  # heads per program of the chunk kernel's dq̂, dk̂ launch (0: the whole group, dB and dC without atomics)
+X_HEADS = 0  # heads per program of its dx launch (0: the whole group; it writes nothing shared)
 SPLIT = True  # two launches of the chunk kernel: dq̂, dk̂ in one, dx and the scalars in the other
 SHARED_KNOBS = ("lowp", "fast_trig", "f32_precision")  # knobs of the forward pass that the backward pass follows
 
@@ -331,10 +332,20 @@ def _mamba3_bwd_chunk(
             tl.debug_barrier()  # the next head reads dB, dC back: every thread's writes first
 
 
+def _divisor(n, k):
+    """k heads per program, 0 meaning all n; rounded down to a divisor of n."""
+    k = max(1, min(n, k or n))
+    while n % k:
+        k -= 1
+    return k
+
+
 def bwd_launch_config(x, N, chunk_size, R, max_rows=None, state_block_p=None, state_warps=None, chunk_warps=None,
-                      split=None, num_stages=None, heads=None, fast_trig=None, lowp=True, f32_precision=None, G=None):
+                      split=None, num_stages=None, heads=None, x_heads=None, fast_trig=None, lowp=True,
+                      f32_precision=None, G=None):
     """Block sizes of the two backward kernels (and the rows per chunk of the forward pass that saves the
-    states). Returns (meta shared by both, n_chunks, state-kernel extras, chunk-kernel extras)."""
+    states). Returns (meta shared by both, n_chunks, state-kernel extras, chunk launches: a list of
+    (PART, extras) for the chunk kernel)."""
     b, L, H, _, P = x.shape
     interp = interpreting()
     RP = next_pow2(R)
@@ -343,17 +354,17 @@ def bwd_launch_config(x, N, chunk_size, R, max_rows=None, state_block_p=None, st
     meta = dict(BLOCK_T=BLOCK_T, RP=RP, BLOCK_N2=max(16, next_pow2(N // 2)), F32=f32, PREC=prec,
                 FAST=bool((not f32) if fast_trig is None else fast_trig) and not interp)
     hpg = H // (G or 1)
-    heads = HEADS if heads is None else heads
-    heads = max(1, min(hpg, heads or hpg))
-    while hpg % heads:  # a divisor of the heads per group
-        heads -= 1
+    q_heads = _divisor(hpg, HEADS if heads is None else heads)
+    x_heads = _divisor(hpg, X_HEADS if x_heads is None else x_heads)
     state = dict(BLOCK_P=max(16, min(next_pow2(P), state_block_p or STATE_BLOCK_P)))
-    chunk = dict(BLOCK_P=max(16, next_pow2(P)), HEADS=heads, ATOMIC=heads < hpg, SPLIT=SPLIT if split is None else split)
-    if interp:
-        return meta, triton.cdiv(L, BLOCK_T), state, chunk
-    stages = num_stages or 1
-    state.update(num_warps=state_warps or STATE_WARPS, num_stages=stages)
-    chunk.update(num_warps=chunk_warps or CHUNK_WARPS, num_stages=stages)
+    split = SPLIT if split is None else split
+    parts = [(0, q_heads), (1, x_heads)] if split else [(2, q_heads)]
+    chunk = [(part, dict(BLOCK_P=max(16, next_pow2(P)), HEADS=hh, ATOMIC=hh < hpg)) for part, hh in parts]
+    if not interp:
+        stages = num_stages or 1
+        state.update(num_warps=state_warps or STATE_WARPS, num_stages=stages)
+        for _, ck in chunk:
+            ck.update(num_warps=chunk_warps or CHUNK_WARPS, num_stages=stages)
     return meta, triton.cdiv(L, BLOCK_T), state, chunk
 
 
@@ -433,20 +444,19 @@ def mamba3_bwd(gy, ghT, gpsiT, Sc, Pc, hT, meta, x, dt, A, B, C, lam, theta, D, 
     # 2. every chunk at once: dx, dz, dq̂, dk̂ -> dB, dC, dθ, and the per-token weights' gradients
     dx = empty(x.shape, dtype=work)
     dz = empty(x.shape, dtype=work) if z is not None else None
-    dB, dC = zeros(b, L, G, R, N), zeros(b, L, G, R, N)
+    dB, dC = zeros(b, L, G, R, N), zeros(b, L, G, R, N)  # added into, by read-modify-write or atomics
     dth = empty(b, L, H, N2)
     da, ddt = empty(b, L, H), empty(b, L, H)
     dgam, dwgt = zeros(b, L, H, R), zeros(b, L, H, R)  # rows of ranks >= R stay 0
     dD = empty(b, n_chunks, H, P) if D is not None else None
-    ck = dict(ck)
-    for part in ((0, 1) if ck.pop("SPLIT") else (2,)):
-        _mamba3_bwd_chunk[(n_chunks, b * G, (H // G) // ck["HEADS"])](
+    for part, ck1 in ck:
+        _mamba3_bwd_chunk[(n_chunks, b * G, (H // G) // ck1["HEADS"])](
             xw, dtf, Af, lamf, thf, Bw, Cw, d if Df is None else Df, d if zw is None else zw, gyw, Sc, Pc, dSc,
             vend, carry, d if K0 is None else K0,
             dx, d if dz is None else dz, dB, dC, dth, da, dgam, dwgt, ddt, d if dD is None else dD,
             L, H, H // G, G, R, P, N2, n_chunks, n_pb,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_K0=K0 is not None, BLOCK_PB=max(2, next_pow2(n_pb)),
-            PART=part, **bmeta, **ck,
+            PART=part, **bmeta, **ck1,
         )
     # the weights: γ_t = λ_t Δ_t on the diagonal and in w_t = γ_t + (1 - λ_{t+1}) Δ_{t+1} below it
     g1, g2 = dgam.sum(-1), dwgt.sum(-1)  # (b, L, H)

@@ -198,7 +198,8 @@ def test_gradients_bfloat16_against_float32(R, gen):
 
 
 BWD_KNOBS = [dict(bwd_heads=0), dict(bwd_heads=2), dict(bwd_split=False), dict(bwd_state_block_p=32),
-             dict(bwd_max_rows=16), dict(bwd_max_rows=64), dict(bwd_chunk_warps=4, bwd_state_warps=8)]
+             dict(bwd_max_rows=16), dict(bwd_max_rows=64), dict(bwd_chunk_warps=4, bwd_state_warps=8),
+             dict(bwd_x_heads=1)]
 
 
 @pytest.mark.parametrize("knobs", BWD_KNOBS, ids=lambda k: ",".join(f"{a}={v}" for a, v in k.items()))
