@@ -9,53 +9,55 @@ How it differs from SSD (kernels/ssd.py), in the kernel's terms.
 
 * The weights. Chunked SSD weighs the input of step s by Δ_s. The trapezoid
   gives it two terms: γ_s = λ_s Δ_s at step s, and the share
-  (1 - λ_{s+1}) Δ_{s+1} that step s+1 assigns to its previous input. So a
-  chunk loads Δ and λ one step past its end, uses γ_t on the mask's
-  diagonal and w_s = γ_s + (1 - λ_{s+1}) Δ_{s+1} below it, and folds w_s
-  (not Δ_s) into the state it hands on: the first β-term of the next chunk
-  is already inside that state, so chunks never look back.
-* The rotation. k = Rot(Φ) B and q = Rot(Φ) C are computed inside the
-  chunk, from B, C and θ as loaded: the running sum of θ Δ over the chunk
-  (a cumsum of a (rows, N/2) tile) plus the chunk's starting angle Ψ, which
-  the program carries from chunk to chunk reduced modulo 2π. The state is
-  kept in the global frame (no turning of the state between chunks), and
-  the rotated k and q never touch memory.
-* No shared C Bᵀ. SSD computes C Bᵀ once per group and chunk (the heads of
-  a group share it); here q and k depend on the head through Φ, so each
-  program forms its own q kᵀ.
+  (1 - λ_{s+1}) Δ_{s+1} that step s+1 gives its previous input. So a chunk
+  loads Δ and λ one step past its end, uses γ_t on the mask's diagonal and
+  w_s = γ_s + (1 - λ_{s+1}) Δ_{s+1} below it, and folds w_s (not Δ_s) into the
+  state it hands on: the next chunk's first β-term is already inside that
+  state, so a chunk never looks back.
+* The rotation. k̂ = Rot(Φ) B and q̂ = Rot(Φ) C are made inside the chunk, from
+  B, C and θ as loaded: the running sum of θ Δ over the chunk (a cumsum of a
+  (rows, N/2) tile) plus the chunk's starting angle Ψ, which the program
+  carries from chunk to chunk reduced modulo 2π. The state is kept in the
+  global frame, so it is never turned between chunks, and k̂, q̂ never touch
+  memory.
+* No shared C Bᵀ. SSD forms C Bᵀ once per group and chunk (the heads of a
+  group share it); here q̂ and k̂ depend on the head through Φ, so each
+  program forms its own q̂ k̂ᵀ.
 
-Work split. One kernel, ``_mamba3_fwd``: one program per (batch, head,
-block of BLOCK_P of the P rows of the state); the grid's fastest axis is
-the P block, so the programs of one head run side by side and share θ, B
-and C through the L2 cache. A program walks the chunks in order. For MIMO a
-chunk's rows are its (token, rank) pairs, row i = token i // RP, rank
-i % RP. Per chunk (rows = tokens x ranks, a log2 decays, a⁺ their running
-sum):
+Work split. One kernel, ``_mamba3_fwd``: one program per (batch, head, block
+of BLOCK_P of the P rows of the state); the grid's fastest axis is the P
+block, so the programs of a head run side by side and share θ, B, C through
+L2. A program walks the chunks in order. For MIMO a chunk's rows are its
+(token, rank) pairs, row i = token i // RP, rank i % RP. Per chunk (a the
+log2 decays, a⁺ their running sum):
 
-    k̂, q̂   = Rot(Ψ + cumsum(θ Δ)) B, C                 (rows, N) as even/odd halves
-    y      = exp2(a⁺_t) q̂ Ŝ  +  (q̂ k̂ᵀ ∘ exp2(a⁺_t - a⁺_s) ∘ w) x  (+ D x, ⊙ SiLU(z))
-    Ŝ      = exp2(a⁺_end) Ŝ + (k̂ ∘ exp2(a⁺_end - a⁺_s) w_s)ᵀ x,   Ψ += Σ θ Δ  (mod 2π)
-
-with w = γ on the diagonal (same token) and w_s below it.
+    k̂, q̂ = Rot(Ψ + cumsum(θ Δ)) B, C            (rows, N/2) even and odd halves
+    y    = exp2(a⁺_t) q̂ Ŝ + (q̂ k̂ᵀ ∘ exp2(a⁺_t - a⁺_s) ∘ w) x   (+ D x, ⊙ SiLU(z))
+    Ŝ    = exp2(a⁺_end) Ŝ + (k̂ ∘ exp2(a⁺_end - a⁺_s) w_s)ᵀ x,   Ψ += Σ θ Δ (mod 2π)
 
 Where the state lives. Ŝ = hᵀ (N, BLOCK_P), float32, as its even and odd
-rows (two (N/2, BLOCK_P) tiles, so that a rotation is four multiplies and
-the products take K = N/2), stays in registers for the whole sequence.
-Traffic: x, θ, B, C, Δ, A, λ (and z) read once (θ, B, C once per P block,
-from L2 after the first), y written once. For the backward pass the kernel
-also stores the state entering each chunk (in the products' dtype) and Ψ.
+rows (two (N/2, BLOCK_P) tiles: a rotation is four multiplies, the products
+take K = N/2), stays in registers for the whole sequence. Traffic: x, θ, B,
+C, Δ, A, λ (and z) read once (θ, B, C once per P block, the second time from
+L2), y written once. For the backward pass (training) the kernel also stores
+the state entering each chunk, in the products' dtype, and Ψ.
+
+Defaults (``MAX_ROWS``, ``BLOCK_P_MAX``, ``NUM_WARPS``, ``NUM_STAGES``): chunks
+of 32 rows, P blocks of 32, 4 warps, 2 pipeline stages. Compiled for sm_90
+(benchmarks/compile_mamba3.py) this uses 255 registers without spilling.
+Chunks of 64 rows spill with 4 warps: every product here is chained to
+another, for which Triton puts all the warps on the rows, so a (rows, 64)
+float32 tile costs 32 registers per thread whatever the rows.
 
 Precision. Decays, angles, the state and every accumulation are float32.
-float32 inputs use exact float32 products (``input_precision="ieee"``);
 bfloat16 / float16 inputs use tensor-core products with operands in that
-dtype and float32 accumulation, and the GPU's fast cos and sin on angles
-reduced to [-π, π) (``fast_trig``). Triton's CPU interpreter computes
-everything in float32.
+dtype and the GPU's fast cos and sin on angles reduced to [-π, π); float32
+inputs use 3xTF32 products (``F32_PRECISION``; "ieee" is exact and slower).
+Triton's CPU interpreter computes everything in float32.
 
-Performance: see benchmarks/notes/mamba3.md (the design's floor, the
-predictions and the H100 measurements).
-
-Gradients: ``kernels/mamba3_bwd.py`` (a reverse walk over the chunks).
+Performance: benchmarks/notes/mamba3.md (floors, predictions, measurements).
+Gradients: ``kernels/mamba3_bwd.py``. A first, one-token-per-step kernel for
+reading: ``kernels/mamba3_first.py``.
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ cache of ``mamba3_step``) is (h, angle, k, x): h_{t}, Φ_t (reduced to
 * ``quadratic``: the parallel form over the whole sequence, O(L²) per head.
 * ``vectorized``: chunked. The parallel form inside chunks of Q steps, a state
   carried from chunk to chunk.
-* ``triton``: the chunked algorithm in one kernel (``kernels/mamba3.py``).
+* ``triton``: the chunked algorithm in one kernel (``kernels/mamba3.py``), its
+  gradients in Triton too (``kernels/mamba3_bwd.py``); ``mamba3_step`` has a
+  Triton decoding step (``kernels/mamba3_step.py``).
 """
 
 from __future__ import annotations
