@@ -85,18 +85,19 @@ def test_forward_without_gate_or_state(R, dtype, gen):
     assert out.dtype == dtype and rel_error(out, ref) < tolerance(dtype)
 
 
-KNOBS = [dict(block_p=16), dict(block_p=64), dict(max_rows=16), dict(max_rows=64), dict(num_warps=8),
-         dict(fast_trig=False), dict(lowp=False), dict(f32_precision="ieee")]
-if ON_GPU:
-    KNOBS += [dict(fast_trig=True), dict(num_stages=1), dict(num_stages=3), dict(max_rows=64, num_warps=8)]
+# the forward's launch variants (those the sweep times among them); on a GPU in bfloat16 (each variant
+# is a separate compilation: the float32 kernels are covered by the tests above)
+KNOBS = [dict(block_p=16), dict(block_p=64), dict(max_rows=16), dict(max_rows=64, num_warps=8),
+         dict(fast_trig=False), dict(lowp=False)]
+KNOBS += [dict(num_stages=1)] if ON_GPU else [dict(f32_precision="ieee")]
 
 
 @pytest.mark.parametrize("knobs", KNOBS, ids=lambda k: ",".join(f"{a}={v}" for a, v in k.items()))
 def test_forward_knobs(knobs, gen):
-    """Every launch variant the sweep times computes the same function (float32; bfloat16 on a GPU)."""
+    """Every launch variant computes the same function (float32 on a CPU, bfloat16 on a GPU)."""
     from ssm_edu.kernels.mamba3 import mamba3_triton
 
-    for dtype in DTYPES:
+    for dtype in DTYPES[-1:]:
         for R in (None, 3):
             args, kw = inputs(gen, b=1, L=45, H=2, P=40, G=1, N=8, R=R)
             ra, rk = rounded(args, kw, dtype)
@@ -197,9 +198,10 @@ def test_gradients_bfloat16_against_float32(R, gen):
         assert err < tolerance(torch.bfloat16), f"d{name}: relative error {err:.3g}"
 
 
-BWD_KNOBS = [dict(bwd_heads=0), dict(bwd_heads=2), dict(bwd_split=False), dict(bwd_state_block_p=32),
-             dict(bwd_max_rows=16), dict(bwd_max_rows=64), dict(bwd_chunk_warps=4, bwd_state_warps=8),
-             dict(bwd_x_heads=1)]
+BWD_KNOBS = [dict(bwd_heads=0), dict(bwd_split=False), dict(bwd_max_rows=16)]
+if not ON_GPU:  # the interpreter ignores warps; on a GPU each variant is a compilation
+    BWD_KNOBS += [dict(bwd_heads=2), dict(bwd_state_block_p=32), dict(bwd_max_rows=64),
+                  dict(bwd_chunk_warps=4, bwd_state_warps=8), dict(bwd_x_heads=1)]
 
 
 @pytest.mark.parametrize("knobs", BWD_KNOBS, ids=lambda k: ",".join(f"{a}={v}" for a, v in k.items()))
