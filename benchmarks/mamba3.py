@@ -184,7 +184,8 @@ def bench_mamba3_step(ctx: Context):
                 step = peers.mamba_ssm("ops.triton.mamba3.mamba3_siso_step").mamba3_siso_step
                 zeros = torch.zeros(h, n, device=dev)
                 st = (state.angle, state.h, state.k, state.x)
-                peer = lambda: step(C, B, x, dt * A, dt, torch.logit(lam), zeros, zeros, raw, D=D,  # noqa: E731
+                adt, trap = dt * A, torch.logit(lam)  # its layout: Δ A, and λ before a sigmoid
+                peer = lambda: step(C, B, x, adt, dt, trap, zeros, zeros, raw, D=D,  # noqa: E731
                                     Input_States=st)
                 out = peer()
                 out = out[0] if isinstance(out, tuple) else out
