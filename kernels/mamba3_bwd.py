@@ -36,17 +36,22 @@ Work split.
    float32) in registers: it rotates C (q̂ only), stores dS_{c+1} for every chunk, and the two
    numbers per chunk that need S next to dS: ⟨dS_{c+1}, S_c⟩ and ⟨dS_{c+1}, S_{c+1} J⟩ (per pair),
    as partial sums over its P rows. It ends with dh_{-1} and ⟨dS_0, S_0 J⟩.
-2. ``_mamba3_bwd_chunk``: one program per (chunk, batch, group of B and C), independent of the
-   others; it loops over the group's heads (HEADS at a time: ``heads`` programs per group add their
-   dB and dC atomically), loads S_c and dS_{c+1}, recomputes the rotations, decays and masks, and
-   computes everything above. dB and dC (the heads' dk̂, dq̂ turned back by -Φ, summed) stay in
-   registers until the group's last head: they are written once, no (b, L, H, N) buffer. The
-   per-token weights' gradients (dγ, dw per row, da) go to small (b, L, H) buffers that the launcher
-   turns into dΔ, dA and dλ (w_s reaches one step ahead, across chunk boundaries).
+2. ``_mamba3_bwd_chunk``: one program per (chunk, batch, block of heads of a group of B and C),
+   independent of the others; it loads S_c and dS_{c+1}, recomputes the rotations, decays and
+   masks, and computes everything above. Two launches of it (``SPLIT``), so that each holds about
+   half the live tiles (both recompute the rotations and dy xᵀ; registers, not memory, were the
+   limit: see benchmarks/notes/mamba3.md):
+   PART 0: dq̂, dk̂ -> dB, dC (turned back by -Φ and added into (b, L, G, R, N) float32: atomically
+   with one head per program, ``HEADS = 1``, or by read-modify-write when a program takes the
+   whole group, ``heads=0``) and dΦ -> dθ and the angles' share of dΔ;
+   PART 1: dx, dz, dD and the per-token gradients of the weights (dγ, dw per row) and of the decays
+   (da), which go to small (b, L, H) buffers that the launcher turns into dΔ, dA and dλ (w_s
+   reaches one step ahead, across chunk boundaries).
 
 Traffic beyond the inputs and the gradients: the states S (saved by the forward pass) and dS, one
-(P, N) matrix per (batch, head, chunk) each, in the products' dtype; each is written once and read
-once or twice (S by both kernels).
+(P, N) matrix per (batch, head, chunk) each, in the products' dtype: S is written once and read by
+all three launches, dS written once and read by the two chunk launches. Chunks of 32 rows in
+training (``MAX_ROWS``); 64 would halve that traffic but spill registers.
 
 Precision: as the forward pass (float32 everywhere; the products exact in float32 for float32
 inputs, with operands in the input's dtype for bfloat16 / float16).
