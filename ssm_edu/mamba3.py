@@ -49,7 +49,9 @@ cache of ``mamba3_step``) is (h, angle, k, x): h_{t}, Φ_t (reduced to
 * ``quadratic``: the parallel form over the whole sequence, O(L²) per head.
 * ``vectorized``: chunked. The parallel form inside chunks of Q steps, a state
   carried from chunk to chunk.
-* ``triton``: the chunked algorithm in one kernel (``kernels/mamba3.py``).
+* ``triton``: the chunked algorithm in one kernel (``kernels/mamba3.py``), its
+  gradients in Triton too (``kernels/mamba3_bwd.py``); ``mamba3_step`` has a
+  Triton decoding step (``kernels/mamba3_step.py``).
 """
 
 from __future__ import annotations
@@ -250,7 +252,7 @@ def mamba3_naive(x, dt, A, B, C, lam, theta, D=None, z=None, initial_state=None,
     return _finish(y, h, angle, k_prev, x_prev, siso, return_final_state)
 
 
-def mamba3_step(state, x, dt, A, B, C, lam, theta, D=None, z=None):
+def mamba3_step(state, x, dt, A, B, C, lam, theta, D=None, z=None, impl="auto"):
     """One decoding step: the recurrence advanced by one token, for generation.
 
     state: a ``Mamba3State`` (h, angle, k, x) of the previous token, or None
@@ -258,6 +260,9 @@ def mamba3_step(state, x, dt, A, B, C, lam, theta, D=None, z=None):
         angle is Φ_{t-1}.
     x: (b, H, P) SISO or (b, H, R, P) MIMO; dt, A, lam (b, H); B, C (b, G, N)
         or (b, G, R, N); theta (b, H, N/2); D (H,) or (H, P); z like x.
+    impl: ``"naive"`` (the loop of ``mamba3_naive`` for one token),
+        ``"triton"`` (``kernels/mamba3_step.py``, float32 / bfloat16 / float16)
+        or ``"auto"``.
     Returns (y, new_state): y like x, new_state (h_t, Φ_t mod 2π, k_t, x_t) in
     float32 (float64 for float64 x). Feeding a sequence token by token
     reproduces ``mamba3`` and its final state.
@@ -271,11 +276,22 @@ def mamba3_step(state, x, dt, A, B, C, lam, theta, D=None, z=None):
     for name, t in tensors.items():
         if t is not None:
             check_dtype(op, name, t, _FLOAT)
+    fn = dispatch(op, impl, (x, dt, A, B, C, lam, theta, D, z), naive=_step_naive, vectorized=_step_naive,
+                  triton="mamba3_step:mamba3_step_triton")
+    fn = float32_kernel(op, impl, fn, double=x.dtype == torch.float64, what="float64 x", fallback=_step_naive)
+    if isinstance(state, torch.Tensor):  # h alone: no previous token, angle 0
+        s = Mamba3State.zeros(x.shape[0], x.shape[1], x.shape[-1], B.shape[-1],
+                              None if x.dim() == 3 else x.shape[2], dtype=state.dtype, device=state.device)
+        state = s._replace(h=state)
+    return fn(state, x, dt, A, B, C, lam, theta, D=D, z=z)
+
+
+def _step_naive(state, x, dt, A, B, C, lam, theta, D=None, z=None):
+    """One step as the scan of length 1 started from the cache (``mamba3_naive``)."""
     work = accumulation_dtype(x.dtype)
     if state is not None:
-        state = state.to(work) if isinstance(state, torch.Tensor) else Mamba3State(*(t.to(work) for t in state))
+        state = Mamba3State(*(t.to(work) for t in state))
     seq = [None if t is None else t.to(work)[:, None] for t in (x, dt, A, B, C, lam, theta, z)]  # length 1
-    # one step of the recurrence is the scan of length 1 started from the cache
     y, new = mamba3_naive(*seq[:7], D=None if D is None else D.to(work), z=seq[7], initial_state=state,
                           return_final_state=True)
     return y[:, 0].to(x.dtype), new

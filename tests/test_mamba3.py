@@ -1,7 +1,7 @@
-"""mamba3 (chapter 9): every impl against the float64 loop, SISO and MIMO; the
+"""mamba3 (chapter 9): every PyTorch impl against the float64 loop, SISO and MIMO; the
 reductions (λ = 1, θ = 0 is Mamba-2 with a time-varying A; R = 1 is SISO); the
-decoding step; the complex form; the Triton kernel (interpreter on CPU,
-compiled on a GPU); gradients; bad input."""
+decoding step; the complex form; gradients; bad input. The Triton kernels are tested in
+test_mamba3_triton.py."""
 
 import math
 
@@ -284,118 +284,6 @@ def test_mask_entries(gen):
                 w = lam[t] * dt[t] if s == t else lam[s] * dt[s] + (1 - lam[s + 1]) * dt[s + 1]
                 expected = decay * w
             assert abs(M[t, s].item() - float(expected)) < 1e-15, (t, s)
-
-
-# ---------------------------------------------------------------- the Triton kernel
-
-# Interpreter: tiny sizes (each call is a few seconds of Python).
-TRITON_CASES = [  # (b, L, H, P, G, N, R, chunk)
-    (1, 1, 2, 3, 1, 4, None, 64),
-    (2, 7, 4, 5, 2, 6, None, 4),
-    (1, 37, 2, 3, 1, 4, None, 16),
-    (1, 7, 2, 3, 1, 4, 2, 4),
-    (1, 13, 2, 3, 2, 6, 4, 4),
-    (1, 9, 2, 3, 1, 4, 3, 8),
-]
-if ON_GPU:
-    TRITON_CASES += [
-        (2, 1000, 8, 64, 1, 128, None, 64),
-        (3, 333, 6, 48, 3, 32, None, 32),
-        (2, 515, 4, 64, 1, 128, 4, 16),
-    ]
-TRITON_DTYPES = [torch.float32] + ([torch.bfloat16] if ON_GPU else [])
-
-
-@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
-@pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: "b{}-L{}-H{}-P{}-G{}-N{}-R{}-Q{}".format(*c))
-def test_triton(case, dtype, gen):
-    """Against the loop in float64 on the same rounded inputs, with D, z, an initial state and the final state."""
-    b, L, H, P, G, N, R, chunk = case
-    args, kw = inputs(gen, b=b, L=L, H=H, P=P, G=G, N=N, R=R, state=True)
-    rounded = [t.to(dtype).double() for t in args]
-    kw64 = dict(D=kw["D"].to(dtype).double(), z=kw["z"].to(dtype).double(), initial_state=kw["initial_state"])
-    y_ref, s_ref = mamba3(*rounded, **kw64, chunk_size=64, return_final_state=True,
-                          impl="naive" if L < 50 else "vectorized")
-    dev = lambda t: t.to(DEVICE, dtype)  # noqa: E731
-    y, s = mamba3(*map(dev, args), D=dev(kw["D"]), z=dev(kw["z"]),
-                  initial_state=Mamba3State(*(t.to(DEVICE) for t in kw["initial_state"])),
-                  chunk_size=chunk, return_final_state=True, impl="triton")
-    assert y.dtype == dtype and y.shape == args[0].shape and y.device.type == DEVICE.type
-    assert s.h.dtype == torch.float32
-    err = rel_error(y, y_ref)
-    assert err < tolerance(dtype), f"relative error {err:.3g}"
-    assert_states_close(s, s_ref, tolerance(dtype))
-
-
-@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
-@pytest.mark.parametrize("R", [None, 2], ids=lambda r: "siso" if r is None else f"R{r}")
-def test_triton_without_gate_or_state(R, dtype, gen):
-    """Chapter 9's check: D only (no z, no initial state), L not a multiple of the chunk, small P and N.
-
-    On an H100 the bfloat16-products path failed exactly this case (relative error 0.89); it is why
-    ``LOWP_PRODUCTS`` is off and low-precision inputs go through the float32 kernels.
-    """
-    args, _ = inputs(gen, b=1, L=70, H=2, P=8, G=1, N=16, R=R, extras=False)
-    rounded = [t.to(dtype).double() for t in args]
-    D = torch.rand(2, generator=gen, dtype=F64).to(dtype)
-    ref = mamba3(*rounded, D=D.double(), impl="vectorized", chunk_size=16)
-    out = mamba3(*[t.to(DEVICE, dtype) for t in args], D=D.to(DEVICE), chunk_size=32, impl="triton")
-    assert out.dtype == dtype
-    assert rel_error(out, ref) < tolerance(dtype)
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["two-kernels", "fused"])
-def test_triton_both_kernel_layouts(fused, gen):
-    """The rotations done by a first kernel (k̂, q̂ through memory) or inside the scan give the same result."""
-    from ssm_edu.kernels.mamba3 import mamba3_fwd
-
-    for R in (1, 3):
-        args, kw = inputs(gen, b=1, L=19, H=2, P=3, G=1, N=4, R=R)
-        x, dt, A, B, C, lam, theta = args
-        ref = mamba3(*args, **kw, impl="naive")
-        f = lambda t: t.float().to(DEVICE)  # noqa: E731
-        y = mamba3_fwd(f(x), f(dt), f(A), f(B), f(C), f(lam), f(theta), D=f(kw["D"]), z=f(kw["z"]), chunk_size=8,
-                       fused=fused)
-        assert rel_error(y, ref) < 1e-5, R
-
-
-def test_triton_without_extras_and_chunk_size_independence(gen):
-    args, _ = inputs(gen, L=21, extras=False)
-    ref = mamba3(*args, impl="naive")
-    for Q in (1, 16, 64):
-        out = mamba3(*(t.float().to(DEVICE) for t in args), chunk_size=Q, impl="triton")
-        assert rel_error(out, ref) < 1e-5, Q
-
-
-def test_triton_gradients_match_vectorized(gen):
-    """The Triton path is differentiable in every input, the initial state included."""
-    args, kw = inputs(gen, b=1, L=9, H=2, P=3, G=1, N=4, R=2, state=True)
-    leaves = [t.float().to(DEVICE) for t in (*args, kw["D"], kw["z"], *kw["initial_state"])]
-    wy = torch.randn(args[0].shape, generator=gen).to(DEVICE)
-    grads = {}
-    for impl in ("vectorized", "triton"):
-        ins = [t.clone().requires_grad_() for t in leaves]
-        y, s = mamba3(*ins[:7], D=ins[7], z=ins[8], initial_state=Mamba3State(*ins[9:]), chunk_size=4,
-                      return_final_state=True, impl=impl)
-        ((y * wy).sum() + (s.h ** 2).sum() + s.k.sum()).backward()
-        grads[impl] = [t.grad for t in ins]
-    for i, (g_t, g_v) in enumerate(zip(grads["triton"], grads["vectorized"])):
-        assert g_t is not None and rel_error(g_t, g_v) < 1e-4, i
-
-
-def test_triton_rejects_float64_and_auto_avoids_it(gen):
-    args, kw = inputs(gen, L=4)
-    with pytest.raises(ValueError, match="use impl='vectorized' for float64"):
-        mamba3(*(t.to(DEVICE) for t in args), impl="triton")
-    assert rel_error(mamba3(*args, **kw), mamba3(*args, **kw, impl="naive")) < 1e-12
-
-
-def test_triton_is_auto_on_gpu():
-    from ssm_edu._dispatch import dispatch
-
-    a = torch.zeros(2, device=DEVICE)
-    fn = dispatch("mamba3", "auto", (a,), naive=print, vectorized=len, triton="mamba3:mamba3_triton")
-    assert (fn.__name__ == "mamba3_triton") == ON_GPU
 
 
 # ---------------------------------------------------------------- gradients

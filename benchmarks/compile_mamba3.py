@@ -1,0 +1,230 @@
+"""The Mamba-3 kernels compiled for an H100 without one: registers, spills, shared memory, warps per SM.
+
+    python benchmarks/compile_mamba3.py [LABEL ...] [--dump DIR]
+
+Compiles each kernel of kernels/mamba3*.py for sm_90 (Triton's compiler and the ptxas of its wheel: no
+GPU needed) as its launcher would at the goal shape B4 L4096 H32 P64 N128 G1 (MIMO: R = 4), for every
+configuration the sweep (benchmarks/sweep_mamba3.py) times, and prints one line per configuration:
+registers per thread, spill stores/loads (bytes), shared memory per block (bytes; an H100 block may use
+at most 227 KiB), the blocks per SM that registers and shared memory allow, and the number of programs.
+LABEL keeps the configurations whose label contains it; --dump writes TTGIR, PTX and SASS to DIR.
+"""
+import argparse
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+
+os.environ["TRITON_INTERPRET"] = "0"  # before the kernels are imported: compile, never interpret
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+import importlib  # noqa: E402
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+SMEM_LIMIT = 227 * 1024
+GOAL = dict(b=4, L=4096, H=32, P=64, N=128, G=1)
+TY = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
+
+
+def compile_kernel(fn, pointers, ints, constexprs, num_warps, num_stages, dump=None, label="k"):
+    """Compile ``fn`` as the JIT would specialise it: ints equal to 1 become constants, multiples of 16
+    and the pointers get divisibility 16. Returns (registers, (spill stores, loads), shared bytes, SASS)."""
+    ce = dict(constexprs)
+    sig, attrs = {}, {}
+    for i, (name, param) in enumerate(inspect.signature(fn.fn).parameters.items()):
+        if name in ce or param.default is not param.empty:
+            ce.setdefault(name, param.default)
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = pointers[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif ints[name] == 1:
+            sig[name] = "constexpr"
+            ce[name] = 1
+        else:
+            sig[name] = "i32"
+            if ints[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=num_warps, num_stages=num_stages))
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(ptx, "w") as f:
+            f.write(k.asm["ptx"])
+        info = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o", cubin],
+                              capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True,
+                              check=True).stdout
+    regs = int(re.search(r"Used (\d+) registers", info).group(1))
+    spill = tuple(int(re.search(rf"(\d+) bytes spill {w}", info).group(1)) for w in ("stores", "loads"))
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        stem = os.path.join(dump, re.sub(r"[^A-Za-z0-9_]+", "_", label))
+        for ext, text in (("ttgir", k.asm["ttgir"]), ("ptx", k.asm["ptx"]), ("sass", sass)):
+            with open(f"{stem}.{ext}", "w") as f:
+                f.write(text)
+    return regs, spill, k.metadata.shared, sass
+
+
+def _fake(shape, dtype):
+    """A meta tensor: the launchers' shape logic runs, nothing is allocated."""
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _mod(name):
+    return importlib.import_module(f"ssm_edu.kernels.{name}")
+
+
+def fwd_config(R=None, dtype=torch.bfloat16, save=False, **knobs):
+    """The forward kernel's compile arguments at the goal shape (R: MIMO rank, None for SISO); with
+    ``save`` as the forward pass of training launches it (the backward's rows per chunk, 8 warps)."""
+    fwd_mod = _mod("mamba3")
+    if save:
+        knobs = _mod("mamba3_bwd").training_knobs(knobs)
+    s = GOAL
+    RR = R or 1
+    x = _fake((s["b"], s["L"], s["H"], RR, s["P"]), dtype)
+    meta, n_chunks, extra = fwd_mod.launch_config(x, s["N"], 64, RR, **knobs)
+    ty = TY[torch.float32 if meta["F32"] else dtype]
+    pointers = dict(x_ptr=f"*{ty}", dt_ptr="*fp32", A_ptr="*fp32", lam_ptr="*fp32", theta_ptr="*fp32",
+                    B_ptr=f"*{ty}", C_ptr=f"*{ty}", D_ptr="*fp32", z_ptr=f"*{ty}", h0_ptr="*fp32",
+                    psi0_ptr="*fp32", y_ptr=f"*{ty}", hT_ptr="*fp32", psiT_ptr="*fp32", Sc_ptr=f"*{ty}",
+                    Pc_ptr="*fp32")
+    ints = dict(L=s["L"], H=s["H"], HPG=s["H"] // s["G"], G=s["G"], R=RR, P=s["P"], N2=s["N"] // 2,
+                n_chunks=n_chunks)
+    ce = dict(meta, HAS_D=True, HAS_Z=False, HAS_H0=False, HAS_PSI0=False, STORE_FINAL=save, SAVE=save)
+    programs = s["b"] * s["H"] * -(-s["P"] // meta["BLOCK_P"])
+    return fwd_mod._mamba3_fwd, pointers, ints, ce, extra, programs
+
+
+def bwd_config(kernel="chunk", R=None, dtype=torch.bfloat16, part=0, **knobs):
+    """The backward kernels' compile arguments at the goal shape: kernel "state" or "chunk"."""
+    bwd_mod = _mod("mamba3_bwd")
+    s = GOAL
+    RR = R or 1
+    x = _fake((s["b"], s["L"], s["H"], RR, s["P"]), dtype)
+    meta, n_chunks, st, ck = bwd_mod.bwd_launch_config(x, s["N"], 64, RR, G=s["G"], **knobs)
+    ty = TY[torch.float32 if meta["F32"] else dtype]
+    fn = bwd_mod._mamba3_bwd_state if kernel == "state" else bwd_mod._mamba3_bwd_chunk
+    low = ("x_ptr", "B_ptr", "C_ptr", "z_ptr", "gy_ptr", "Sc_ptr", "dSc_ptr", "dx_ptr", "dz_ptr")
+    pointers = {name: (f"*{ty}" if name in low else "*fp32")
+                for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
+    ints = dict(L=s["L"], H=s["H"], HPG=s["H"] // s["G"], G=s["G"], R=RR, P=s["P"], N2=s["N"] // 2,
+                n_chunks=n_chunks)
+    if kernel == "state":
+        launch = dict(st)
+        ints["n_pb"] = -(-s["P"] // launch["BLOCK_P"])
+        ce = dict(meta, HAS_Z=True, HAS_H0=False, HAS_DHT=False, BLOCK_P=launch.pop("BLOCK_P"))
+        programs = s["b"] * s["H"] * ints["n_pb"]
+    else:
+        parts = dict(ck)
+        the_part = part if part in parts else 2
+        launch = dict(parts[the_part])
+        ints["n_pb"] = -(-s["P"] // st["BLOCK_P"])
+        ce = dict(meta, HAS_D=True, HAS_Z=True, HAS_K0=False, BLOCK_P=launch.pop("BLOCK_P"),
+                  HEADS=launch.pop("HEADS"), ATOMIC=launch.pop("ATOMIC"), BLOCK_PB=max(2, ints["n_pb"]),
+                  PART=the_part)
+        programs = n_chunks * s["b"] * s["G"] * (s["H"] // s["G"]) // ce["HEADS"]
+    return fn, pointers, ints, ce, launch, programs
+
+
+def step_config(R=None, batch=64, **knobs):
+    step_mod = _mod("mamba3_step")
+    s = GOAL
+    RR = R or 1
+    meta, extra = step_mod.step_launch_config(s["P"], s["N"], RR, batch * s["H"], **knobs)
+    pointers = {name: "*fp32" for name in inspect.signature(step_mod._mamba3_step.fn).parameters
+                if name.endswith("_ptr")}
+    for name in ("x_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr"):
+        pointers[name] = "*bf16"
+    ints = dict(H=s["H"], HPG=s["H"] // s["G"], G=s["G"], R=RR, P=s["P"], N2=s["N"] // 2)
+    ce = dict(meta, HAS_D=True, HAS_Z=False)
+    programs = batch * s["H"] * -(-s["P"] // meta["BLOCK_P"])
+    return step_mod._mamba3_step, pointers, ints, ce, extra, programs
+
+
+def first_config():
+    first_mod = _mod("mamba3_first")
+    s = GOAL
+    pointers = {name: "*fp32" for name in inspect.signature(first_mod._mamba3_first.fn).parameters
+                if name.endswith("_ptr")}
+    ints = dict(L=s["L"], H=s["H"], HPG=s["H"] // s["G"], G=s["G"], P=s["P"], N2=s["N"] // 2)
+    ce = dict(BLOCK_P=first_mod.BLOCK_P, BLOCK_N2=s["N"] // 2)
+    return first_mod._mamba3_first, pointers, ints, ce, dict(num_warps=4, num_stages=1), s["b"] * s["H"] * 4
+
+
+CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's variants (benchmarks/sweep_mamba3.py)
+    ("fwd bf16 default", fwd_config, {}),
+    ("fwd bf16 bp64", fwd_config, dict(block_p=64)),
+    ("fwd bf16 rows16", fwd_config, dict(max_rows=16)),
+    ("fwd bf16 rows64 w8", fwd_config, dict(max_rows=64, num_warps=8)),
+    ("fwd bf16 w8 bp64", fwd_config, dict(num_warps=8, block_p=64)),
+    ("fwd bf16 stages1", fwd_config, dict(num_stages=1)),
+    ("fwd bf16 exact trig", fwd_config, dict(fast_trig=False)),
+    ("fwd fp32 (tf32x3)", fwd_config, dict(dtype=torch.float32)),
+    ("fwd mimo R4 bf16", fwd_config, dict(R=4)),
+    ("fwd mimo R4 rows64 w8", fwd_config, dict(R=4, max_rows=64, num_warps=8)),
+    ("fwd training (saves S)", fwd_config, dict(save=True)),
+    ("fwd training rows16", fwd_config, dict(save=True, bwd_max_rows=16)),
+    ("fwd training rows64", fwd_config, dict(save=True, bwd_max_rows=64)),
+    ("bwd state default", bwd_config, dict(kernel="state")),
+    ("bwd state bp32 w8", bwd_config, dict(kernel="state", state_block_p=32, state_warps=8)),
+    ("bwd state rows16", bwd_config, dict(kernel="state", max_rows=16)),
+    ("bwd state rows64", bwd_config, dict(kernel="state", max_rows=64)),
+    ("bwd state fp32", bwd_config, dict(kernel="state", dtype=torch.float32)),
+    ("bwd chunk dq,dk default", bwd_config, {}),
+    ("bwd chunk dx default", bwd_config, dict(part=1)),
+    ("bwd chunk dq,dk group", bwd_config, dict(heads=0)),
+    ("bwd chunk dx one head", bwd_config, dict(part=1, x_heads=1)),
+    ("bwd chunk one launch", bwd_config, dict(split=False)),
+    ("bwd chunk dq,dk rows16", bwd_config, dict(max_rows=16)),
+    ("bwd chunk dx rows16", bwd_config, dict(part=1, max_rows=16)),
+    ("bwd chunk dq,dk rows64", bwd_config, dict(max_rows=64)),
+    ("bwd chunk dx rows64", bwd_config, dict(part=1, max_rows=64)),
+    ("bwd chunk dq,dk w4", bwd_config, dict(chunk_warps=4)),
+    ("bwd chunk dx w4", bwd_config, dict(part=1, chunk_warps=4)),
+    ("bwd chunk dq,dk fp32", bwd_config, dict(dtype=torch.float32)),
+    ("bwd chunk dx fp32", bwd_config, dict(part=1, dtype=torch.float32)),
+    ("bwd chunk dq,dk mimo R4", bwd_config, dict(R=4)),
+    ("bwd chunk dx mimo R4", bwd_config, dict(part=1, R=4)),
+    ("step R1 B64", step_config, dict(R=1)),
+    ("step R4 B64", step_config, dict(R=4)),
+    ("step R4 B1", step_config, dict(R=4, batch=1)),
+    ("first kernel (fp32)", first_config, {}),
+]
+
+
+def row(label, builder, kw, dump=None):
+    fn, pointers, ints, ce, extra, programs = builder(**kw)
+    warps, stages = extra.get("num_warps", 4), extra.get("num_stages", 1)
+    regs, spill, smem, _ = compile_kernel(fn, pointers, ints, ce, warps, stages, dump, label)
+    by_regs = 65536 // (max(regs, 1) * 32 * warps)
+    by_smem = SMEM_LIMIT // smem if smem else 99
+    ok = "ok" if smem <= SMEM_LIMIT and spill == (0, 0) else "CHECK"
+    blocks = {k: v for k, v in ce.items() if k.startswith("BLOCK") or k in ("RP", "F32", "FAST")}
+    return (f"{label:28s} {regs:4d} {spill[0]:5d}/{spill[1]:<5d} {smem:7d} {min(by_regs, by_smem):3d} "
+            f"{programs:6d} w{warps} s{stages} {ok:5s} {blocks}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("labels", nargs="*", help="keep the configurations whose label contains one of these")
+    ap.add_argument("--dump", help="write each configuration's TTGIR, PTX and SASS here")
+    args = ap.parse_args()
+    print(f"triton {triton.__version__}, sm_90, B{GOAL['b']} L{GOAL['L']} H{GOAL['H']} P{GOAL['P']} N{GOAL['N']}")
+    print(f"{'config':28s} regs spill(st/ld)  smem  blk/SM progs")
+    for label, builder, kw in CONFIGS:
+        if not args.labels or any(s in label for s in args.labels):
+            try:
+                print(row(label, builder, kw, args.dump), flush=True)
+            except Exception as e:  # a configuration that does not compile is reported, the others go on
+                print(f"{label:28s} COMPILE ERROR {type(e).__name__}: {str(e)[:400]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
