@@ -74,16 +74,17 @@ _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128,
 
 
 def cauchy_naive(v, z, w):
-    """The specification: out[..., l] = Σ_n v[..., n] / (z[l] - w[..., n]), one l per iteration.
+    """The specification: out[..., l] = Σ_n v[..., n] / (z[l] - w[..., n]), l by l.
 
     v, w (..., N) complex, z (L,) complex -> out (..., L).
     """
-    return torch.stack([(v / (z[l] - w)).sum(-1) for l in range(z.shape[0])], dim=-1)  # (..., L)
+    return torch.stack([(v / (z[l] - w)).sum(-1) for l in range(z.shape[0])], dim=-1)
 
 
 def cauchy_vectorized(v, z, w):
-    """All (l, n) pairs at once: materialises the (..., L, N) matrix of 1/(z_l - w_n)."""
-    return (v.unsqueeze(-2) / (z.unsqueeze(-1) - w.unsqueeze(-2))).sum(-1)  # (..., L, N) -> (..., L)
+    """All (l, n) pairs at once: materialises the (..., L, N) matrix 1/(z_l - w_n)."""
+    M = 1 / (z.unsqueeze(-1) - w.unsqueeze(-2))  # (..., L, N)
+    return (v.unsqueeze(-2) * M).sum(-1)  # (..., L)
 
 
 def cauchy(v, z, w, impl="auto"):
@@ -200,7 +201,7 @@ def s4_ctilde(Lambda, P, C, dt, L):
 
 
 def s4_generating_kernel(Lambda, P, B, Ct, dt, L, cauchy_impl="vectorized"):
-    """K (H, L) from C̃ by the generating function, Woodbury and an inverse FFT (module docstring).
+    """K (H, L) from C̃: generating function, Woodbury, inverse FFT (module docstring).
 
     Lambda, P, B, Ct (H, N) complex, dt (H,) real. The layer calls this with
     its parameter C̃ directly; ``s4_kernel`` first turns C into C̃.
@@ -214,15 +215,16 @@ def s4_generating_kernel(Lambda, P, B, Ct, dt, L, cauchy_impl="vectorized"):
         cauchy_impl = "triton" if fast else "vectorized"
     real = Lambda.real.dtype
     j = torch.arange(L, dtype=torch.float64, device=Lambda.device)
-    omega = torch.polar(torch.ones_like(j), -2 * math.pi * j / L).to(Lambda.dtype)  # (L,) roots of unity
-    # g = (2/Δ)(1-ω)/(1+ω) per channel; the Δ is pulled out so that one z serves every channel:
-    # 1/(g - Λ) = (Δ/2) / (z - ΔΛ/2) with z = (1-ω)/(1+ω).  At ω = -1 (even L) z is huge, not inf:
-    # ω is computed in float64, where 1 + exp(-iπ) = 1.2e-16 i.
+    omega = torch.polar(torch.ones_like(j), -2 * math.pi * j / L)  # (L,) roots of unity
+    omega = omega.to(Lambda.dtype)
+    # g = (2/Δ)(1-ω)/(1+ω) per channel; Δ is pulled out so one z serves all channels:
+    # 1/(g - Λ) = (Δ/2) / (z - ΔΛ/2) with z = (1-ω)/(1+ω). At ω = -1 (even L) z is huge,
+    # not inf: ω is computed in float64, where 1 + exp(-iπ) = 1.2e-16 i.
     z = (1 - omega) / (1 + omega)  # (L,)
     w = (dt.to(real)[:, None] / 2) * Lambda  # (H, N) = ΔΛ/2
     Pc = P.conj()
-    v = torch.stack([Ct * B, Ct * P, Pc * B, Pc * P])  # (4, H, N) numerators of the four Cauchy products
-    if cauchy_impl == "vectorized":  # the four share z and w: build each channel's Cauchy matrix once
+    v = torch.stack([Ct * B, Ct * P, Pc * B, Pc * P])  # (4, H, N): the four numerators
+    if cauchy_impl == "vectorized":  # they share z and w: one Cauchy matrix per channel
         M = 1 / (z[:, None] - w[:, None, :])  # (H, L, N), M[h, l, n] = 1/(z_l - w_hn)
         k = torch.einsum("khn,hln->khl", v, M)  # (4, H, L)
     else:
