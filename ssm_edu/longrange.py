@@ -137,9 +137,8 @@ def _s4(init: str, frozen: bool):
 
 def _s4d(init: str):
     def make(L, H, N, depth, n_classes):
-        # S4D stores N/2 complex modes and 2 real numbers per mode and channel (log_A_real, A_imag, C:
-        # 2 N real parameters per channel); S4 stores 4 complex vectors of N (8 N). A 4x larger state
-        # gives both the same number of parameters.
+        # Per channel S4 stores four complex vectors of N (Λ, P, B, C̃: 8 N reals); S4D with state size
+        # N' stores N'/2 modes of log_A_real, A_imag and a complex C (2 N' reals). N' = 4 N equalises them.
         return _ChannelsFirst(SequenceClassifier(lambda h: S4D(h, N=4 * N, init=init), H, depth, n_classes))
     return make
 
@@ -337,6 +336,11 @@ def delayed_recall(n: int, bits: int = 4, width: int = 128, L: int = 4096, noise
     return u, b
 
 
+def _ridge(A, Y, lam):
+    """The ridge regression weights W = (AᵀA + lam I)⁻¹ AᵀY."""
+    return torch.linalg.solve(A.T @ A + lam * torch.eye(A.shape[1], dtype=A.dtype), A.T @ Y)
+
+
 def recall_probe(Lambda, P, B, dt, u, b, ridge: float = 1e-3, train_fraction: float = 2 / 3) -> float:
     """Fraction of the bits of ``delayed_recall`` decoded from the final state (chance: 0.5).
 
@@ -351,9 +355,7 @@ def recall_probe(Lambda, P, B, dt, u, b, ridge: float = 1e-3, train_fraction: fl
     F_ = torch.cat([x.real, x.imag], dim=1)
     F_ = (F_ - F_.mean(0)) / (F_.std(0) + 1e-300)  # (n, 2N)
     m = int(train_fraction * len(u))
-    target = (2.0 * b[:m] - 1).to(F_.dtype)  # (m, bits) in {-1, 1}
-    gram = F_[:m].T @ F_[:m] + ridge * m * torch.eye(F_.shape[1], dtype=F_.dtype)
-    W = torch.linalg.solve(gram, F_[:m].T @ target)  # (2N, bits)
+    W = _ridge(F_[:m], (2.0 * b[:m] - 1).to(F_.dtype), ridge * m)  # (2N, bits), targets ±1
     return ((F_[m:] @ W > 0) == b[m:].bool()).double().mean().item()
 
 
@@ -371,7 +373,5 @@ def window_probe(data, k: int, ridge: float = 0.1) -> float:
         window = X_[:, -k:, 0].double()  # (n, k)
         return torch.cat([window, torch.ones(len(window), 1, dtype=window.dtype)], dim=1)
 
-    A = features(X)
-    W = torch.linalg.solve(A.T @ A + ridge * torch.eye(A.shape[1], dtype=A.dtype),
-                           A.T @ F.one_hot(y, int(y.max()) + 1).double())
+    W = _ridge(features(X), F.one_hot(y, int(y.max()) + 1).double(), ridge)  # (k + 1, classes)
     return (features(Xt) @ W).argmax(-1).eq(yt).double().mean().item()
