@@ -35,11 +35,13 @@ register(Exercise(
 
 
 def _dplr(H, N, gen):
-    """A random stable DPLR system per channel: Re Λ in [-1, -0.1], P, B, C complex Gaussian."""
+    """A random stable DPLR system per channel: (Λ, P, B, C) (H, N) with Re Λ in [-1, -0.1], P, B, C
+    complex Gaussian, and Δ (H,) log-uniform in [1e-3, 1e-1]."""
     re = -0.1 - 0.9 * torch.rand(H, N, generator=gen, dtype=torch.float64)
     Lambda = torch.complex(re, 5 * torch.randn(H, N, generator=gen, dtype=torch.float64))
     P, B, C = (torch.randn(H, N, generator=gen, dtype=C128) for _ in range(3))
-    return Lambda, 0.5 * P, B, C
+    dt = torch.exp(math.log(1e-3) + math.log(100) * torch.rand(H, generator=gen, dtype=torch.float64))
+    return Lambda, 0.5 * P, B, C, dt
 
 
 def _woodbury_reference(Lambda, P, B, Ct, g):
@@ -52,7 +54,7 @@ def _woodbury_reference(Lambda, P, B, Ct, g):
 
 def _woodbury_cases(gen):
     def case(N, L):
-        Lambda, P, B, Ct = (x[0] for x in _dplr(1, N, gen))
+        Lambda, P, B, Ct = (x[0] for x in _dplr(1, N, gen)[:4])
         g = 1j * 20 * torch.randn(L, generator=gen, dtype=torch.float64)  # points on the imaginary axis
         return Lambda, P, B, Ct, g.to(C128)
 
@@ -80,8 +82,7 @@ register(Exercise(
 
 def _ctilde_cases(gen):
     def case(H, N, L):
-        Lambda, P, _, C = _dplr(H, N, gen)
-        dt = torch.exp(math.log(1e-3) + math.log(100) * torch.rand(H, generator=gen, dtype=torch.float64))
+        Lambda, P, _, C, dt = _dplr(H, N, gen)
         return Lambda, P, C, dt, L
 
     return [
@@ -108,9 +109,7 @@ register(Exercise(
 
 def _kernel_cases(gen):
     def case(H, N, L):
-        Lambda, P, B, C = _dplr(H, N, gen)
-        dt = torch.exp(math.log(1e-3) + math.log(100) * torch.rand(H, generator=gen, dtype=torch.float64))
-        return Lambda, P, B, C, dt, L
+        return (*_dplr(H, N, gen), L)  # C stands in for C̃: any vector will do
 
     return [
         ("H = 1, N = 1, L = 1", case(1, 1, 1)),
