@@ -21,8 +21,9 @@ complex64 tensor as its float32 view (torch.view_as_real, real and imaginary
 parts interleaved, so element k sits at 2k and 2k + 1). The division is
 written out: v / d = v * conj(d) / |d|^2. S4 evaluates at points z that can
 be as large as 1e16 / Δ (at ω = -1), where |d|^2 overflows float32, so d is
-first scaled by s = max(|Re d|, |Im d|) (Smith's idea): v / d = v * conj(d/s) / (s |d/s|^2).
-Accumulation in float32. Padded modes (n >= N) are masked to contribute 0.
+first scaled by s = max(|Re d|, |Im d|) (Smith's idea):
+v / d = v * conj(d/s) / (s |d/s|^2). Accumulation in float32. Padded modes
+(n >= N) are masked to contribute 0.
 
 Any L and N: both loops are masked, so neither needs to be a multiple of its
 block. complex128 is not supported (use impl="vectorized"). Gradients: the
@@ -71,23 +72,24 @@ def _cauchy_fwd(
         dr = dr / s
         di = di / s
         den = tl.where(n_ok[None, :], s * (dr * dr + di * di), 1.0)
-        inv = tl.where(n_ok[None, :], 1.0 / den, 0.0)  # padded modes contribute 0
-        acc_r += tl.sum((vr[None, :] * dr + vi[None, :] * di) * inv, axis=1)  # Re(v conj(d)) / |d|^2
-        acc_i += tl.sum((vi[None, :] * dr - vr[None, :] * di) * inv, axis=1)  # Im(v conj(d)) / |d|^2
+        inv = tl.where(n_ok[None, :], 1.0 / den, 0.0)  # padded modes add 0
+        # v / d = v conj(d) / |d|^2, real and imaginary parts
+        acc_r += tl.sum((vr[None, :] * dr + vi[None, :] * di) * inv, axis=1)
+        acc_i += tl.sum((vi[None, :] * dr - vr[None, :] * di) * inv, axis=1)
     out_row = out_ptr + row * 2 * L
     tl.store(out_row + 2 * l, acc_r, mask=l_ok)
     tl.store(out_row + 2 * l + 1, acc_i, mask=l_ok)
 
 
-def cauchy_fwd(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, block_l=None, block_n=None) -> torch.Tensor:
-    """Launch the kernel. v, w (..., N), z (L,), all complex64 -> out (..., L) complex64.
+def cauchy_fwd(v, z, w, block_l=None, block_n=None):
+    """Launch the kernel. v, w (..., N), z (L,) complex64 -> out (..., L) complex64.
 
     The keyword arguments override the block sizes (benchmarks only).
     """
     for name, x in (("v", v), ("z", z), ("w", w)):
         if x.dtype != torch.complex64:
-            raise ValueError(f"cauchy(impl='triton') supports complex64 only; got {name} {x.dtype} "
-                             f"(use impl='vectorized' for complex128)")
+            raise ValueError(f"cauchy(impl='triton') supports complex64 only; got "
+                             f"{name} {x.dtype} (use impl='vectorized' for complex128)")
     batch, N, L = v.shape[:-1], v.shape[-1], z.shape[0]
     v2 = torch.view_as_real(v.reshape(-1, N).contiguous())  # (rows, N, 2) float32
     w2 = torch.view_as_real(w.reshape(-1, N).contiguous())
@@ -98,11 +100,12 @@ def cauchy_fwd(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, block_l=None, 
         return out.reshape(*batch, L)
     if N == 0:
         return out.zero_().reshape(*batch, L)
-    block_l, block_n = block_l or 64, block_n or 32  # (64, 32) float32 tile: 16 registers per thread at 4 warps
-    block_l = min(block_l, triton.next_power_of_2(L))
-    block_n = min(block_n, triton.next_power_of_2(N))
+    # a (64, 32) float32 tile: 16 registers per thread at 4 warps
+    block_l = min(block_l or 64, triton.next_power_of_2(L))
+    block_n = min(block_n or 32, triton.next_power_of_2(N))
     grid = (triton.cdiv(L, block_l), rows)
-    _cauchy_fwd[grid](v2, z2, w2, torch.view_as_real(out), N, L, BLOCK_L=block_l, BLOCK_N=block_n)
+    _cauchy_fwd[grid](v2, z2, w2, torch.view_as_real(out), N, L,
+                      BLOCK_L=block_l, BLOCK_N=block_n)
     return out.reshape(*batch, L)
 
 
@@ -129,12 +132,12 @@ class _Cauchy(torch.autograd.Function):
         return gv, gz, gw
 
 
-def cauchy_triton(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def cauchy_triton(v, z, w):
     """Cauchy product with the Triton kernel (see the module docstring).
 
     v, w (..., N), z (L,), complex64 -> out (..., L) complex64. Differentiable
     in v, z and w.
     """
-    if torch.is_grad_enabled() and (v.requires_grad or z.requires_grad or w.requires_grad):
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (v, z, w)):
         return _Cauchy.apply(v, z, w)
     return cauchy_fwd(v, z, w)

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._dispatch import dispatch
+from ._dispatch import dispatch, triton_available
 from ._validate import Shapes, as_dt, check_dtype, check_length, check_same_device
 from .convolution import causal_conv
 from .discretize import discretize
@@ -50,6 +50,8 @@ __all__ = [
     "cauchy_naive",
     "cauchy_vectorized",
     "nplr_legs",
+    "DPLR_INITS",
+    "dplr_init",
     "dplr_dense",
     "s4_ctilde",
     "s4_generating_kernel",
@@ -72,16 +74,17 @@ _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128,
 
 
 def cauchy_naive(v, z, w):
-    """The specification: out[..., l] = Σ_n v[..., n] / (z[l] - w[..., n]), one l per iteration.
+    """The specification: out[..., l] = Σ_n v[..., n] / (z[l] - w[..., n]), l by l.
 
     v, w (..., N) complex, z (L,) complex -> out (..., L).
     """
-    return torch.stack([(v / (z[l] - w)).sum(-1) for l in range(z.shape[0])], dim=-1)  # (..., L)
+    return torch.stack([(v / (z[l] - w)).sum(-1) for l in range(z.shape[0])], dim=-1)
 
 
 def cauchy_vectorized(v, z, w):
-    """All (l, n) pairs at once: materialises the (..., L, N) matrix of 1/(z_l - w_n)."""
-    return (v.unsqueeze(-2) / (z.unsqueeze(-1) - w.unsqueeze(-2))).sum(-1)  # (..., L, N) -> (..., L)
+    """All (l, n) pairs at once: materialises the (..., L, N) matrix 1/(z_l - w_n)."""
+    M = 1 / (z.unsqueeze(-1) - w.unsqueeze(-2))  # (..., L, N)
+    return (v.unsqueeze(-2) * M).sum(-1)  # (..., L)
 
 
 def cauchy(v, z, w, impl="auto"):
@@ -112,9 +115,7 @@ def cauchy(v, z, w, impl="auto"):
     out = _COMPLEX_OF[torch.promote_types(torch.promote_types(v.dtype, z.dtype), w.dtype)]
     if impl == "auto" and out == torch.complex128:  # the kernel computes in float32
         fn = cauchy_vectorized
-    if fn not in (cauchy_naive, cauchy_vectorized):  # the Triton launcher checks its dtype itself
-        return fn(v.to(out), z.to(out), w.to(out))
-    return fn(v.to(out), z.to(out), w.to(out))
+    return fn(v.to(out), z.to(out), w.to(out))  # the Triton launcher checks its dtype itself
 
 
 # ----------------------------------------------------------------------------
@@ -144,6 +145,30 @@ def nplr_legs(N):
     Lambda = -0.5 + 1j * mu.to(torch.complex128)  # Re Λ = mean of diag(S) = -½ exactly
     Vh = V.conj().T
     return Lambda, Vh @ P.to(torch.complex128), Vh @ B.to(torch.complex128), V
+
+
+DPLR_INITS = ("legs", "random")
+
+
+def dplr_init(N, init="legs"):
+    """(Λ, P, B) (N,) complex128 of one channel's DPLR system A = diag(Λ) - P P^*.
+
+    ``"legs"``: HiPPO-LegS in NPLR form (``nplr_legs``). ``"random"``: the
+    same decay and the same sizes with none of the structure: Re Λ = -½
+    (as LegS), Im Λ_n = e^{ξ_n} with ξ_n ~ N(0, 1) (the S4 code's random
+    option), and P, B complex Gaussian directions scaled to LegS's norms
+    (‖P‖² = Σ (n + ½) = N²/2, ‖B‖² = Σ (2n + 1) = N²). Draws from torch's
+    global generator (seed it with ``torch.manual_seed``).
+    """
+    if init == "legs":
+        return nplr_legs(N)[:3]
+    if init != "random":
+        raise ValueError(f"dplr_init: unknown init={init!r}; valid: {', '.join(map(repr, DPLR_INITS))}")
+    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+        raise ValueError(f"dplr_init: N must be an int >= 1; got {N!r}")
+    Lambda = torch.complex(torch.full((N,), -0.5, dtype=torch.float64), torch.randn(N, dtype=torch.float64).exp())
+    P, B = torch.randn(2, N, dtype=torch.complex128)
+    return Lambda, P * (N / math.sqrt(2)) / P.norm(), B * N / B.norm()
 
 
 def dplr_dense(Lambda, P):
@@ -176,22 +201,35 @@ def s4_ctilde(Lambda, P, C, dt, L):
 
 
 def s4_generating_kernel(Lambda, P, B, Ct, dt, L, cauchy_impl="vectorized"):
-    """K (H, L) from C̃ by the generating function, Woodbury and an inverse FFT (module docstring).
+    """K (H, L) from C̃: generating function, Woodbury, inverse FFT (module docstring).
 
     Lambda, P, B, Ct (H, N) complex, dt (H,) real. The layer calls this with
     its parameter C̃ directly; ``s4_kernel`` first turns C into C̃.
+    ``cauchy_impl``: ``"vectorized"`` builds each channel's Cauchy matrix
+    1/(z_l - w_n) once and multiplies it by the four numerators (the four
+    products share z and w); ``"naive"`` and ``"triton"`` call ``cauchy``;
+    ``"auto"`` is triton for complex64 CUDA tensors, else vectorized.
     """
+    if cauchy_impl == "auto":
+        fast = Lambda.is_cuda and Lambda.dtype == torch.complex64 and triton_available()
+        cauchy_impl = "triton" if fast else "vectorized"
     real = Lambda.real.dtype
     j = torch.arange(L, dtype=torch.float64, device=Lambda.device)
-    omega = torch.polar(torch.ones_like(j), -2 * math.pi * j / L).to(Lambda.dtype)  # (L,) roots of unity
-    # g = (2/Δ)(1-ω)/(1+ω) per channel; the Δ is pulled out so that one z serves every channel:
-    # 1/(g - Λ) = (Δ/2) / (z - ΔΛ/2) with z = (1-ω)/(1+ω).  At ω = -1 (even L) z is huge, not inf:
-    # ω is computed in float64, where 1 + exp(-iπ) = 1.2e-16 i.
+    omega = torch.polar(torch.ones_like(j), -2 * math.pi * j / L)  # (L,) roots of unity
+    omega = omega.to(Lambda.dtype)
+    # g = (2/Δ)(1-ω)/(1+ω) per channel; Δ is pulled out so one z serves all channels:
+    # 1/(g - Λ) = (Δ/2) / (z - ΔΛ/2) with z = (1-ω)/(1+ω). At ω = -1 (even L) z is huge,
+    # not inf: ω is computed in float64, where 1 + exp(-iπ) = 1.2e-16 i.
     z = (1 - omega) / (1 + omega)  # (L,)
     w = (dt.to(real)[:, None] / 2) * Lambda  # (H, N) = ΔΛ/2
     Pc = P.conj()
-    v = torch.stack([Ct * B, Ct * P, Pc * B, Pc * P])  # (4, H, N) numerators of the four Cauchy products
-    k = cauchy(v, z, w.expand_as(v), impl=cauchy_impl) * (dt.to(real)[:, None] / 2)  # (4, H, L) = k(a, b) at g_j
+    v = torch.stack([Ct * B, Ct * P, Pc * B, Pc * P])  # (4, H, N): the four numerators
+    if cauchy_impl == "vectorized":  # they share z and w: one Cauchy matrix per channel
+        M = 1 / (z[:, None] - w[:, None, :])  # (H, L, N), M[h, l, n] = 1/(z_l - w_hn)
+        k = torch.einsum("khn,hln->khl", v, M)  # (4, H, L)
+    else:
+        k = cauchy(v, z, w.expand_as(v), impl=cauchy_impl)  # (4, H, L)
+    k = k * (dt.to(real)[:, None] / 2)  # (4, H, L) = k(a, b) at g_j
     k00, k01, k10, k11 = k
     Khat = (2 / (1 + omega)) * (k00 - k01 * k10 / (1 + k11))  # (H, L) Woodbury, rank 1
     return torch.fft.ifft(Khat, n=L).real  # (H, L): K_l = Re Σ_j K̂_j ω_j^{-l} / L
@@ -263,18 +301,21 @@ class S4Layer(nn.Module):
 
     Parameters (per channel h, N modes): log_dt (H,), Λ (H, N) with Re Λ < 0,
     P (H, N), B (H, N), C̃ (H, N) (stored instead of C), D (H,). Complex
-    parameters are stored as real views (..., 2). Initialisation: HiPPO-LegS
-    in NPLR form, C ~ CN(0, 1) turned into C̃ for the length ``L_max``,
-    log Δ ~ U[log 1e-3, log 1e-1], D ~ N(0, 1).
+    parameters are stored as real views (..., 2). Initialisation: (Λ, P, B)
+    from ``dplr_init(N, init)`` (HiPPO-LegS in NPLR form by default, the
+    same in every channel), C ~ CN(0, 1) turned into C̃ for the length
+    ``L_max``, log Δ ~ U[log dt_min, log dt_max], D ~ N(0, 1). The kernel's
+    Cauchy products run in the Triton kernel on a GPU (complex64), else
+    vectorized.
     """
 
-    def __init__(self, H, N, L_max, dt_min=1e-3, dt_max=1e-1):
+    def __init__(self, H, N, L_max, dt_min=1e-3, dt_max=1e-1, init="legs"):
         super().__init__()
         for name, value in (("H", H), ("N", N), ("L_max", L_max)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"S4Layer: {name} must be an int >= 1; got {value!r}")
         self.H, self.N, self.L_max = H, N, L_max
-        Lambda, P, B, _ = nplr_legs(N)
+        Lambda, P, B = dplr_init(N, init)
         self.log_dt = nn.Parameter(math.log(dt_min) + torch.rand(H) * (math.log(dt_max) - math.log(dt_min)))
         C = torch.randn(H, N, dtype=torch.complex128)  # CN(0, 1)
         dt = self.log_dt.detach().double().exp()
@@ -295,7 +336,7 @@ class S4Layer(nn.Module):
     def kernel(self, L):
         """K (H, L) for L <= L_max (C̃ belongs to L_max; shorter kernels are its prefix)."""
         Lam, P, B, Ct, dt = self.ssm()
-        return s4_generating_kernel(Lam, P, B, Ct, dt, self.L_max)[:, :L]
+        return s4_generating_kernel(Lam, P, B, Ct, dt, self.L_max, cauchy_impl="auto")[:, :L]
 
     def forward(self, u):
         """u (batch, H, L) -> (batch, H, L), L <= L_max."""
@@ -335,13 +376,14 @@ class S4Layer(nn.Module):
 class S4Classifier(nn.Module):
     """Sequence classifier: linear encoder, ``depth`` pre-norm residual S4 layers, mean over time, linear decoder.
 
-    Input (batch, L, d_input) -> logits (batch, n_classes).
+    Input (batch, L, d_input) -> logits (batch, n_classes). ``init``,
+    ``dt_min`` and ``dt_max`` go to every ``S4Layer``.
     """
 
-    def __init__(self, d_input, n_classes, H, N, L_max, depth=2, dropout=0.0):
+    def __init__(self, d_input, n_classes, H, N, L_max, depth=2, dropout=0.0, init="legs", dt_min=1e-3, dt_max=1e-1):
         super().__init__()
         self.encoder = nn.Linear(d_input, H)
-        self.layers = nn.ModuleList(S4Layer(H, N, L_max) for _ in range(depth))
+        self.layers = nn.ModuleList(S4Layer(H, N, L_max, dt_min, dt_max, init) for _ in range(depth))
         self.norms = nn.ModuleList(nn.LayerNorm(H) for _ in range(depth))
         self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(H, n_classes)

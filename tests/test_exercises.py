@@ -6,6 +6,21 @@ import torch
 from ssm_edu import discretize, discretize_diag, hippo, impulse_response
 from ssm_edu.exercises import _REGISTRY, check, exercises
 
+def _s4_kernel_solution(Lam, P, B, Ct, dt, L, factor=True):
+    """Chapter 5's kernel from C̃ (factor=False leaves out the bilinear factor 2/(1 + ω))."""
+    om = torch.exp(-2j * torch.pi * torch.arange(L, dtype=torch.float64) / L)  # (L,)
+    g = (2 / dt[:, None]) * (1 - om) / (1 + om)  # (H, L)
+    k = lambda a, b: (a[:, None] * b[:, None] / (g[..., None] - Lam[:, None])).sum(-1)  # noqa: E731
+    Khat = k(Ct, B) - k(Ct, P) * k(P.conj(), B) / (1 + k(P.conj(), P))
+    return torch.fft.ifft(Khat * (2 / (1 + om) if factor else 1), n=L).real
+
+
+def _bilinear_power(Lam, P, dt, L):
+    """Ā^L (H, N, N) of the bilinear DPLR system."""
+    A = torch.diag_embed(Lam) - P[..., :, None] * P.conj()[..., None, :]
+    return torch.linalg.matrix_power(discretize(A, torch.zeros_like(Lam), dt, method="bilinear")[0], L)
+
+
 # A correct solution and a deliberately wrong one for every registered exercise.
 SOLUTIONS = {
     "ch01.impulse_response": (
@@ -49,6 +64,20 @@ SOLUTIONS = {
     "ch05.cauchy": (
         lambda v, z, w: (v[..., None, :] / (z[:, None] - w[..., None, :])).sum(-1),
         lambda v, z, w: (v[..., None, :] / (z[:, None] - w[..., None, :]) ** 2).sum(-1),  # squared denominator
+    ),
+    "ch05.woodbury": (
+        lambda Lam, P, B, Ct, g: (lambda k: k(Ct, B) - k(Ct, P) * k(P.conj(), B) / (1 + k(P.conj(), P)))(
+            lambda a, b: (a * b / (g[:, None] - Lam)).sum(-1)),
+        lambda Lam, P, B, Ct, g: (lambda k: k(Ct, B) + k(Ct, P) * k(P.conj(), B) / (1 - k(P.conj(), P)))(
+            lambda a, b: (a * b / (g[:, None] - Lam)).sum(-1)),  # A = diag(Λ) + P P^*: the sign flipped
+    ),
+    "ch05.ctilde": (
+        lambda Lam, P, C, dt, L: C - (C[..., None, :] @ _bilinear_power(Lam, P, dt, L))[..., 0, :],
+        lambda Lam, P, C, dt, L: C - (_bilinear_power(Lam, P, dt, L) @ C[..., :, None])[..., 0],  # Ā^L C, a column
+    ),
+    "ch05.s4_kernel": (
+        _s4_kernel_solution,
+        lambda *args: _s4_kernel_solution(*args, factor=False),  # without 2/(1 + ω)
     ),
     "primer.logsumexp": (
         lambda x: torch.logsumexp(x, -1),

@@ -7,7 +7,8 @@ import torch
 import ssm_edu
 from ssm_edu import discretize, hippo, ssm_kernel
 from ssm_edu.numerics import rel_error, tolerance
-from ssm_edu.s4 import S4Classifier, S4Layer, cauchy, dplr_dense, nplr_legs, s4_ctilde, s4_generating_kernel, s4_kernel
+from ssm_edu.s4 import (DPLR_INITS, S4Classifier, S4Layer, cauchy, dplr_dense, dplr_init, nplr_legs, s4_ctilde,
+                        s4_generating_kernel, s4_kernel)
 from tiers import assert_tiers_agree
 
 DEVICE = ssm_edu.default_device()
@@ -285,3 +286,53 @@ def test_layer_shapes_and_gradients():
     y.sum().backward()
     for name in ("log_dt", "Lambda", "P", "B", "Ct", "D"):
         assert getattr(layer, name).grad is not None and torch.isfinite(getattr(layer, name).grad).all(), name
+
+
+# ---------------------------------------------------------------- the layer's kernel paths and initialisations
+
+
+@pytest.mark.parametrize("H,N,L", [(1, 1, 1), (2, 5, 33), (3, 16, 64)])
+def test_generating_kernel_cauchy_paths_agree(H, N, L):
+    """The shared Cauchy matrix ("vectorized"), four separate products ("naive") and the
+    Triton kernel ("triton", complex64; interpreter on CPU) give the same kernel."""
+    gen = torch.Generator().manual_seed(21)
+    Lambda, P, B, C, dt = random_dplr(H, N, gen)
+    Ct = s4_ctilde(Lambda, P, C, dt, L)
+    ref = dense_kernel(Lambda, P, B, C, dt, L)
+    for impl in ("vectorized", "naive"):
+        assert rel_error(s4_generating_kernel(Lambda, P, B, Ct, dt, L, cauchy_impl=impl), ref) < 1e-10, impl
+    low = [x.to(torch.complex64).to(DEVICE) for x in (Lambda, P, B, Ct)]
+    for impl in ("triton", "auto"):
+        K = s4_generating_kernel(*low, dt.float().to(DEVICE), L, cauchy_impl=impl)
+        assert K.dtype == torch.float32 and rel_error(K.cpu().double(), ref) < 1e-4, impl
+
+
+def test_dplr_init_random_has_legs_decay_and_norms_but_not_its_frequencies():
+    N = 16
+    Lam_l, P_l, B_l = dplr_init(N, "legs")
+    torch.manual_seed(3)
+    Lam_r, P_r, B_r = dplr_init(N, "random")
+    assert torch.all(Lam_r.real == -0.5) and torch.all(Lam_l.real == -0.5)
+    assert abs(P_r.norm() - P_l.norm()) < 1e-10 and abs(B_r.norm() - B_l.norm()) < 1e-10
+    assert Lam_l.imag.abs().max() > 10 * Lam_r.imag.abs().max()  # LegS spreads its frequencies
+    assert torch.linalg.eigvals(dplr_dense(Lam_r, P_r)).real.max() < 0  # stable
+    torch.manual_seed(3)
+    assert torch.equal(dplr_init(N, "random")[0], Lam_r)  # the global seed fixes it
+    with pytest.raises(ValueError, match="unknown init='legt'; valid: 'legs', 'random'"):
+        dplr_init(N, "legt")
+    with pytest.raises(ValueError, match="N must be an int >= 1"):
+        dplr_init(0, "random")
+
+
+@pytest.mark.parametrize("init", DPLR_INITS)
+def test_layer_kernel_is_the_kernel_of_its_own_system(init):
+    """For either initialisation (and on the device, through the Triton Cauchy kernel on a
+    GPU), the layer's kernel equals the matrix-power kernel of (Ā, B̄, C) it recovers."""
+    torch.manual_seed(4)
+    layer = S4Layer(H=3, N=8, L_max=40, init=init).to(DEVICE)
+    K = layer.kernel(40).detach().cpu().double()
+    Ab, Bb, C = (x.cpu() for x in layer.recurrent_system())
+    assert rel_error(K, ssm_kernel(Ab, Bb, C, 40).real) < 1e-4
+    y = layer(torch.randn(2, 3, 40, device=DEVICE))
+    y.sum().backward()
+    assert torch.isfinite(layer.Lambda.grad).all() and torch.isfinite(layer.Ct.grad).all()
