@@ -110,6 +110,53 @@ def compile_fwd(knobs, shape=SHAPE):
     return k, ce, num_warps, regs, spill, sass
 
 
+BWD_POINTERS = dict(u_ptr="*bf16", delta_ptr="*bf16", A2_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32",
+                    z_ptr="*bf16", bias_ptr="*fp32", gy_ptr="*bf16", glast_ptr="*fp32", ck_ptr="*fp32",
+                    du_ptr="*bf16", ddelta_ptr="*bf16", dz_ptr="*bf16", dB_ptr="*fp32", dC_ptr="*fp32",
+                    dA_ptr="*fp32", dD_ptr="*fp32", dbias_ptr="*fp32")
+
+
+def compile_bwd(knobs, shape=SHAPE):
+    """The backward kernel as ``compile_fwd`` compiles the forward: knobs of ``selective._bwd_blocks`` (``tn``,
+    ``num_warps``, ``block_d``) and the forward's checkpoint spacing ``block_l`` (8 by default)."""
+    meta, extra = selective._bwd_blocks(shape["D"], shape["N"], knobs.get("block_l", 8), knobs.get("tn"),
+                                        knobs.get("num_warps"), knobs.get("block_d"), knobs.get("share"))
+    ce = dict(meta, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_GLAST=False)
+    return _compile(selective._selective_scan_bwd, ce, BWD_POINTERS, extra["num_warps"], shape)
+
+
+def _compile(fn, ce, pointers, num_warps, shape):
+    ints = goal_ints(**shape)
+    sig, attrs = {}, {}
+    for i, (name, param) in enumerate(inspect.signature(fn.fn).parameters.items()):
+        if name in ce or param.default is not param.empty:
+            ce.setdefault(name, param.default)
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = pointers[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif ints[name] == 1:
+            sig[name] = "constexpr"
+            ce[name] = 1
+        else:
+            sig[name] = "i32"
+            if ints[name] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=num_warps, num_stages=3))
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(ptx, "w") as f:
+            f.write(k.asm["ptx"])
+        info = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o", cubin],
+                              capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True,
+                              check=True).stdout
+    regs = int(re.search(r"Used (\d+) registers", info).group(1))
+    spill = tuple(int(re.search(rf"(\d+) bytes spill {w}", info).group(1)) for w in ("stores", "loads"))
+    return k, ce, num_warps, regs, spill, sass
+
+
 def loop_counts(sass):
     """Instruction counts of the main loop: the body of the last backward branch that spans over 0x400 bytes."""
     ins = []

@@ -151,7 +151,7 @@ __all__ = ["selective_scan_triton", "selective_scan_fwd", "selective_scan_bwd"]
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
 LOG2E = math.log2(math.e)
-DEFAULT_VARIANT = "rows"  # forward only; training (checkpoints for the backward pass) uses "nloop"
+DEFAULT_VARIANT = "rows"  # forward only; training (checkpoints for the backward pass) uses "nsplit"
 
 
 @triton.jit
@@ -450,6 +450,10 @@ def _selective_scan_fwd(
         py = y_ptr + (b64 * Dtot + dj4) * L + tS
         first = j4 == 0  # one of the TN threads stores y
         carry4 = tl.zeros([NPT, TN, BLOCK_D], dtype=tl.float32)
+        # the checkpoints' offsets: (batch, D, n_blocks, N), mode n = j NPT + i
+        nc3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
+        ck3 = (b64 * Dtot + d[None, None, :]) * tl.cdiv(L, BLOCK_L) * N + nc3
+        ck3_ok = (nc3 < N) & d_ok[None, None, :]  # (NPT, TN, BLOCK_D)
         if PREFETCH >= 1:
             m0 = dmj4 & (tS < L)
             u_nx = _ld(pu, m0, EVEN)
@@ -460,6 +464,8 @@ def _selective_scan_fwd(
                 B_nx = _ld(pB, nm2 & (t2 < L), EVEN)
                 C_nx = _ld(pC, nm2 & (t2 < L), EVEN)
         for start in range(0, L, BLOCK_L):
+            if SAVE_CK:  # h_{start-1}, for the backward pass
+                tl.store(ck_ptr + ck3 + (start // BLOCK_L) * N, carry4, mask=ck3_ok)
             m4 = dmj4 & (start + tS < L)  # (1, TN, BLOCK_D, BLOCK_L) or SHARE (BLOCK_D, BLOCK_L)
             mn2 = nm2 & (start + t2 < L)  # (BLOCK_N, BLOCK_L)
             if PREFETCH >= 1:
@@ -572,6 +578,50 @@ def _selective_scan_fwd(
 
 
 @triton.jit
+def _softplus_sigmoid(x):
+    """(softplus(x), sigmoid(x)) from one exp2: w = e^-|x|, σ(x) = 1 / (1 + w) for x >= 0, w / (1 + w) below,
+    softplus(x) = max(x, 0) + log1p(w) by the log-free series of ``_softplus_poly`` (relative error < 5e-7)."""
+    w = tl.exp(-tl.abs(x))
+    q = 1.0 / (1.0 + w)
+    f = w / (2.0 + w)
+    f2 = f * f
+    p = f2 * 0.07692307692307693 + 0.09090909090909091  # 1/13, 1/11
+    p = p * f2 + 0.1111111111111111
+    p = p * f2 + 0.14285714285714285
+    p = p * f2 + 0.2
+    p = p * f2 + 0.3333333333333333
+    p = p * f2 + 1.0
+    return tl.maximum(x, 0.0) + 2.0 * f * p, tl.where(x >= 0.0, q, w * q)
+
+
+@triton.jit
+def _column(x, sel):
+    """x[:, :, :, s] of a 4-D x for the one s where sel (1, 1, 1, BLOCK_L) holds: a sum with -0.0 elsewhere
+    (x + -0.0 == x), so that where the last axis lies in the thread's registers only the picked one is kept."""
+    return tl.sum(tl.where(sel, x, -0.0), axis=3)
+
+
+@triton.jit
+def _to_modes(x, SHARE: tl.constexpr):
+    """A per-(d, t) tile to the mode tiles' rank: SHARE (BLOCK_D, BLOCK_L) -> (1, 1, BLOCK_D, BLOCK_L), left in
+    its layout until here (``_pin``); else it already is (1, TN, BLOCK_D, BLOCK_L)."""
+    if SHARE:
+        return _pin(x)[None, None, :, :]
+    else:
+        return x
+
+
+@triton.jit
+def _mode_sum(x, SHARE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Σ_n of a mode tile (NPT, TN, BLOCK_D, BLOCK_L): in the thread, then across the TN threads of a channel;
+    back to the per-(d, t) tiles' shape."""
+    s = tl.sum(tl.sum(x, axis=0, keep_dims=True), axis=1, keep_dims=True)  # (1, 1, BLOCK_D, BLOCK_L)
+    if SHARE:
+        s = tl.reshape(s, (BLOCK_D, BLOCK_L))
+    return s
+
+
+@triton.jit
 def _selective_scan_bwd(
     u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr, glast_ptr, ck_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
@@ -580,97 +630,151 @@ def _selective_scan_bwd(
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GLAST: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, TN: tl.constexpr,
+    SHARE: tl.constexpr = 1,
 ):
+    # Mode tiles (NPT, TN, BLOCK_D, BLOCK_L) as in the forward's "nsplit": mode n = j NPT + i at [i, j], TN
+    # threads per channel along N, NPT modes and BLOCK_L steps in each thread's registers. B and C are loaded
+    # (BLOCK_N, BLOCK_L) and reshaped. The per-(d, t) work (loads, softplus, gate, the three outputs) is done on
+    # (BLOCK_D, BLOCK_L) tiles, once per (d, t) (SHARE 1), or on (1, TN, BLOCK_D, BLOCK_L) tiles by each of the
+    # TN threads (SHARE 0). Blocks of BLOCK_L steps (the forward's checkpoint spacing) go from last to first.
     pid_d, g, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(1)
     Dtot = Dg * G
+    NPT: tl.constexpr = BLOCK_N // TN
+    b64 = b.to(tl.int64)
+    i4 = tl.arange(0, NPT)[:, None, None, None]
+    j4 = tl.arange(0, TN)[None, :, None, None]
+    n4 = j4 * NPT + i4  # (NPT, TN, 1, 1)
     dg = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = dg < Dg
     d = (g * Dg + dg).to(tl.int64)
-    n = tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    dn_ok = d_ok[:, None] & n_ok[None, :]
-    cols = tl.arange(0, BLOCK_L)
-    b64 = b.to(tl.int64)
-    A2 = tl.load(A2_ptr + d[:, None] * N + n[None, :], mask=dn_ok, other=0.0)  # (BLOCK_D, BLOCK_N)
-    A = A2 * 0.6931471805599453  # A = A2 ln 2
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    d4 = d[None, None, :, None]
+    t4 = tl.arange(0, BLOCK_L)[None, None, None, :]
+    if SHARE:  # the per-(d, t) tiles
+        dS = d[:, None]  # (BLOCK_D, 1)
+        dmS = d_ok[:, None]
+        tS = tl.arange(0, BLOCK_L)[None, :]
+        lead = dmS  # every thread of a (d, t) tile stores
     else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dS = d4 + j4 * 0  # (1, TN, BLOCK_D, 1): the channel, along every j
+        dmS = d_ok[None, None, :, None] & (j4 >= 0)
+        tS = t4
+        lead = dmS & (j4 == 0)  # one of the TN threads of a channel stores
+    n_blocks = tl.cdiv(L, BLOCK_L)
+    A2 = tl.load(A2_ptr + d4 * N + n4, mask=d_ok[None, None, :, None] & (n4 < N), other=0.0)  # (NPT, TN, BD, 1)
+    A = A2 * 0.6931471805599453  # A = A2 ln 2
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + dS, mask=dmS, other=0.0).to(tl.float32)
     if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+        Dv = tl.load(D_ptr + dS, mask=dmS, other=0.0).to(tl.float32)
     B_ptr += b64 * s_Bb + g * s_Bg
     C_ptr += b64 * s_Cb + g * s_Cg
+    n2 = tl.arange(0, BLOCK_N)[:, None]
+    t2 = tl.arange(0, BLOCK_L)[None, :]
+    pB = B_ptr + n2 * s_Bn + t2 * s_Bl  # (BLOCK_N, BLOCK_L)
+    pC = C_ptr + n2 * s_Cn + t2 * s_Cl
+    # (NPT, TN, BLOCK_D): a state's offsets in the checkpoints (batch, D, n_blocks, N) and in (batch, D, N)
+    j3 = tl.arange(0, TN)[None, :, None]
+    n3 = j3 * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
+    d3 = d[None, None, :]  # (1, 1, BLOCK_D)
+    m3 = (n3 < N) & d_ok[None, None, :]
+    ck3 = (b64 * Dtot + d3) * n_blocks * N + n3
+    st3 = (b64 * Dtot + d3) * N + n3
+    if HAS_GLAST:  # dLoss/dh_{L-1} enters the adjoint at the last step
+        r = tl.load(glast_ptr + st3, mask=m3, other=0.0).to(tl.float32)
+    else:
+        r = tl.zeros([NPT, TN, BLOCK_D], dtype=tl.float32)  # a_t g_t at the first step of the block after this one
+    dA_acc = tl.zeros([NPT, TN, BLOCK_D], dtype=tl.float32)
+    if SHARE:  # per channel: sums over t of gy x and of dLoss/dΔ (before the bias)
+        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        TAX: tl.constexpr = 1  # the time axis of the per-(d, t) tiles
+    else:
+        dD_acc = tl.zeros([1, TN, BLOCK_D], dtype=tl.float32)
+        TAX: tl.constexpr = 3
+    dbias_acc = dD_acc
+    pu = u_ptr + b64 * s_ub + dS * s_ud + tS * s_ul
+    pdt = delta_ptr + b64 * s_db + dS * s_dd + tS * s_dl
+    pz = z_ptr + b64 * s_zb + dS * s_zd + tS * s_zl
+    out = (b64 * Dtot + dS) * L + tS  # gy, du, ddelta, dz: contiguous (batch, D, L)
     # partial sums over this program's channels: dB, dC (batch, G, n_dblocks, N, L)
     part = ((b64 * G + g) * tl.num_programs(0) + pid_d) * N
-    if HAS_GLAST:  # dLoss/dh_{L-1} enters the adjoint at the last step
-        gcarry = tl.load(glast_ptr + (b64 * Dtot + d[:, None]) * N + n[None, :], mask=dn_ok, other=0.0)
-    else:
-        gcarry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # g at the first step of the next block
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    n_blocks = tl.cdiv(L, BLOCK_L)
     for kk in range(0, n_blocks):
         k = n_blocks - 1 - kk
-        t = k * BLOCK_L + cols
-        t_ok = t < L
-        m = d_ok[:, None] & t_ok[None, :]
-        udl = b64 * s_ub + d[:, None] * s_ud + t[None, :] * s_ul
-        u = tl.load(u_ptr + udl, mask=m, other=0.0).to(tl.float32)
-        dt, raw = _step(delta_ptr, bias, b64 * s_db + d[:, None] * s_dd + t[None, :] * s_dl, m, HAS_BIAS, SOFTPLUS)
-        m_next = d_ok[:, None] & (t + 1 < L)[None, :]  # Δ_{t+1}: one step to the right
-        dt_next, _ = _step(delta_ptr, bias, b64 * s_db + d[:, None] * s_dd + (t + 1)[None, :] * s_dl, m_next,
-                           HAS_BIAS, SOFTPLUS)
-        mnl = n_ok[:, None] & t_ok[None, :]
-        Bt = tl.load(B_ptr + n[:, None] * s_Bn + t[None, :] * s_Bl, mask=mnl, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + n[:, None] * s_Cn + t[None, :] * s_Cl, mask=mnl, other=0.0).to(tl.float32)
-        # recompute the block's states from its checkpoint
-        h0 = tl.load(ck_ptr + ((b64 * Dtot + d[:, None]) * n_blocks + k) * N + n[None, :], mask=dn_ok, other=0.0)
-        dtu = dt * u
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_L)
-        bx = dtu[:, None, :] * Bt[None, :, :]
-        acum, hloc = tl.associative_scan((a, bx), 2, _combine)
-        h = acum * h0[:, :, None] + hloc
-        # the output's gradient before the gate
-        gout = tl.load(gy_ptr + (b64 * Dtot + d[:, None]) * L + t[None, :], mask=m, other=0.0).to(tl.float32)
+        start = k * BLOCK_L
+        # per (d, t): the step, the gradient reaching y before the gate
+        m = dmS & (start + tS < L)
+        u = tl.load(pu + start * s_ul, mask=m, other=0.0).to(tl.float32)
+        raw = tl.load(pdt + start * s_dl, mask=m, other=0.0).to(tl.float32) + bias
+        if SOFTPLUS:
+            dt, dsp = _softplus_sigmoid(raw)  # Δ and softplus' derivative
+        else:
+            dt = raw
+        dt = tl.where(m, dt, 0.0)  # identity steps past L
+        gout = tl.load(gy_ptr + out + start, mask=m, other=0.0).to(tl.float32)
         if HAS_Z:
-            ypre = tl.sum(h * Ct[None, :, :], axis=1)
-            if HAS_D:
-                ypre += Dv[:, None] * u
-            z = tl.load(z_ptr + b64 * s_zb + d[:, None] * s_zd + t[None, :] * s_zl, mask=m, other=0.0).to(tl.float32)
+            z = tl.load(pz + start * s_zl, mask=m, other=0.0).to(tl.float32)
             sz = tl.sigmoid(z)
-            dz = gout * ypre * sz * (1.0 + z * (1.0 - sz))  # silu'(z) = σ(z)(1 + z(1 - σ(z)))
-            tl.store(dz_ptr + (b64 * Dtot + d[:, None]) * L + t[None, :], dz, mask=m)
             gy = gout * z * sz
         else:
             gy = gout
-        # adjoint: g_t = C_t gy_t + a_{t+1} g_{t+1}, a reverse scan; the carry is g at the next block's start
-        a_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
-        pcum, gloc = tl.associative_scan((a_next, Ct[None, :, :] * gy[:, None, :]), 2, _combine, reverse=True)
-        gh = pcum * gcarry[:, :, None] + gloc  # (BLOCK_D, BLOCK_N, BLOCK_L)
-        gcarry = tl.sum(tl.where(cols[None, None, :] == 0, gh, 0.0), axis=2)
-        tl.store(dB_ptr + (part + n[:, None]) * L + t[None, :], tl.sum(gh * dtu[:, None, :], axis=0), mask=mnl)
-        tl.store(dC_ptr + (part + n[:, None]) * L + t[None, :], tl.sum(h * gy[:, None, :], axis=0), mask=mnl)
-        ddtu = tl.sum(gh * Bt[None, :, :], axis=1)  # (BLOCK_D, BLOCK_L)
+        dt4 = _to_modes(dt, SHARE)
+        dtu4 = _to_modes(dt * u, SHARE)
+        gy4 = _to_modes(gy, SHARE)
+        # per (d, n, t): the block's states again, from its checkpoint, as in the forward pass
+        mn2 = (n2 < N) & (start + t2 < L)
+        B4 = _modes(tl.load(pB + start * s_Bl, mask=mn2, other=0.0).to(tl.float32), NPT, TN, BLOCK_L)
+        C4 = _modes(tl.load(pC + start * s_Cl, mask=mn2, other=0.0).to(tl.float32), NPT, TN, BLOCK_L)
+        h0 = tl.load(ck_ptr + ck3 + k * N, mask=m3, other=0.0)
+        a = tl.exp2(dt4 * A2)  # (NPT, TN, BLOCK_D, BLOCK_L)
+        bx = dtu4 * B4
+        _, h = tl.associative_scan((a, tl.where(t4 == 0, a * h0[:, :, :, None] + bx, bx)), 3, _combine)
+        # the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1}, step by step from the last: r, what enters from the next
+        # block (a g at its first step), is added to the last step; a column of a thread's registers is picked
+        # and placed for free (Triton's reverse scan would shuffle across the warp even here)
+        c = C4 * gy4
+        gh = c
+        for s in tl.static_range(BLOCK_L - 1, -1, -1):
+            g_s = _column(c, t4 == s) + r  # (NPT, TN, BLOCK_D)
+            gh = tl.where(t4 == s, g_s[:, :, :, None], gh)
+            r = _column(a, t4 == s) * g_s  # a_s g_s, what enters step s - 1
+        # sums over the channels: dB_t = Σ_d g_t Δ_t x_t, dC_t = Σ_d gy_t h_t
+        t3 = start + tl.arange(0, BLOCK_L)[None, None, :]
+        nt = (part + n3) * L + t3  # (NPT, TN, BLOCK_L)
+        nt_ok = (n3 < N) & (t3 < L)
+        tl.store(dB_ptr + nt, tl.sum(gh * dtu4, axis=2), mask=nt_ok)
+        tl.store(dC_ptr + nt, tl.sum(h * gy4, axis=2), mask=nt_ok)
         dlog = gh * (h - bx)  # dLoss/d(Δ_t A) = g_t a_t h_{t-1}
-        dA_acc += tl.sum(dlog * dt[:, None, :], axis=2)
-        ddt = ddtu * u + tl.sum(dlog * A[:, :, None], axis=1)
+        dA_acc += tl.sum(dlog * dt4, axis=3)
+        # sums over the modes, back per (d, t)
+        ddtu = _mode_sum(gh * B4, SHARE, BLOCK_D, BLOCK_L)  # dLoss/d(Δ_t x_t)
+        ddt = ddtu * u + _mode_sum(dlog * A, SHARE, BLOCK_D, BLOCK_L)
         du = ddtu * dt
         if HAS_D:
-            du += gy * Dv[:, None]
-            dD_acc += tl.sum(gy * u, axis=1)
+            du += gy * Dv
+            dD_acc += tl.sum(gy * u, axis=TAX)
+        if HAS_Z:
+            ypre = _mode_sum(h * C4, SHARE, BLOCK_D, BLOCK_L)
+            if HAS_D:
+                ypre += Dv * u
+            dz = gout * ypre * sz * (1.0 + z * (1.0 - sz))  # silu'(z) = σ(z)(1 + z(1 - σ(z)))
+            tl.store(dz_ptr + out + start, dz.to(dz_ptr.dtype.element_ty), mask=m & lead)
         if SOFTPLUS:
-            ddt *= tl.sigmoid(raw)
+            ddt *= dsp
         ddt = tl.where(m, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + (b64 * Dtot + d[:, None]) * L + t[None, :], du, mask=m)
-        tl.store(ddelta_ptr + (b64 * Dtot + d[:, None]) * L + t[None, :], ddt, mask=m)
-    tl.store(dA_ptr + (b64 * Dtot + d[:, None]) * N + n[None, :], dA_acc, mask=dn_ok)
-    tl.store(dD_ptr + b64 * Dtot + d, dD_acc, mask=d_ok)
-    tl.store(dbias_ptr + b64 * Dtot + d, dbias_acc, mask=d_ok)
+        dbias_acc += tl.sum(ddt, axis=TAX)
+        tl.store(du_ptr + out + start, du.to(du_ptr.dtype.element_ty), mask=m & lead)
+        tl.store(ddelta_ptr + out + start, ddt.to(ddelta_ptr.dtype.element_ty), mask=m & lead)
+    tl.store(dA_ptr + st3, dA_acc, mask=m3)  # per batch element; the launcher sums
+    if SHARE:
+        tl.store(dD_ptr + b64 * Dtot + d, dD_acc, mask=d_ok)
+        tl.store(dbias_ptr + b64 * Dtot + d, dbias_acc, mask=d_ok)
+    else:
+        pv = b64 * Dtot + d[None, None, :] + j3 * 0  # (1, TN, BLOCK_D)
+        vm = d_ok[None, None, :] & (j3 == 0)
+        tl.store(dD_ptr + pv, dD_acc, mask=vm)
+        tl.store(dbias_ptr + pv, dbias_acc, mask=vm)
 
 
 @triton.jit
@@ -704,7 +808,9 @@ def _default_variant(Dg, N, L, training, tn):
     3.6; the whole sweep is in this module's docstring). Everywhere else "rows", the form the H100 test
     suite ran on odd sizes.
     """
-    if training or interpreting() or N != 16:
+    if training:  # checkpoints every 8 steps for the backward pass; at most 8 modes per thread
+        return "nsplit", tn or max(2, next_pow2(N) // 8)
+    if interpreting() or N != 16:
         return DEFAULT_VARIANT, tn
     _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, None, tn=tn)  # the measured blocks: 16 channels, 8 steps
     return ("nsplit", meta["TN"]) if meta["EVEN"] else (DEFAULT_VARIANT, tn)
@@ -727,14 +833,12 @@ def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}; got {variant!r}")
     BN = next_pow2(N)
     tn = min(tn or 2, BN)  # "nsplit" only
-    if training:  # the checkpoints for the backward pass: the "nloop" form
-        variant = "nloop"
     if interpreting():  # small: the interpreter's scan is a Python loop per element
         meta = dict(BLOCK_D=block_d or min(next_pow2(Dg), 4), BLOCK_N=BN, BLOCK_L=block_l or min(next_pow2(L), 8))
         extra = {}
     elif variant == "nloop":
-        if training:  # the backward kernel's tiles (BLOCK_D, N, BLOCK_L) stay near 4096 elements
-            block_l = block_l or max(16, min(next_pow2(L), 4096 // (4 * BN)))
+        if training:  # the checkpoint spacing is the backward kernel's BLOCK_L: registers (NPT, BLOCK_L) per thread
+            block_l = block_l or 16
         meta = dict(BLOCK_D=block_d or min(next_pow2(Dg), 32), BLOCK_N=BN, BLOCK_L=block_l or min(next_pow2(L), 64))
         extra = dict(num_warps=num_warps or 4)
     elif variant == "rows":
@@ -824,40 +928,58 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return y.to(out_dtype), last, (ck if save_checkpoints else None), meta
 
 
+def _bwd_blocks(Dg, N, block_l, tn=None, num_warps=None, block_d=None, share=None):
+    """The backward pass's meta-parameters -> (meta, launch options). BLOCK_L is the forward's (its checkpoint
+    spacing); ``tn`` threads per channel along N (default: 4 modes per thread), ``num_warps`` warps per program
+    along D (BLOCK_D = 32 num_warps / tn channels), ``share`` 1 (default): the per-(d, t) work once per (d, t),
+    0: by each of the TN threads of a channel."""
+    BN = next_pow2(N)
+    tn = min(tn or max(1, min(BN // 4, 32)), BN)
+    share = 1 if share is None else int(share)
+    if interpreting():
+        return dict(BLOCK_D=block_d or min(next_pow2(Dg), 4), BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share), {}
+    w = num_warps or 2
+    meta = dict(BLOCK_D=block_d or max(1, 32 // tn) * w, BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share)
+    return meta, dict(num_warps=w)
+
+
 def selective_scan_bwd(gy, glast, ck, meta, u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                       delta_softplus=False):
-    """Launch the backward kernel -> gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), float32.
+                       delta_softplus=False, tn=None, num_warps=None, block_d=None, share=None):
+    """Launch the backward kernel -> gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
 
     gy (b, D, L) is dLoss/dy, glast (b, D, N) or None is dLoss/d last_state;
-    ck and meta come from ``selective_scan_fwd(save_checkpoints=True)``.
+    ck and meta come from ``selective_scan_fwd(save_checkpoints=True)``. du, ddelta and dz come in the dtypes of
+    u, delta and z, the others in float32. ``tn``, ``num_warps``, ``block_d``: see ``_bwd_blocks``.
     """
+    dtypes = (u.dtype, delta.dtype, None if z is None else z.dtype)
     if interpreting():
         u, delta, A, B, C, D, z, delta_bias, gy = _interpreter_float32(u, delta, A, B, C, D, z, delta_bias, gy)
+        dtypes = (torch.float32,) * 3
     batch, Dtot, L = u.shape
     N = A.shape[1]
     has_d, has_bias = D is not None, delta_bias is not None
     Bv, Cv, G, A2, Dc, biasc, strides = _prepare(u, delta, A, B, C, D, z, delta_bias)
     Dg = Dtot // G
-    meta = dict(meta, BLOCK_D=min(next_pow2(Dg), 4))  # the backward's own channel blocks; BLOCK_L is the checkpoints'
-    n_dblocks = triton.cdiv(Dg, meta["BLOCK_D"])
+    bmeta, extra = _bwd_blocks(Dg, N, meta["BLOCK_L"], tn, num_warps, block_d, share)
+    n_dblocks = triton.cdiv(Dg, bmeta["BLOCK_D"])
     f32 = dict(device=u.device, dtype=torch.float32)
-    du, ddelta = torch.empty(batch, Dtot, L, **f32), torch.empty(batch, Dtot, L, **f32)
-    dz = torch.empty(batch, Dtot, L, **f32) if z is not None else None
-    dB_part = torch.empty(batch, G, n_dblocks, N, L, **f32)
+    du = torch.empty(batch, Dtot, L, device=u.device, dtype=dtypes[0])
+    ddelta = torch.empty(batch, Dtot, L, device=u.device, dtype=dtypes[1])
+    dz = torch.empty(batch, Dtot, L, device=u.device, dtype=dtypes[2]) if z is not None else None
+    dB_part = torch.empty(batch, G, n_dblocks, N, L, **f32)  # sums over each program's channels
     dC_part = torch.empty(batch, G, n_dblocks, N, L, **f32)
     dA_part = torch.empty(batch, Dtot, N, **f32)  # sums over time, per batch element
     dD_part, dbias_part = torch.empty(batch, Dtot, **f32), torch.empty(batch, Dtot, **f32)
     gy = gy.contiguous()
     glast = glast.float().contiguous() if glast is not None else None
     dummy = A2
-    extra = {} if interpreting() else dict(num_warps=8)
     grid = (n_dblocks, G, batch)
     _selective_scan_bwd[grid](
         u, delta, A2, Bv, Cv, Dc, dummy if z is None else z, biasc, gy, dummy if glast is None else glast, ck,
         du, ddelta, dummy if dz is None else dz, dB_part, dC_part, dA_part, dD_part, dbias_part,
         L, Dg, N, *strides,
         HAS_D=has_d, HAS_Z=z is not None, HAS_BIAS=has_bias, SOFTPLUS=bool(delta_softplus),
-        HAS_GLAST=glast is not None, **meta, **extra)
+        HAS_GLAST=glast is not None, **bmeta, **extra)
     dB, dC = dB_part.sum(2), dC_part.sum(2)  # (b, G, N, L)
     if B.dim() == 3:
         dB = dB.sum(1)
