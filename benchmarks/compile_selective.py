@@ -75,7 +75,7 @@ def compile_fwd(knobs, shape=SHAPE):
                                              knobs.get("prefetch"), knobs.get("tn"), knobs.get("even"),
                                              knobs.get("share", False), knobs.get("softplus_poly", False),
                                              knobs.get("exp_poly", 0))
-    ce = dict(meta, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SAVE_CK=False,
+    ce = dict(meta, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SAVE_CK=bool(knobs.get("save_checkpoints")),
               VARIANT=selective.VARIANTS[variant])
     fn = selective._selective_scan_fwd
     ints = goal_ints(**shape)
@@ -120,7 +120,7 @@ def compile_bwd(knobs, shape=SHAPE):
     """The backward kernel as ``compile_fwd`` compiles the forward: knobs of ``selective._bwd_blocks`` (``tn``,
     ``num_warps``, ``block_d``) and the forward's checkpoint spacing ``block_l`` (8 by default)."""
     meta, extra = selective._bwd_blocks(shape["D"], shape["N"], knobs.get("block_l", 8), knobs.get("tn"),
-                                        knobs.get("num_warps"), knobs.get("block_d"), knobs.get("share"))
+                                        knobs.get("num_warps"), knobs.get("block_d"), knobs.get("share"), knobs.get("rs"))
     ce = dict(meta, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_GLAST=False)
     return _compile(selective._selective_scan_bwd, ce, BWD_POINTERS, extra["num_warps"], shape)
 

@@ -595,6 +595,66 @@ def _softplus_sigmoid(x):
 
 
 @triton.jit
+def _bfly_asm(x, lane_mask):
+    """The value of x in lane (this lane xor lane_mask): one shfl.sync.bfly per register (compiled only)."""
+    if x.dtype == tl.int32:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=r,r,r", [x, lane_mask],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=f,f,r", [x, lane_mask],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _partner(x, M: tl.constexpr, lane_mask, ASM: tl.constexpr):
+    """x (NPT, BLOCK_D, TN, T) with each channel's values replaced by those of channel d xor M (M a power of 2).
+
+    Compiled (ASM): channel d xor M sits in lane (this lane xor lane_mask) (found and checked by the caller),
+    one shuffle per register. In the interpreter (no inline assembly): a permutation of the channel axis.
+    """
+    if ASM:
+        return _bfly_asm(x, lane_mask)
+    else:
+        A: tl.constexpr = x.shape[0]
+        BD: tl.constexpr = x.shape[1]
+        Bq: tl.constexpr = x.shape[2]
+        TC: tl.constexpr = x.shape[3]
+        y = tl.permute(tl.reshape(x, (A, BD // (2 * M), 2, M, Bq, TC)), (0, 1, 3, 4, 5, 2))  # the pair axis last
+        lo, hi = tl.split(y)
+        y = tl.permute(tl.join(hi, lo), (0, 1, 5, 2, 3, 4))
+        return tl.reshape(y, (A, BD, Bq, TC))
+
+
+@triton.jit
+def _halves(x):
+    """x (..., T) -> its first and second halves along the last axis (register renaming where T is in-thread)."""
+    A: tl.constexpr = x.shape[0]
+    Bq: tl.constexpr = x.shape[1]
+    BD: tl.constexpr = x.shape[2]
+    TC: tl.constexpr = x.shape[3]
+    return tl.split(tl.permute(tl.reshape(x, (A, Bq, BD, 2, TC // 2)), (0, 1, 2, 4, 3)))
+
+
+@triton.jit
+def _reduce_scatter(x, dl, lane0, ROUNDS: tl.constexpr, ASM: tl.constexpr):
+    """Σ of x (NPT, BLOCK_D, TN, T) over each group of 2^ROUNDS consecutive channels, scattered over them:
+    returns (NPT, BLOCK_D, TN, T / 2^ROUNDS); channel d of a group holds the sums for the steps of chunk
+    d mod 2^ROUNDS (chunks of T / 2^ROUNDS steps). dl (1, BLOCK_D, 1, 1): the channel within the block; lane0:
+    the lane mask that flips bit 0 of the channel (compiled; the higher bits are the next lane bits).
+
+    Round M = 2^(ROUNDS-1), ..., 1: each channel keeps one half of its steps and receives the other channel's
+    (d xor M) sums for that half: T / 2 + T / 4 + ... shuffles per (mode, channel), where a butterfly sum
+    (tl.sum over lanes) takes T ROUNDS and leaves every lane with every sum.
+    """
+    for r in tl.static_range(ROUNDS):
+        lo, hi = _halves(x)
+        up = (dl & ((1 << ROUNDS) >> (r + 1))) != 0
+        x = tl.where(up, hi, lo) + _partner(tl.where(up, lo, hi), (1 << ROUNDS) >> (r + 1),
+                                            lane0 * ((1 << ROUNDS) >> (r + 1)), ASM)
+    return x
+
+
+@triton.jit
 def _column(x, sel):
     """x[:, :, :, s] of a 4-D x for the one s where sel (1, 1, 1, BLOCK_L) holds: a sum with -0.0 elsewhere
     (x + -0.0 == x), so that where the last axis lies in the thread's registers only the picked one is kept."""
@@ -602,20 +662,27 @@ def _column(x, sel):
 
 
 @triton.jit
+def _modes_bwd(X, NPT: tl.constexpr, TN: tl.constexpr, BLOCK_L: tl.constexpr):
+    """(BLOCK_N, BLOCK_L) -> (NPT, 1, TN, BLOCK_L), mode n = j NPT + i at [i, :, j]."""
+    X = tl.permute(tl.reshape(X, (TN, NPT, BLOCK_L)), (1, 0, 2))
+    return X[:, None, :, :]
+
+
+@triton.jit
 def _to_modes(x, SHARE: tl.constexpr):
-    """A per-(d, t) tile to the mode tiles' rank: SHARE (BLOCK_D, BLOCK_L) -> (1, 1, BLOCK_D, BLOCK_L), left in
-    its layout until here (``_pin``); else it already is (1, TN, BLOCK_D, BLOCK_L)."""
+    """A per-(d, t) tile to the mode tiles' rank: SHARE (BLOCK_D, BLOCK_L) -> (1, BLOCK_D, 1, BLOCK_L), left in
+    its layout until here (``_pin``); else it already is (1, BLOCK_D, TN, BLOCK_L)."""
     if SHARE:
-        return _pin(x)[None, None, :, :]
+        return _pin(x)[None, :, None, :]
     else:
         return x
 
 
 @triton.jit
 def _mode_sum(x, SHARE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Σ_n of a mode tile (NPT, TN, BLOCK_D, BLOCK_L): in the thread, then across the TN threads of a channel;
+    """Σ_n of a mode tile (NPT, BLOCK_D, TN, BLOCK_L): in the thread, then across the TN threads of a channel;
     back to the per-(d, t) tiles' shape."""
-    s = tl.sum(tl.sum(x, axis=0, keep_dims=True), axis=1, keep_dims=True)  # (1, 1, BLOCK_D, BLOCK_L)
+    s = tl.sum(tl.sum(x, axis=0, keep_dims=True), axis=2, keep_dims=True)  # (1, BLOCK_D, 1, BLOCK_L)
     if SHARE:
         s = tl.reshape(s, (BLOCK_D, BLOCK_L))
     return s
@@ -631,25 +698,28 @@ def _selective_scan_bwd(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GLAST: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, TN: tl.constexpr,
-    SHARE: tl.constexpr = 1,
+    SHARE: tl.constexpr = 1, RS: tl.constexpr = 0, ASM: tl.constexpr = False,
 ):
-    # Mode tiles (NPT, TN, BLOCK_D, BLOCK_L) as in the forward's "nsplit": mode n = j NPT + i at [i, j], TN
-    # threads per channel along N, NPT modes and BLOCK_L steps in each thread's registers. B and C are loaded
-    # (BLOCK_N, BLOCK_L) and reshaped. The per-(d, t) work (loads, softplus, gate, the three outputs) is done on
-    # (BLOCK_D, BLOCK_L) tiles, once per (d, t) (SHARE 1), or on (1, TN, BLOCK_D, BLOCK_L) tiles by each of the
-    # TN threads (SHARE 0). Blocks of BLOCK_L steps (the forward's checkpoint spacing) go from last to first.
+    # Mode tiles (NPT, BLOCK_D, TN, BLOCK_L): mode n = j NPT + i at [i, :, j], TN threads per channel along N
+    # (the axis before the steps, so that a warp's lanes go to it first and the warps to the channels), NPT
+    # modes and BLOCK_L steps in each thread's registers. B and C are loaded (BLOCK_N, BLOCK_L) and reshaped.
+    # The per-(d, t) work (loads, softplus, gate, the three outputs) is done on (BLOCK_D, BLOCK_L) tiles, once
+    # per (d, t) (SHARE 1), or on (1, BLOCK_D, TN, BLOCK_L) tiles by each of the TN threads (SHARE 0). Blocks
+    # of BLOCK_L steps (the forward's checkpoint spacing) go from the last to the first.
     pid_d, g, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(1)
     Dtot = Dg * G
     NPT: tl.constexpr = BLOCK_N // TN
     b64 = b.to(tl.int64)
     i4 = tl.arange(0, NPT)[:, None, None, None]
-    j4 = tl.arange(0, TN)[None, :, None, None]
-    n4 = j4 * NPT + i4  # (NPT, TN, 1, 1)
+    j4 = tl.arange(0, TN)[None, None, :, None]
+    n4 = j4 * NPT + i4  # (NPT, 1, TN, 1)
+    dl4 = tl.arange(0, BLOCK_D)[None, :, None, None]  # the channel within the block
     dg = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = dg < Dg
     d = (g * Dg + dg).to(tl.int64)
-    d4 = d[None, None, :, None]
+    d4 = d[None, :, None, None]
+    dm4 = d_ok[None, :, None, None]
     t4 = tl.arange(0, BLOCK_L)[None, None, None, :]
     if SHARE:  # the per-(d, t) tiles
         dS = d[:, None]  # (BLOCK_D, 1)
@@ -657,12 +727,12 @@ def _selective_scan_bwd(
         tS = tl.arange(0, BLOCK_L)[None, :]
         lead = dmS  # every thread of a (d, t) tile stores
     else:
-        dS = d4 + j4 * 0  # (1, TN, BLOCK_D, 1): the channel, along every j
-        dmS = d_ok[None, None, :, None] & (j4 >= 0)
+        dS = d4 + j4 * 0  # (1, BLOCK_D, TN, 1): the channel, along every j
+        dmS = dm4 & (j4 >= 0)
         tS = t4
         lead = dmS & (j4 == 0)  # one of the TN threads of a channel stores
     n_blocks = tl.cdiv(L, BLOCK_L)
-    A2 = tl.load(A2_ptr + d4 * N + n4, mask=d_ok[None, None, :, None] & (n4 < N), other=0.0)  # (NPT, TN, BD, 1)
+    A2 = tl.load(A2_ptr + d4 * N + n4, mask=dm4 & (n4 < N), other=0.0)  # (NPT, BLOCK_D, TN, 1)
     A = A2 * 0.6931471805599453  # A = A2 ln 2
     bias = 0.0
     if HAS_BIAS:
@@ -675,31 +745,53 @@ def _selective_scan_bwd(
     t2 = tl.arange(0, BLOCK_L)[None, :]
     pB = B_ptr + n2 * s_Bn + t2 * s_Bl  # (BLOCK_N, BLOCK_L)
     pC = C_ptr + n2 * s_Cn + t2 * s_Cl
-    # (NPT, TN, BLOCK_D): a state's offsets in the checkpoints (batch, D, n_blocks, N) and in (batch, D, N)
-    j3 = tl.arange(0, TN)[None, :, None]
-    n3 = j3 * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
-    d3 = d[None, None, :]  # (1, 1, BLOCK_D)
-    m3 = (n3 < N) & d_ok[None, None, :]
+    # (NPT, BLOCK_D, TN): a state's offsets in the checkpoints (batch, D, n_blocks, N) and in (batch, D, N)
+    j3 = tl.arange(0, TN)[None, None, :]
+    n3 = j3 * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, 1, TN)
+    d3 = d[None, :, None]  # (1, BLOCK_D, 1)
+    m3 = (n3 < N) & d_ok[None, :, None]
     ck3 = (b64 * Dtot + d3) * n_blocks * N + n3
     st3 = (b64 * Dtot + d3) * N + n3
     if HAS_GLAST:  # dLoss/dh_{L-1} enters the adjoint at the last step
         r = tl.load(glast_ptr + st3, mask=m3, other=0.0).to(tl.float32)
     else:
-        r = tl.zeros([NPT, TN, BLOCK_D], dtype=tl.float32)  # a_t g_t at the first step of the block after this one
-    dA_acc = tl.zeros([NPT, TN, BLOCK_D], dtype=tl.float32)
+        r = tl.zeros([NPT, BLOCK_D, TN], dtype=tl.float32)  # a_t g_t at the first step of the block after this one
+    dA_acc = tl.zeros([NPT, BLOCK_D, TN], dtype=tl.float32)
     if SHARE:  # per channel: sums over t of gy x and of dLoss/dΔ (before the bias)
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         TAX: tl.constexpr = 1  # the time axis of the per-(d, t) tiles
     else:
-        dD_acc = tl.zeros([1, TN, BLOCK_D], dtype=tl.float32)
+        dD_acc = tl.zeros([1, BLOCK_D, TN], dtype=tl.float32)
         TAX: tl.constexpr = 3
     dbias_acc = dD_acc
     pu = u_ptr + b64 * s_ub + dS * s_ud + tS * s_ul
     pdt = delta_ptr + b64 * s_db + dS * s_dd + tS * s_dl
     pz = z_ptr + b64 * s_zb + dS * s_zd + tS * s_zl
     out = (b64 * Dtot + dS) * L + tS  # gy, du, ddelta, dz: contiguous (batch, D, L)
-    # partial sums over this program's channels: dB, dC (batch, G, n_dblocks, N, L)
+    # partial sums over each program's channels: dB, dC (batch, G, n_dblocks, N, L). With RS, the sums over each
+    # 2^RS channels of a warp are reduce-scattered across their lanes (``_reduce_scatter``), and then summed over
+    # the block's groups (across warps: 1 / 2^RS of the values)
     part = ((b64 * G + g) * tl.num_programs(0) + pid_d) * N
+    if RS > 0:
+        CH: tl.constexpr = BLOCK_L >> RS  # steps per channel after the scatter
+        GRP: tl.constexpr = BLOCK_D >> RS  # channel groups in a block
+        # (NPT, 2^RS, TN, CH) after the sum over the groups: mode and step
+        n5 = tl.arange(0, TN)[None, None, :, None] * NPT + tl.arange(0, NPT)[:, None, None, None]
+        t5 = tl.arange(0, 1 << RS)[None, :, None, None] * CH + tl.arange(0, CH)[None, None, None, :]
+        rs_ok = True
+        lane0 = 1
+        if ASM:  # which lane bit holds bit 0 of the channel in this compiled layout, and do bits 1.. follow it?
+            idx = ((i4 * BLOCK_D + dl4) * TN + j4) * BLOCK_L + t4  # (NPT, BLOCK_D, TN, BLOCK_L), distinct
+            n_el: tl.constexpr = NPT * BLOCK_D * TN * BLOCK_L
+            lane0 = 0
+            for sh in tl.static_range(5):
+                moved = (_bfly_asm(idx, 1 << sh) == (idx ^ (TN * BLOCK_L))).to(tl.int32)
+                hit = tl.min(tl.reshape(moved, (n_el,)), axis=0) == 1
+                lane0 = tl.where(hit & (lane0 == 0), 1 << sh, lane0)
+            rs_ok = lane0 > 0
+            for q in tl.static_range(1, RS):
+                moved = (_bfly_asm(idx, lane0 << q) == (idx ^ ((1 << q) * TN * BLOCK_L))).to(tl.int32)
+                rs_ok = rs_ok & (tl.min(tl.reshape(moved, (n_el,)), axis=0) == 1)
     for kk in range(0, n_blocks):
         k = n_blocks - 1 - kk
         start = k * BLOCK_L
@@ -724,10 +816,10 @@ def _selective_scan_bwd(
         gy4 = _to_modes(gy, SHARE)
         # per (d, n, t): the block's states again, from its checkpoint, as in the forward pass
         mn2 = (n2 < N) & (start + t2 < L)
-        B4 = _modes(tl.load(pB + start * s_Bl, mask=mn2, other=0.0).to(tl.float32), NPT, TN, BLOCK_L)
-        C4 = _modes(tl.load(pC + start * s_Cl, mask=mn2, other=0.0).to(tl.float32), NPT, TN, BLOCK_L)
+        B4 = _modes_bwd(tl.load(pB + start * s_Bl, mask=mn2, other=0.0).to(tl.float32), NPT, TN, BLOCK_L)
+        C4 = _modes_bwd(tl.load(pC + start * s_Cl, mask=mn2, other=0.0).to(tl.float32), NPT, TN, BLOCK_L)
         h0 = tl.load(ck_ptr + ck3 + k * N, mask=m3, other=0.0)
-        a = tl.exp2(dt4 * A2)  # (NPT, TN, BLOCK_D, BLOCK_L)
+        a = tl.exp2(dt4 * A2)  # (NPT, BLOCK_D, TN, BLOCK_L)
         bx = dtu4 * B4
         _, h = tl.associative_scan((a, tl.where(t4 == 0, a * h0[:, :, :, None] + bx, bx)), 3, _combine)
         # the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1}, step by step from the last: r, what enters from the next
@@ -736,15 +828,28 @@ def _selective_scan_bwd(
         c = C4 * gy4
         gh = c
         for s in tl.static_range(BLOCK_L - 1, -1, -1):
-            g_s = _column(c, t4 == s) + r  # (NPT, TN, BLOCK_D)
+            g_s = _column(c, t4 == s) + r  # (NPT, BLOCK_D, TN)
             gh = tl.where(t4 == s, g_s[:, :, :, None], gh)
             r = _column(a, t4 == s) * g_s  # a_s g_s, what enters step s - 1
         # sums over the channels: dB_t = Σ_d g_t Δ_t x_t, dC_t = Σ_d gy_t h_t
-        t3 = start + tl.arange(0, BLOCK_L)[None, None, :]
-        nt = (part + n3) * L + t3  # (NPT, TN, BLOCK_L)
-        nt_ok = (n3 < N) & (t3 < L)
-        tl.store(dB_ptr + nt, tl.sum(gh * dtu4, axis=2), mask=nt_ok)
-        tl.store(dC_ptr + nt, tl.sum(h * gy4, axis=2), mask=nt_ok)
+        if RS > 0:
+            sB = _reduce_scatter(gh * dtu4, dl4, lane0, RS, ASM)  # (NPT, BLOCK_D, TN, CH)
+            sC = _reduce_scatter(h * gy4, dl4, lane0, RS, ASM)
+            # channel d of a group holds chunk d mod 2^RS: (NPT, GRP, 2^RS, TN, CH), summed over the groups
+            sB = tl.sum(tl.reshape(sB, (NPT, GRP, 1 << RS, TN, CH)), axis=1)
+            sC = tl.sum(tl.reshape(sC, (NPT, GRP, 1 << RS, TN, CH)), axis=1)
+            off = (part + n5) * L + start + t5  # (NPT, 2^RS, TN, CH)
+            ok = (n5 < N) & (start + t5 < L)
+            # rs_ok False (a compiled layout that puts channel d xor M elsewhere): NaN, never a silent wrong sum
+            tl.store(dB_ptr + off, tl.where(rs_ok, sB, float("nan")), mask=ok)
+            tl.store(dC_ptr + off, tl.where(rs_ok, sC, float("nan")), mask=ok)
+        else:
+            t3 = start + tl.arange(0, BLOCK_L)[None, None, :]
+            nj3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
+            nt = (part + nj3) * L + t3  # (NPT, TN, BLOCK_L)
+            nt_ok = (nj3 < N) & (t3 < L)
+            tl.store(dB_ptr + nt, tl.sum(gh * dtu4, axis=1), mask=nt_ok)
+            tl.store(dC_ptr + nt, tl.sum(h * gy4, axis=1), mask=nt_ok)
         dlog = gh * (h - bx)  # dLoss/d(Δ_t A) = g_t a_t h_{t-1}
         dA_acc += tl.sum(dlog * dt4, axis=3)
         # sums over the modes, back per (d, t)
@@ -771,8 +876,8 @@ def _selective_scan_bwd(
         tl.store(dD_ptr + b64 * Dtot + d, dD_acc, mask=d_ok)
         tl.store(dbias_ptr + b64 * Dtot + d, dbias_acc, mask=d_ok)
     else:
-        pv = b64 * Dtot + d[None, None, :] + j3 * 0  # (1, TN, BLOCK_D)
-        vm = d_ok[None, None, :] & (j3 == 0)
+        pv = b64 * Dtot + d[None, :, None] + j3 * 0  # (1, BLOCK_D, TN)
+        vm = d_ok[None, :, None] & (j3 == 0)
         tl.store(dD_ptr + pv, dD_acc, mask=vm)
         tl.store(dbias_ptr + pv, dbias_acc, mask=vm)
 
@@ -928,23 +1033,33 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return y.to(out_dtype), last, (ck if save_checkpoints else None), meta
 
 
-def _bwd_blocks(Dg, N, block_l, tn=None, num_warps=None, block_d=None, share=None):
+def _bwd_blocks(Dg, N, block_l, tn=None, num_warps=None, block_d=None, share=None, rs=None):
     """The backward pass's meta-parameters -> (meta, launch options). BLOCK_L is the forward's (its checkpoint
     spacing); ``tn`` threads per channel along N (default: 4 modes per thread), ``num_warps`` warps per program
     along D (BLOCK_D = 32 num_warps / tn channels), ``share`` 1 (default): the per-(d, t) work once per (d, t),
-    0: by each of the TN threads of a channel."""
+    0: by each of the TN threads of a channel; ``rs`` True: dB, dC summed over a warp's channels by a
+    reduce-scatter (``_reduce_scatter``) instead of tl.sum's butterfly, over as many channel lanes as there are
+    steps in a block (2^RS <= BLOCK_L)."""
     BN = next_pow2(N)
     tn = min(tn or max(1, min(BN // 4, 32)), BN)
     share = 1 if share is None else int(share)
     if interpreting():
-        return dict(BLOCK_D=block_d or min(next_pow2(Dg), 4), BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share), {}
-    w = num_warps or 2
-    meta = dict(BLOCK_D=block_d or max(1, 32 // tn) * w, BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share)
-    return meta, dict(num_warps=w)
+        bd = block_d or min(next_pow2(Dg), 4)
+        meta = dict(BLOCK_D=bd, BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share)
+        extra = {}
+        lanes = bd  # emulated: as if the block's channels sat in lanes
+    else:
+        w = num_warps or 4
+        meta = dict(BLOCK_D=block_d or max(1, 32 // tn) * w, BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share)
+        extra = dict(num_warps=w)
+        lanes = min(max(1, 32 // tn), meta["BLOCK_D"])  # channel lanes in a warp
+    if rs:
+        meta.update(RS=max(0, min(lanes, block_l).bit_length() - 1), ASM=not interpreting())
+    return meta, extra
 
 
 def selective_scan_bwd(gy, glast, ck, meta, u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                       delta_softplus=False, tn=None, num_warps=None, block_d=None, share=None):
+                       delta_softplus=False, tn=None, num_warps=None, block_d=None, share=None, rs=None):
     """Launch the backward kernel -> gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
 
     gy (b, D, L) is dLoss/dy, glast (b, D, N) or None is dLoss/d last_state;
@@ -960,7 +1075,7 @@ def selective_scan_bwd(gy, glast, ck, meta, u, delta, A, B, C, D=None, z=None, d
     has_d, has_bias = D is not None, delta_bias is not None
     Bv, Cv, G, A2, Dc, biasc, strides = _prepare(u, delta, A, B, C, D, z, delta_bias)
     Dg = Dtot // G
-    bmeta, extra = _bwd_blocks(Dg, N, meta["BLOCK_L"], tn, num_warps, block_d, share)
+    bmeta, extra = _bwd_blocks(Dg, N, meta["BLOCK_L"], tn, num_warps, block_d, share, rs)
     n_dblocks = triton.cdiv(Dg, bmeta["BLOCK_D"])
     f32 = dict(device=u.device, dtype=torch.float32)
     du = torch.empty(batch, Dtot, L, device=u.device, dtype=dtypes[0])

@@ -71,7 +71,9 @@ def assert_close(got, ref, tol, label=""):
 ODD = (1, 6, 13, 5, 2)
 FORWARDS = [dict(variant="nsplit"), dict(variant="nsplit", tn=4, block_l=4), dict(variant="rows"),
             dict(variant="nloop", block_l=8)]
-BACKWARDS = [dict(), dict(tn=1), dict(tn=2, share=0), dict(tn=8, share=1), dict(tn=4, block_d=2)]
+# rs: the reduce-scatter of dB, dC (emulated in the interpreter: the lane exchange as a permutation)
+BACKWARDS = [dict(), dict(tn=1), dict(tn=2, share=0), dict(tn=8, share=1), dict(tn=4, block_d=2), dict(rs=True),
+             dict(rs=True, tn=1, share=0)]
 
 
 @pytest.mark.parametrize("fwd", FORWARDS, ids=str)
@@ -119,14 +121,16 @@ def test_autograd_only_the_inputs_that_need_it():
 
 @pytest.mark.skipif(not ON_GPU, reason="long sequences and bfloat16 arithmetic need a GPU")
 @pytest.mark.parametrize("case", [(2, 64, 1000, 16, None), (1, 96, 2053, 16, 3), (1, 40, 300, 64, 2)], ids=str)
-def test_backward_long_sequences(case):
+@pytest.mark.parametrize("bwd", [dict(), dict(rs=True)], ids=str)
+def test_backward_long_sequences(case, bwd):
     args = inputs(*case, dtype=torch.float32, seed=6)
     ref = reference_grads(args)
-    assert_close(kernel_grads(args), ref, tolerance(torch.float32), str(case))
+    assert_close(kernel_grads(args, **bwd), ref, tolerance(torch.float32), f"{case} {bwd}")
 
 
 @pytest.mark.skipif(not ON_GPU, reason="bfloat16 arithmetic needs a GPU (the interpreter computes in float32)")
-@pytest.mark.parametrize("bwd", [dict(), dict(tn=4, num_warps=1), dict(tn=8, num_warps=1)], ids=str)
+@pytest.mark.parametrize("bwd", [dict(), dict(tn=4, num_warps=1), dict(tn=8, num_warps=1), dict(rs=True),
+                                 dict(rs=True, tn=8, num_warps=1), dict(rs=True, tn=2, num_warps=4)], ids=str)
 def test_backward_bf16_matches_float32(bwd):
     """bf16 inputs: gradients against the kernel's own float32 result on the same (rounded) inputs."""
     args = inputs(2, 256, 1024, 16, G=None, dtype=torch.bfloat16, seed=7)
