@@ -34,7 +34,8 @@ from ssm_edu.kernels import selective  # noqa: E402
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 SHAPE = dict(B=8, D=2048, L=2048, N=16)
 POINTERS = dict(u_ptr="*bf16", delta_ptr="*bf16", A2_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32",
-                z_ptr="*bf16", bias_ptr="*fp32", y_ptr="*bf16", last_ptr="*fp32", ck_ptr="*fp32")
+                z_ptr="*bf16", bias_ptr="*fp32", y_ptr="*bf16", last_ptr="*fp32", ck_ptr="*fp32", hend_ptr="*fp32",
+                sdt_ptr="*fp32")
 SCHEDULERS, CLOCK = 528, 1.755e9  # H100 SXM: 132 SMs x 4 schedulers; boost clock
 
 NS = dict(variant="nsplit", block_l=8, prefetch=1)
@@ -59,7 +60,7 @@ def goal_ints(B, D, L, N):
     """The integer arguments as the launcher passes them for contiguous inputs with G = 1."""
     u = dict(b=D * L, d=L, l=1)
     bc = dict(b=N * L, g=N * L, n=L, l=1)
-    ints = dict(L=L, Dg=D, N=N)
+    ints = dict(L=L, Dg=D, N=N, SEG_LEN=L)
     for x in "udz":
         ints.update({f"s_{x}{k}": v for k, v in u.items()})
     for x in "BC":

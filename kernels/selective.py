@@ -298,8 +298,8 @@ def _modes(X, NPT: tl.constexpr, TN: tl.constexpr, BLOCK_L: tl.constexpr):
 
 @triton.jit
 def _selective_scan_fwd(
-    u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr, ck_ptr,
-    L, Dg, N,
+    u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr, ck_ptr, hend_ptr, sdt_ptr,
+    L, Dg, N, SEG_LEN,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -307,8 +307,13 @@ def _selective_scan_fwd(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
     EVEN: tl.constexpr = False, PREFETCH: tl.constexpr = 0, TN: tl.constexpr = 1,
     SHARE: tl.constexpr = 0, SP_POLY: tl.constexpr = False, EXP_POLY: tl.constexpr = 0,
+    SEGS: tl.constexpr = 1, PASS: tl.constexpr = 0,
 ):
     pid_d, g, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seg = 0
+    if SEGS > 1:  # "nsplit" only: program_id(0) = segment * (channel blocks) + channel block
+        seg = pid_d // tl.cdiv(Dg, BLOCK_D)
+        pid_d = pid_d % tl.cdiv(Dg, BLOCK_D)
     b64 = b.to(tl.int64)
     Dtot = Dg * tl.num_programs(1)
     dg = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,) channel within the group
@@ -454,20 +459,38 @@ def _selective_scan_fwd(
         nc3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
         ck3 = (b64 * Dtot + d[None, None, :]) * tl.cdiv(L, BLOCK_L) * N + nc3
         ck3_ok = (nc3 < N) & d_ok[None, None, :]  # (NPT, TN, BLOCK_D)
+        # segments of SEG_LEN steps (SEGS > 1): pass 1 scans each from a zero state and keeps its last state and
+        # Σ Δ; pass 0 starts each from the true state, h_in[s] = exp(A Σ Δ[s-1]) h_in[s-1] + h_end[s-1]
+        t_lo = seg * SEG_LEN
+        t_hi = tl.minimum(t_lo + SEG_LEN, L)
+        seg3 = ((b64 * SEGS + seg) * Dtot + d[None, None, :]) * N + nc3  # (batch, SEGS, D, N)
+        if SEGS > 1:
+            if PASS == 1:
+                if SHARE:
+                    sdt_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+                else:
+                    sdt_acc = tl.zeros([1, TN, BLOCK_D], dtype=tl.float32)
+            else:
+                A2_3 = tl.sum(A2, axis=3)  # (NPT, TN, BLOCK_D)
+                for sp in range(0, seg):
+                    at = ((b64 * SEGS + sp) * Dtot + d[None, None, :])
+                    sdt = tl.load(sdt_ptr + at, mask=d_ok[None, None, :], other=0.0)  # (1, 1, BLOCK_D)
+                    hend = tl.load(hend_ptr + at * N + nc3, mask=ck3_ok, other=0.0)
+                    carry4 = tl.exp2(A2_3 * sdt) * carry4 + hend
         if PREFETCH >= 1:
-            m0 = dmj4 & (tS < L)
-            u_nx = _ld(pu, m0, EVEN)
-            dt_nx = _ld(pdt, m0, EVEN)
+            m0 = dmj4 & (t_lo + tS < t_hi)
+            u_nx = _ld(pu + t_lo * s_ul, m0, EVEN)
+            dt_nx = _ld(pdt + t_lo * s_dl, m0, EVEN)
             if HAS_Z:
-                z_nx = _ld(pz, m0, EVEN)
+                z_nx = _ld(pz + t_lo * s_zl, m0, EVEN)
             if PREFETCH >= 2:
-                B_nx = _ld(pB, nm2 & (t2 < L), EVEN)
-                C_nx = _ld(pC, nm2 & (t2 < L), EVEN)
-        for start in range(0, L, BLOCK_L):
+                B_nx = _ld(pB + t_lo * s_Bl, nm2 & (t_lo + t2 < t_hi), EVEN)
+                C_nx = _ld(pC + t_lo * s_Cl, nm2 & (t_lo + t2 < t_hi), EVEN)
+        for start in range(t_lo, t_hi, BLOCK_L):
             if SAVE_CK:  # h_{start-1}, for the backward pass
                 tl.store(ck_ptr + ck3 + (start // BLOCK_L) * N, carry4, mask=ck3_ok)
-            m4 = dmj4 & (start + tS < L)  # (1, TN, BLOCK_D, BLOCK_L) or SHARE (BLOCK_D, BLOCK_L)
-            mn2 = nm2 & (start + t2 < L)  # (BLOCK_N, BLOCK_L)
+            m4 = dmj4 & (start + tS < t_hi)  # (1, TN, BLOCK_D, BLOCK_L) or SHARE (BLOCK_D, BLOCK_L)
+            mn2 = nm2 & (start + t2 < t_hi)  # (BLOCK_N, BLOCK_L)
             if PREFETCH >= 1:
                 u_raw, dt_raw = u_nx, dt_nx
                 if HAS_Z:
@@ -475,17 +498,17 @@ def _selective_scan_fwd(
                 if PREFETCH >= 2:
                     B_raw, C_raw = B_nx, C_nx
                 if EVEN:
-                    nxt = tl.minimum(start + BLOCK_L, L - BLOCK_L)
+                    nxt = tl.minimum(start + BLOCK_L, t_hi - BLOCK_L)
                 else:
                     nxt = start + BLOCK_L
-                mx = dmj4 & (nxt + tS < L)
+                mx = dmj4 & (nxt + tS < t_hi)
                 u_nx = _ld(pu + nxt * s_ul, mx, EVEN)
                 dt_nx = _ld(pdt + nxt * s_dl, mx, EVEN)
                 if HAS_Z:
                     z_nx = _ld(pz + nxt * s_zl, mx, EVEN)
                 if PREFETCH >= 2:
-                    B_nx = _ld(pB + nxt * s_Bl, nm2 & (nxt + t2 < L), EVEN)
-                    C_nx = _ld(pC + nxt * s_Cl, nm2 & (nxt + t2 < L), EVEN)
+                    B_nx = _ld(pB + nxt * s_Bl, nm2 & (nxt + t2 < t_hi), EVEN)
+                    C_nx = _ld(pC + nxt * s_Cl, nm2 & (nxt + t2 < t_hi), EVEN)
             else:
                 u_raw = _ld(pu + start * s_ul, m4, EVEN)
                 dt_raw = _ld(pdt + start * s_dl, m4, EVEN)
@@ -504,6 +527,12 @@ def _selective_scan_fwd(
             dt = _dt_of(dt_raw, bias, HAS_BIAS, SOFTPLUS, SP_POLY)
             if not EVEN:
                 dt = tl.where(m4, dt, 0.0)
+            if SEGS > 1:
+                if PASS == 1:
+                    if SHARE:
+                        sdt_acc += tl.sum(dt, axis=1)
+                    else:
+                        sdt_acc += tl.sum(dt, axis=3)
             if SHARE:
                 dt4 = _pin(dt)[None, None, :, :]  # (1, 1, BLOCK_D, BLOCK_L): to the TN threads of each channel
                 dtu4 = _pin(dt * u)[None, None, :, :]
@@ -527,17 +556,26 @@ def _selective_scan_fwd(
             if HAS_Z:
                 z = z_raw.to(tl.float32)
                 y *= z * tl.sigmoid(z)
-            if SHARE:
-                if EVEN:
-                    tl.store(py + start, y.to(y_ptr.dtype.element_ty))
+            if PASS == 0:
+                if SHARE:
+                    if EVEN:
+                        tl.store(py + start, y.to(y_ptr.dtype.element_ty))
+                    else:
+                        tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=m4)
                 else:
-                    tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=m4)
+                    tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=(m4 & first) if not EVEN else first)
+        if PASS == 1:  # the segment's last state from a zero start, and its Σ Δ per channel
+            tl.store(hend_ptr + seg3, carry4, mask=ck3_ok)
+            if SHARE:
+                tl.store(sdt_ptr + (b64 * SEGS + seg) * Dtot + d, sdt_acc, mask=d_ok)
             else:
-                tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=(m4 & first) if not EVEN else first)
-        # the carry (NPT, TN, BLOCK_D) -> last_state (batch, D, N)
-        n3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
-        d3 = d[None, None, :]
-        tl.store(last_ptr + (b64 * Dtot + d3) * N + n3, carry4, mask=(n3 < N) & d_ok[None, None, :])
+                j3 = tl.arange(0, TN)[None, :, None]
+                tl.store(sdt_ptr + (b64 * SEGS + seg) * Dtot + d[None, None, :] + j3 * 0, sdt_acc,
+                         mask=d_ok[None, None, :] & (j3 == 0))
+        elif seg == SEGS - 1:  # the carry (NPT, TN, BLOCK_D) -> last_state (batch, D, N)
+            n3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
+            d3 = d[None, None, :]
+            tl.store(last_ptr + (b64 * Dtot + d3) * N + n3, carry4, mask=(n3 < N) & d_ok[None, None, :])
     else:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
@@ -998,7 +1036,8 @@ def _interpreter_float32(*xs):
 
 def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        save_checkpoints=False, variant=None, block_d=None, block_l=None, num_warps=None,
-                       prefetch=None, tn=None, even=None, share=False, softplus_poly=False, exp_poly=0):
+                       prefetch=None, tn=None, even=None, share=False, softplus_poly=False, exp_poly=0,
+                       segments=None):
     """Launch the forward kernel -> (y, last_state, checkpoints, meta).
 
     y (b, D, L) in u's dtype; last_state (b, D, N) float32; checkpoints
@@ -1024,13 +1063,44 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     last = torch.empty(batch, Dtot, N, device=u.device, dtype=torch.float32)
     n_blocks = triton.cdiv(L, meta["BLOCK_L"])
     ck = torch.empty(batch, Dtot, n_blocks, N, device=u.device, dtype=torch.float32) if save_checkpoints else last
-    grid = (triton.cdiv(Dg, meta["BLOCK_D"]), G, batch)
+    n_dblocks = triton.cdiv(Dg, meta["BLOCK_D"])
+    segs = _segments(segments, variant, batch * G * n_dblocks * extra.get("num_warps", 1), L, meta["BLOCK_L"])
+    seg_len = triton.cdiv(triton.cdiv(L, segs), meta["BLOCK_L"]) * meta["BLOCK_L"]
+    segs = triton.cdiv(L, seg_len)
+    grid = (n_dblocks * segs, G, batch)
     dummy = A2
-    _selective_scan_fwd[grid](
-        u, delta, A2, Bv, Cv, D, dummy if z is None else z, delta_bias, y, last, ck, L, Dg, N, *strides,
-        HAS_D=has_d, HAS_Z=z is not None, HAS_BIAS=has_bias, SOFTPLUS=bool(delta_softplus),
-        SAVE_CK=save_checkpoints, VARIANT=VARIANTS[variant], **meta, **extra)
+    hend = sdt = dummy
+    if segs > 1:  # pass 1: each segment's last state from a zero start and its Σ Δ
+        hend = torch.empty(batch, segs, Dtot, N, device=u.device, dtype=torch.float32)
+        sdt = torch.empty(batch, segs, Dtot, device=u.device, dtype=torch.float32)
+        meta = dict(meta, SEGS=segs)
+    for pass_ in ((1, 0) if segs > 1 else (0,)):
+        _selective_scan_fwd[grid](
+            u, delta, A2, Bv, Cv, D, dummy if z is None else z, delta_bias, y, last, ck, hend, sdt, L, Dg, N,
+            seg_len, *strides, HAS_D=has_d, HAS_Z=z is not None, HAS_BIAS=has_bias, SOFTPLUS=bool(delta_softplus),
+            SAVE_CK=save_checkpoints and pass_ == 0, VARIANT=VARIANTS[variant], **meta, **extra,
+            **(dict(PASS=pass_) if pass_ else {}))
     return y.to(out_dtype), last, (ck if save_checkpoints else None), meta
+
+
+def _segments(segments, variant, warps, L, block_l):
+    """How many segments of the sequence the forward pass runs side by side ("nsplit" only; two passes).
+
+    ``segments``: an int (1: none), or None: automatic on a GPU when the grid has fewer than 4 warps per SM
+    (batch 1, few channels, a long sequence), enough segments for about 8 warps per SM, each at least 512 steps.
+    """
+    if variant != "nsplit":
+        if segments not in (None, 1):
+            raise ValueError(f"segments apply to the 'nsplit' variant only; got segments={segments} with {variant!r}")
+        return 1
+    if segments is not None:
+        return max(1, int(segments))
+    if interpreting():
+        return 1
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    if warps >= 4 * sms:
+        return 1
+    return max(1, min(next_pow2(-(-8 * sms // warps)), L // 512))
 
 
 def _bwd_blocks(Dg, N, block_l, tn=None, num_warps=None, block_d=None, share=None, rs=None):

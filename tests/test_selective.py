@@ -208,7 +208,9 @@ KNOBS = [("rows", dict(prefetch=1)), ("rows", dict(prefetch=2, block_l=4)), ("ns
          ("nsplit", dict(tn=2, share=True)), ("nsplit", dict(tn=4, share=2, softplus_poly=True, prefetch=2)),
          ("nsplit", dict(tn=1, exp_poly=1)), ("nsplit", dict(tn=2, exp_poly=2, share=True, softplus_poly=True)),
          ("nsplit", dict(tn=1, exp_poly=4, share=2)), ("nsplit", dict(tn=2, share=2, num_warps=2)),
-         ("rows", dict(softplus_poly=True))]
+         ("rows", dict(softplus_poly=True)),
+         # segments of the sequence side by side (two passes): 3 segments of 4 steps at L = 11
+         ("nsplit", dict(tn=2, segments=3, block_l=2)), ("nsplit", dict(tn=2, share=2, segments=2, block_l=4))]
 
 
 @pytest.mark.parametrize("variant,knobs", KNOBS, ids=str)
