@@ -139,7 +139,7 @@ def _first_blocks(Dg, N, L):
 def _blocked_blocks(Dg, N, L):
     if interpreting():
         return dict(BLOCK_D=min(next_pow2(Dg), 4), BLOCK_L=min(next_pow2(L), 8)), {}
-    return dict(BLOCK_D=min(next_pow2(Dg), 16), BLOCK_L=16), dict(num_warps=4)
+    return dict(BLOCK_D=min(next_pow2(Dg), 32), BLOCK_L=4), dict(num_warps=4)
 
 
 def selective_scan_first(u, delta, A, B, C, D=None, z=None, delta_bias=None,
