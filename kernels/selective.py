@@ -34,8 +34,8 @@ carried state, reduces over N against C and writes y. Three forms of the block
 * ``"nloop"``: a loop over the N state modes (unrolled), each scanning a
   (BLOCK_D, BLOCK_L) tile and accumulating its share of y, the loop order of
   mamba_ssm's CUDA kernel. Tiles are wide in t, so the scan crosses threads.
-  Training uses it (it saves the checkpoints for the backward pass), and so
-  does N > 32.
+  "rows" falls back to it for N > 32. (Training's forward is "nsplit": see
+  Backward.)
 
 Knobs of "rows" and "nsplit" (``selective_scan_fwd`` arguments, for the
 benchmarks): ``prefetch`` 1 loads the next block's u, Δ, z at the top of the
@@ -118,18 +118,42 @@ once (plus the last state, (batch, D, N)); nothing of size
 for each (b, d, t, n) one exponential (exp2 with log2 e folded into A by the
 launcher) and a handful of multiply-adds.
 
-Backward. ``_selective_scan_bwd`` walks the blocks in reverse. For block k it
-reloads the state at the block's start (the forward pass saved one
-checkpoint (batch, D, N) per block when gradients are needed), recomputes the
-block's states h_t, and runs the adjoint recurrence backwards with
-``tl.associative_scan(reverse=True)``:
+Segments ("nsplit", knob ``segments``). The grid is (channel blocks, groups, batch): at batch 1 with few
+channels and a long sequence (B1 D1024 L65536: 64 one-warp programs for 132 SMs) the GPU is mostly idle. The
+sequence is then cut into S segments run side by side, in two passes: pass 1 scans each segment from a zero
+state and keeps its last state h_end[s] and Σ Δ over it; pass 2 starts segment s from
+h_in[s] = exp(A Σ Δ[s-1]) h_in[s-1] + h_end[s-1] (the product of the decays over a segment is the
+exponential of A times the sum of the steps), computed by each program from the earlier segments' results.
+Twice the exponentials, S times the programs; automatic on a GPU below 4 warps per SM (``_segments``).
 
-    g_t = C_t · gy_t + exp(Δ_{t+1} A) g_{t+1}       (g = dLoss/dh, gy = dLoss/dy before the gate)
+Backward. Training runs the forward as "nsplit" with ``save_checkpoints``: the state h_{start-1} at the start
+of every block of BLOCK_L = 8 steps, (batch, D, n_blocks, N) in float32 (b d n L / 8 numbers: 268 MB at the
+goal shape, an eighth of the states). ``_selective_scan_bwd`` has one program per (batch, group, BLOCK_D
+channels) and walks the blocks from the last to the first. Tiles (NPT, BLOCK_D, TN, BLOCK_L): TN threads per
+channel along N (4 by default), NPT modes and the block's steps in each thread's registers. For block k:
 
-Then dB_t = Σ_d g_t Δ_t x_t, dC_t = Σ_d gy_t h_t, d(Δx)_t = <g_t, B_t>, and
-d(Δ_t A) = g_t ⊙ (h_t - Δ_t B_t x_t) (= g_t ⊙ a_t h_{t-1}), which gives dA and
-dΔ. Sums over channels (dB, dC) are written per program and summed by the
-launcher; sums over time (dA, dD, d delta_bias) accumulate in registers.
+* recompute: a_t = exp(Δ_t A) (one exponential per element, the backward's only ones), then the states from
+  the checkpoint, h_t = a_t h_{t-1} + Δ_t B_t x_t, by the forward's in-thread scan;
+* the adjoint g_t = dLoss/dh_t = C_t gy_t + a_{t+1} g_{t+1} (gy: dLoss/dy before the gate) from the last
+  step down, with what enters from the next block, r = a g at its first step, added at the last step. The
+  shift a_{t+1} costs no second exponential: the loop runs over the block's steps, unrolled, and picks a
+  thread's register column by column (``_column``). (Triton's reverse ``tl.associative_scan`` would do the
+  same with warp shuffles even along an in-thread axis: 240 of 700 shuffles per block in an earlier form.)
+* the gradients: dB_t = Σ_d g_t Δ_t x_t and dC_t = Σ_d gy_t h_t (sums over the program's channels, written
+  per program and summed by the launcher), d(Δ x)_t = <g_t, B_t>, dlog_t = g_t (h_t - Δ_t B_t x_t)
+  (= dLoss/d(Δ_t A) = g_t a_t h_{t-1}), dA = Σ_t dlog_t Δ_t, dΔ_t = d(Δ x)_t x_t + <dlog_t, A>, then
+  softplus' derivative; dx_t = d(Δ x)_t Δ_t + D gy_t; dz from y before the gate (recomputed: <h_t, C_t>).
+  The per-(d, t) work (softplus and its derivative from one exp2, the gate, the three outputs) is done once
+  per (d, t) on (BLOCK_D, BLOCK_L) tiles (``share`` 1).
+
+Offline sm_90 compile (Triton 3.7.1; ``benchmarks/compile_selective.py --bwd``): 255 registers, no spills,
+about 40-50 lane-instructions per element, of which the sums over the channel lanes for dB and dC are the
+largest part (6 shuffles and 6 adds per element by ``tl.sum``'s butterfly). Knob ``rs``: a reduce-scatter
+instead (``_reduce_scatter``: each round a lane keeps half of its steps and receives the other half's sums
+from its partner, shfl.sync.bfly by inline assembly): 3.6 instead of 7.9 shuffles and 40 instead of 49
+instructions per element (4 and 2 warps). The lane that holds each channel bit is found and checked at run
+time in the compiled layout; a layout that does not match writes NaN rather than a wrong sum. Floor of
+forward plus backward at the goal shape: 256 us (benchmarks/selective.py); not yet measured.
 
 Precision. Inputs float32, bfloat16 or float16 (mixed is fine: A, D and
 delta_bias are usually float32); all arithmetic in float32. In Triton's CPU
