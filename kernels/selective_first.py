@@ -88,8 +88,8 @@ def selective_scan_blocked_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, y_ptr, h_p
         dt = tl.load(dt_ptr + row[:, None] + t[None, :], mask=m, other=0.0)
         B = tl.load(B_ptr + BCrow[:, None] + t[None, :], mask=mBC, other=0.0)
         C = tl.load(C_ptr + BCrow[:, None] + t[None, :], mask=mBC, other=0.0)
-        a = tl.exp(dt[:, None, :] * A[:, :, None])         # (BLOCK_D, BLOCK_N, BLOCK_L)
-        bx = (dt * x)[:, None, :] * B[None, :, :]
+        a = tl.exp(dt[:, None, :] * A[:, :, None])         # (BLOCK_D, BLOCK_N,
+        bx = (dt * x)[:, None, :] * B[None, :, :]          #  BLOCK_L) each
         first = s[None, None, :] == 0                      # the carried state enters
         bx = tl.where(first, a * h[:, :, None] + bx, bx)   # at the block's first step
         _, hs = tl.associative_scan((a, bx), 2, _combine)  # every h_t of the block
