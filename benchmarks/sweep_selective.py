@@ -61,15 +61,15 @@ RUNGS = [
      "modes, each a (channels, steps) tile scanned across threads", "memory: one pass (Δ's softplus, D, the "
      "gate in registers); but the scan crosses threads: shuffles per step and mode"),
     ("a thread per channel", "fwd", dict(variant="rows", even=False), "each thread owns whole (N, 4-step) slabs "
-     "of its channels: scan, sum over modes and carry inside the thread", "no shuffles; 190 registers, 4 warps "
-     "per SM: latency, not arithmetic, sets the time"),
+     "of its channels: scan, sum over modes and carry inside the thread", "no shuffles; but many registers per "
+     "thread, so few warps per SM: latency, not arithmetic, sets the time"),
     ("no masks", "fwd", dict(variant="rows"), "when the blocks tile D and L exactly, loads and stores without "
      "masks", "fewer instructions and registers (vectorised loads)"),
     ("prefetch", "fwd", dict(variant="rows", prefetch=2), "the next block's inputs loaded while this block "
      "computes", "latency: the loads of block k+1 overlap the arithmetic of block k"),
     ("two threads per channel", "fwd", dict(NS, tn=2, prefetch=0), "TN = 2 threads share a channel's 16 modes "
-     "(8 each); one warp per program", "registers: about 100 instead of 190, so twice the warps per SM to hide "
-     "latency; costs a shuffle per (d, t) for y"),
+     "(8 each); one warp per program", "registers: fewer per thread, so more warps "
+     "per SM to hide latency; costs a shuffle per (d, t) for y"),
     ("prefetch again", "fwd", dict(NS, tn=2), "the default: TN = 2 with the next block prefetched",
      "latency, as in the rung 'prefetch'"),
     ("share the per-step work", "fwd", dict(S2, tn=2), "softplus, Δx, the gate once per (d, t) instead of once "
