@@ -70,7 +70,8 @@ def assert_close(got, ref, tol, label=""):
 # (8 in the interpreter); N = 5: modes past N are masked
 ODD = (1, 6, 13, 5, 2)
 FORWARDS = [dict(variant="nsplit"), dict(variant="nsplit", tn=4, block_l=4), dict(variant="rows"),
-            dict(variant="nloop", block_l=8), dict(variant="nsplit", segments=3, block_l=2)]
+            dict(variant="nloop", block_l=8), dict(variant="nsplit", segments=3, block_l=2),
+            dict(variant="nsplit", share=2, softplus_poly=True)]  # the candidate default's knobs
 # rs: the reduce-scatter of dB, dC (emulated in the interpreter: the lane exchange as a permutation)
 BACKWARDS = [dict(), dict(tn=1), dict(tn=2, share=0), dict(tn=8, share=1), dict(tn=4, block_d=2), dict(rs=True),
              dict(rs=True, tn=1, share=0)]
