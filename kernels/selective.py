@@ -983,9 +983,8 @@ def _default_variant(Dg, N, L, training, tn):
         return "nsplit", tn or max(2, next_pow2(N) // 8)
     if interpreting() or N != 16:
         return DEFAULT_VARIANT, tn
-    tn = tn or DEFAULT_NSPLIT["tn"]
-    _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, None, tn=tn)  # the measured blocks: 16 channels, 8 steps
-    return ("nsplit", meta["TN"]) if meta["EVEN"] else (DEFAULT_VARIANT, tn)
+    _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, None, tn=tn or DEFAULT_NSPLIT["tn"])
+    return ("nsplit", meta["TN"]) if meta["EVEN"] else (DEFAULT_VARIANT, tn)  # the measured blocks: 16 x 8
 
 
 def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2, prefetch=None, tn=None, even=None,
