@@ -22,8 +22,9 @@ same bf16 inputs (relative error < 2e-2; configs marked * also in float32 at (1,
 
 Every config runs in a child process: a crash (an illegal memory access poisons a CUDA context) loses that
 config only; the parent starts a new child for the ones after it. SS_ONLY=a,b keeps the labels containing a
-or b. With OUT set, the log goes to $OUT/sweep_selective.json (and the printed lines to .txt); chapter 7 reads
-the committed copy in book/data/benchmarks/logs/. The table printed last: one line per config and shape.
+or b. With OUT set, the log goes to $OUT/sweep_selective-<gpu>.json (and the printed lines to .txt); chapter 7
+reads the copy committed to book/data/benchmarks/logs/ under the same name (a dry run's log is marked
+"dry_run" and never read as data). The table printed last: one line per config and shape.
 """
 from __future__ import annotations
 
@@ -547,11 +548,14 @@ def main():
     bad = [r for r in rows if r["status"] not in ("ok",)]
     for r in bad:
         log(f"not timed: {r['label']} {r['shape']}: {r['status']} {r.get('error', r.get('missing', ''))}")
-    if out_dir:
+    if out_dir:  # named as chapter 7 looks for it in book/data/benchmarks/logs/
+        import re
+
+        slug = "dry-run" if DRY else re.sub(r"[^a-z0-9]+", "-", str(info.get("device", "gpu")).lower()).strip("-")
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "sweep_selective.json"), "w") as f:
+        with open(os.path.join(out_dir, f"sweep_selective-{slug}.json"), "w") as f:
             json.dump(doc, f, indent=1)
-        with open(os.path.join(out_dir, "sweep_selective.txt"), "w") as f:
+        with open(os.path.join(out_dir, f"sweep_selective-{slug}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
 
