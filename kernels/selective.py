@@ -163,6 +163,7 @@ to float32 there.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -1085,7 +1086,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Dg = Dtot // G
     if variant is None:
         variant, tn = _default_variant(Dg, N, L, save_checkpoints, tn)
-        if variant == "nsplit" and not save_checkpoints and tn == DEFAULT_NSPLIT["tn"]:
+        if variant == "nsplit" and tn == DEFAULT_NSPLIT["tn"]:  # training's forward too
             share = DEFAULT_NSPLIT["share"] if share is None else share
             softplus_poly = DEFAULT_NSPLIT["softplus_poly"] if softplus_poly is None else softplus_poly
     share, softplus_poly = share or 0, bool(softplus_poly)
@@ -1115,6 +1116,11 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return y.to(out_dtype), last, (ck if save_checkpoints else None), meta
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index):
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _segments(segments, variant, warps, L, block_l):
     """How many segments of the sequence the forward pass runs side by side ("nsplit" only; two passes).
 
@@ -1129,7 +1135,7 @@ def _segments(segments, variant, warps, L, block_l):
         return max(1, int(segments))
     if interpreting():
         return 1
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    sms = _sm_count(torch.cuda.current_device())
     if warps >= 4 * sms:
         return 1
     return max(1, min(next_pow2(-(-8 * sms // warps)), L // 512))
