@@ -1,6 +1,11 @@
-"""The selective scan's forward kernel compiled for an H100 without one: registers, spills, the main loop's SASS.
+"""The selective scan's kernels compiled for an H100 without one: registers, spills, the main loop's SASS.
 
-    python benchmarks/compile_selective.py [LABEL ...] [--dump DIR]
+    python benchmarks/compile_selective.py [LABEL ...] [--dump DIR] [--bwd | --ladder] [--json FILE]
+    python benchmarks/compile_selective.py --book book/data/benchmarks/logs/compile_selective-sm90-triton-X.json
+
+--bwd: the backward kernel's configs (``BWD_CONFIGS``); --ladder: chapter 7's rungs (the first kernels of
+kernels/selective_first.py and the forward's configs, ``sweep_selective.RUNGS``); --book: all three tables
+in one JSON, the file chapter 7 reads (regenerate it when a kernel of the ladder changes).
 
 Compiles ``_selective_scan_fwd`` of kernels/selective.py for sm_90 (Triton's compiler and the ptxas and
 cuobjdump of its wheel: no GPU needed) as the launcher would at the goal shape B8 D2048 L2048 N16: bf16
