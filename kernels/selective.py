@@ -34,8 +34,8 @@ carried state, reduces over N against C and writes y. Three forms of the block
 * ``"nloop"``: a loop over the N state modes (unrolled), each scanning a
   (BLOCK_D, BLOCK_L) tile and accumulating its share of y, the loop order of
   mamba_ssm's CUDA kernel. Tiles are wide in t, so the scan crosses threads.
-  Training uses it (it saves the checkpoints for the backward pass), and so
-  does N > 32.
+  "rows" falls back to it for N > 32. (Training's forward is "nsplit": see
+  Backward.)
 
 Knobs of "rows" and "nsplit" (``selective_scan_fwd`` arguments, for the
 benchmarks): ``prefetch`` 1 loads the next block's u, Δ, z at the top of the
@@ -118,18 +118,42 @@ once (plus the last state, (batch, D, N)); nothing of size
 for each (b, d, t, n) one exponential (exp2 with log2 e folded into A by the
 launcher) and a handful of multiply-adds.
 
-Backward. ``_selective_scan_bwd`` walks the blocks in reverse. For block k it
-reloads the state at the block's start (the forward pass saved one
-checkpoint (batch, D, N) per block when gradients are needed), recomputes the
-block's states h_t, and runs the adjoint recurrence backwards with
-``tl.associative_scan(reverse=True)``:
+Segments ("nsplit", knob ``segments``). The grid is (channel blocks, groups, batch): at batch 1 with few
+channels and a long sequence (B1 D1024 L65536: 64 one-warp programs for 132 SMs) the GPU is mostly idle. The
+sequence is then cut into S segments run side by side, in two passes: pass 1 scans each segment from a zero
+state and keeps its last state h_end[s] and Σ Δ over it; pass 2 starts segment s from
+h_in[s] = exp(A Σ Δ[s-1]) h_in[s-1] + h_end[s-1] (the product of the decays over a segment is the
+exponential of A times the sum of the steps), computed by each program from the earlier segments' results.
+Twice the exponentials, S times the programs; automatic on a GPU below 4 warps per SM (``_segments``).
 
-    g_t = C_t · gy_t + exp(Δ_{t+1} A) g_{t+1}       (g = dLoss/dh, gy = dLoss/dy before the gate)
+Backward. Training runs the forward as "nsplit" with ``save_checkpoints``: the state h_{start-1} at the start
+of every block of BLOCK_L = 8 steps, (batch, D, n_blocks, N) in float32 (b d n L / 8 numbers: 268 MB at the
+goal shape, an eighth of the states). ``_selective_scan_bwd`` has one program per (batch, group, BLOCK_D
+channels) and walks the blocks from the last to the first. Tiles (NPT, BLOCK_D, TN, BLOCK_L): TN threads per
+channel along N (4 by default), NPT modes and the block's steps in each thread's registers. For block k:
 
-Then dB_t = Σ_d g_t Δ_t x_t, dC_t = Σ_d gy_t h_t, d(Δx)_t = <g_t, B_t>, and
-d(Δ_t A) = g_t ⊙ (h_t - Δ_t B_t x_t) (= g_t ⊙ a_t h_{t-1}), which gives dA and
-dΔ. Sums over channels (dB, dC) are written per program and summed by the
-launcher; sums over time (dA, dD, d delta_bias) accumulate in registers.
+* recompute: a_t = exp(Δ_t A) (one exponential per element, the backward's only ones), then the states from
+  the checkpoint, h_t = a_t h_{t-1} + Δ_t B_t x_t, by the forward's in-thread scan;
+* the adjoint g_t = dLoss/dh_t = C_t gy_t + a_{t+1} g_{t+1} (gy: dLoss/dy before the gate) from the last
+  step down, with what enters from the next block, r = a g at its first step, added at the last step. The
+  shift a_{t+1} costs no second exponential: the loop runs over the block's steps, unrolled, and picks a
+  thread's register column by column (``_column``). (Triton's reverse ``tl.associative_scan`` would do the
+  same with warp shuffles even along an in-thread axis: 240 of 700 shuffles per block in an earlier form.)
+* the gradients: dB_t = Σ_d g_t Δ_t x_t and dC_t = Σ_d gy_t h_t (sums over the program's channels, written
+  per program and summed by the launcher), d(Δ x)_t = <g_t, B_t>, dlog_t = g_t (h_t - Δ_t B_t x_t)
+  (= dLoss/d(Δ_t A) = g_t a_t h_{t-1}), dA = Σ_t dlog_t Δ_t, dΔ_t = d(Δ x)_t x_t + <dlog_t, A>, then
+  softplus' derivative; dx_t = d(Δ x)_t Δ_t + D gy_t; dz from y before the gate (recomputed: <h_t, C_t>).
+  The per-(d, t) work (softplus and its derivative from one exp2, the gate, the three outputs) is done once
+  per (d, t) on (BLOCK_D, BLOCK_L) tiles (``share`` 1).
+
+Offline sm_90 compile (Triton 3.7.1; ``benchmarks/compile_selective.py --bwd``): 255 registers, no spills,
+about 40-50 lane-instructions per element, of which the sums over the channel lanes for dB and dC are the
+largest part (6 shuffles and 6 adds per element by ``tl.sum``'s butterfly). Knob ``rs``: a reduce-scatter
+instead (``_reduce_scatter``: each round a lane keeps half of its steps and receives the other half's sums
+from its partner, shfl.sync.bfly by inline assembly): 3.6 instead of 7.9 shuffles and 40 instead of 49
+instructions per element (4 and 2 warps). The lane that holds each channel bit is found and checked at run
+time in the compiled layout; a layout that does not match writes NaN rather than a wrong sum. Floor of
+forward plus backward at the goal shape: 256 us (benchmarks/selective.py); not yet measured.
 
 Precision. Inputs float32, bfloat16 or float16 (mixed is fine: A, D and
 delta_bias are usually float32); all arithmetic in float32. In Triton's CPU
@@ -139,6 +163,7 @@ to float32 there.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -151,7 +176,11 @@ __all__ = ["selective_scan_triton", "selective_scan_fwd", "selective_scan_bwd"]
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
 LOG2E = math.log2(math.e)
-DEFAULT_VARIANT = "rows"  # forward only; training (checkpoints for the backward pass) uses "nloop"
+DEFAULT_VARIANT = "rows"  # forward only; training (checkpoints for the backward pass) uses "nsplit"
+# The knobs of "nsplit" where it is the default (N = 16, the blocks tile D and L; see _default_variant).
+# Change them only for a form measured faster on an H100 whose float32 check against float64 holds
+# (benchmarks/sweep_selective.py), and keep benchmarks/compile_selective.py's table in this docstring true.
+DEFAULT_NSPLIT = dict(tn=2, share=0, softplus_poly=False)
 
 
 @triton.jit
@@ -298,8 +327,8 @@ def _modes(X, NPT: tl.constexpr, TN: tl.constexpr, BLOCK_L: tl.constexpr):
 
 @triton.jit
 def _selective_scan_fwd(
-    u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr, ck_ptr,
-    L, Dg, N,
+    u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr, ck_ptr, hend_ptr, sdt_ptr,
+    L, Dg, N, SEG_LEN,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -307,8 +336,13 @@ def _selective_scan_fwd(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
     EVEN: tl.constexpr = False, PREFETCH: tl.constexpr = 0, TN: tl.constexpr = 1,
     SHARE: tl.constexpr = 0, SP_POLY: tl.constexpr = False, EXP_POLY: tl.constexpr = 0,
+    SEGS: tl.constexpr = 1, PASS: tl.constexpr = 0,
 ):
     pid_d, g, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seg = 0
+    if SEGS > 1:  # "nsplit" only: program_id(0) = segment * (channel blocks) + channel block
+        seg = pid_d // tl.cdiv(Dg, BLOCK_D)
+        pid_d = pid_d % tl.cdiv(Dg, BLOCK_D)
     b64 = b.to(tl.int64)
     Dtot = Dg * tl.num_programs(1)
     dg = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,) channel within the group
@@ -450,18 +484,42 @@ def _selective_scan_fwd(
         py = y_ptr + (b64 * Dtot + dj4) * L + tS
         first = j4 == 0  # one of the TN threads stores y
         carry4 = tl.zeros([NPT, TN, BLOCK_D], dtype=tl.float32)
+        # the checkpoints' offsets: (batch, D, n_blocks, N), mode n = j NPT + i
+        nc3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
+        ck3 = (b64 * Dtot + d[None, None, :]) * tl.cdiv(L, BLOCK_L) * N + nc3
+        ck3_ok = (nc3 < N) & d_ok[None, None, :]  # (NPT, TN, BLOCK_D)
+        # segments of SEG_LEN steps (SEGS > 1): pass 1 scans each from a zero state and keeps its last state and
+        # Σ Δ; pass 0 starts each from the true state, h_in[s] = exp(A Σ Δ[s-1]) h_in[s-1] + h_end[s-1]
+        t_lo = seg * SEG_LEN
+        t_hi = tl.minimum(t_lo + SEG_LEN, L)
+        seg3 = ((b64 * SEGS + seg) * Dtot + d[None, None, :]) * N + nc3  # (batch, SEGS, D, N)
+        if SEGS > 1:
+            if PASS == 1:
+                if SHARE:
+                    sdt_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+                else:
+                    sdt_acc = tl.zeros([1, TN, BLOCK_D], dtype=tl.float32)
+            else:
+                A2_3 = tl.sum(A2, axis=3)  # (NPT, TN, BLOCK_D)
+                for sp in range(0, seg):
+                    at = ((b64 * SEGS + sp) * Dtot + d[None, None, :])
+                    sdt = tl.load(sdt_ptr + at, mask=d_ok[None, None, :], other=0.0)  # (1, 1, BLOCK_D)
+                    hend = tl.load(hend_ptr + at * N + nc3, mask=ck3_ok, other=0.0)
+                    carry4 = tl.exp2(A2_3 * sdt) * carry4 + hend
         if PREFETCH >= 1:
-            m0 = dmj4 & (tS < L)
-            u_nx = _ld(pu, m0, EVEN)
-            dt_nx = _ld(pdt, m0, EVEN)
+            m0 = dmj4 & (t_lo + tS < t_hi)
+            u_nx = _ld(pu + t_lo * s_ul, m0, EVEN)
+            dt_nx = _ld(pdt + t_lo * s_dl, m0, EVEN)
             if HAS_Z:
-                z_nx = _ld(pz, m0, EVEN)
+                z_nx = _ld(pz + t_lo * s_zl, m0, EVEN)
             if PREFETCH >= 2:
-                B_nx = _ld(pB, nm2 & (t2 < L), EVEN)
-                C_nx = _ld(pC, nm2 & (t2 < L), EVEN)
-        for start in range(0, L, BLOCK_L):
-            m4 = dmj4 & (start + tS < L)  # (1, TN, BLOCK_D, BLOCK_L) or SHARE (BLOCK_D, BLOCK_L)
-            mn2 = nm2 & (start + t2 < L)  # (BLOCK_N, BLOCK_L)
+                B_nx = _ld(pB + t_lo * s_Bl, nm2 & (t_lo + t2 < t_hi), EVEN)
+                C_nx = _ld(pC + t_lo * s_Cl, nm2 & (t_lo + t2 < t_hi), EVEN)
+        for start in range(t_lo, t_hi, BLOCK_L):
+            if SAVE_CK:  # h_{start-1}, for the backward pass
+                tl.store(ck_ptr + ck3 + (start // BLOCK_L) * N, carry4, mask=ck3_ok)
+            m4 = dmj4 & (start + tS < t_hi)  # (1, TN, BLOCK_D, BLOCK_L) or SHARE (BLOCK_D, BLOCK_L)
+            mn2 = nm2 & (start + t2 < t_hi)  # (BLOCK_N, BLOCK_L)
             if PREFETCH >= 1:
                 u_raw, dt_raw = u_nx, dt_nx
                 if HAS_Z:
@@ -469,17 +527,17 @@ def _selective_scan_fwd(
                 if PREFETCH >= 2:
                     B_raw, C_raw = B_nx, C_nx
                 if EVEN:
-                    nxt = tl.minimum(start + BLOCK_L, L - BLOCK_L)
+                    nxt = tl.minimum(start + BLOCK_L, t_hi - BLOCK_L)
                 else:
                     nxt = start + BLOCK_L
-                mx = dmj4 & (nxt + tS < L)
+                mx = dmj4 & (nxt + tS < t_hi)
                 u_nx = _ld(pu + nxt * s_ul, mx, EVEN)
                 dt_nx = _ld(pdt + nxt * s_dl, mx, EVEN)
                 if HAS_Z:
                     z_nx = _ld(pz + nxt * s_zl, mx, EVEN)
                 if PREFETCH >= 2:
-                    B_nx = _ld(pB + nxt * s_Bl, nm2 & (nxt + t2 < L), EVEN)
-                    C_nx = _ld(pC + nxt * s_Cl, nm2 & (nxt + t2 < L), EVEN)
+                    B_nx = _ld(pB + nxt * s_Bl, nm2 & (nxt + t2 < t_hi), EVEN)
+                    C_nx = _ld(pC + nxt * s_Cl, nm2 & (nxt + t2 < t_hi), EVEN)
             else:
                 u_raw = _ld(pu + start * s_ul, m4, EVEN)
                 dt_raw = _ld(pdt + start * s_dl, m4, EVEN)
@@ -498,6 +556,12 @@ def _selective_scan_fwd(
             dt = _dt_of(dt_raw, bias, HAS_BIAS, SOFTPLUS, SP_POLY)
             if not EVEN:
                 dt = tl.where(m4, dt, 0.0)
+            if SEGS > 1:
+                if PASS == 1:
+                    if SHARE:
+                        sdt_acc += tl.sum(dt, axis=1)
+                    else:
+                        sdt_acc += tl.sum(dt, axis=3)
             if SHARE:
                 dt4 = _pin(dt)[None, None, :, :]  # (1, 1, BLOCK_D, BLOCK_L): to the TN threads of each channel
                 dtu4 = _pin(dt * u)[None, None, :, :]
@@ -521,17 +585,26 @@ def _selective_scan_fwd(
             if HAS_Z:
                 z = z_raw.to(tl.float32)
                 y *= z * tl.sigmoid(z)
-            if SHARE:
-                if EVEN:
-                    tl.store(py + start, y.to(y_ptr.dtype.element_ty))
+            if PASS == 0:
+                if SHARE:
+                    if EVEN:
+                        tl.store(py + start, y.to(y_ptr.dtype.element_ty))
+                    else:
+                        tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=m4)
                 else:
-                    tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=m4)
+                    tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=(m4 & first) if not EVEN else first)
+        if PASS == 1:  # the segment's last state from a zero start, and its Σ Δ per channel
+            tl.store(hend_ptr + seg3, carry4, mask=ck3_ok)
+            if SHARE:
+                tl.store(sdt_ptr + (b64 * SEGS + seg) * Dtot + d, sdt_acc, mask=d_ok)
             else:
-                tl.store(py + start, y.to(y_ptr.dtype.element_ty), mask=(m4 & first) if not EVEN else first)
-        # the carry (NPT, TN, BLOCK_D) -> last_state (batch, D, N)
-        n3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
-        d3 = d[None, None, :]
-        tl.store(last_ptr + (b64 * Dtot + d3) * N + n3, carry4, mask=(n3 < N) & d_ok[None, None, :])
+                j3 = tl.arange(0, TN)[None, :, None]
+                tl.store(sdt_ptr + (b64 * SEGS + seg) * Dtot + d[None, None, :] + j3 * 0, sdt_acc,
+                         mask=d_ok[None, None, :] & (j3 == 0))
+        elif seg == SEGS - 1:  # the carry (NPT, TN, BLOCK_D) -> last_state (batch, D, N)
+            n3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
+            d3 = d[None, None, :]
+            tl.store(last_ptr + (b64 * Dtot + d3) * N + n3, carry4, mask=(n3 < N) & d_ok[None, None, :])
     else:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
@@ -572,6 +645,117 @@ def _selective_scan_fwd(
 
 
 @triton.jit
+def _softplus_sigmoid(x):
+    """(softplus(x), sigmoid(x)) from one exp2: w = e^-|x|, σ(x) = 1 / (1 + w) for x >= 0, w / (1 + w) below,
+    softplus(x) = max(x, 0) + log1p(w) by the log-free series of ``_softplus_poly`` (relative error < 5e-7)."""
+    w = tl.exp(-tl.abs(x))
+    q = 1.0 / (1.0 + w)
+    f = w / (2.0 + w)
+    f2 = f * f
+    p = f2 * 0.07692307692307693 + 0.09090909090909091  # 1/13, 1/11
+    p = p * f2 + 0.1111111111111111
+    p = p * f2 + 0.14285714285714285
+    p = p * f2 + 0.2
+    p = p * f2 + 0.3333333333333333
+    p = p * f2 + 1.0
+    return tl.maximum(x, 0.0) + 2.0 * f * p, tl.where(x >= 0.0, q, w * q)
+
+
+@triton.jit
+def _bfly_asm(x, lane_mask):
+    """The value of x in lane (this lane xor lane_mask): one shfl.sync.bfly per register (compiled only)."""
+    if x.dtype == tl.int32:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=r,r,r", [x, lane_mask],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=f,f,r", [x, lane_mask],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _partner(x, M: tl.constexpr, lane_mask, ASM: tl.constexpr):
+    """x (NPT, BLOCK_D, TN, T) with each channel's values replaced by those of channel d xor M (M a power of 2).
+
+    Compiled (ASM): channel d xor M sits in lane (this lane xor lane_mask) (found and checked by the caller),
+    one shuffle per register. In the interpreter (no inline assembly): a permutation of the channel axis.
+    """
+    if ASM:
+        return _bfly_asm(x, lane_mask)
+    else:
+        A: tl.constexpr = x.shape[0]
+        BD: tl.constexpr = x.shape[1]
+        Bq: tl.constexpr = x.shape[2]
+        TC: tl.constexpr = x.shape[3]
+        y = tl.permute(tl.reshape(x, (A, BD // (2 * M), 2, M, Bq, TC)), (0, 1, 3, 4, 5, 2))  # the pair axis last
+        lo, hi = tl.split(y)
+        y = tl.permute(tl.join(hi, lo), (0, 1, 5, 2, 3, 4))
+        return tl.reshape(y, (A, BD, Bq, TC))
+
+
+@triton.jit
+def _halves(x):
+    """x (..., T) -> its first and second halves along the last axis (register renaming where T is in-thread)."""
+    A: tl.constexpr = x.shape[0]
+    Bq: tl.constexpr = x.shape[1]
+    BD: tl.constexpr = x.shape[2]
+    TC: tl.constexpr = x.shape[3]
+    return tl.split(tl.permute(tl.reshape(x, (A, Bq, BD, 2, TC // 2)), (0, 1, 2, 4, 3)))
+
+
+@triton.jit
+def _reduce_scatter(x, dl, lane0, ROUNDS: tl.constexpr, ASM: tl.constexpr):
+    """Σ of x (NPT, BLOCK_D, TN, T) over each group of 2^ROUNDS consecutive channels, scattered over them:
+    returns (NPT, BLOCK_D, TN, T / 2^ROUNDS); channel d of a group holds the sums for the steps of chunk
+    d mod 2^ROUNDS (chunks of T / 2^ROUNDS steps). dl (1, BLOCK_D, 1, 1): the channel within the block; lane0:
+    the lane mask that flips bit 0 of the channel (compiled; the higher bits are the next lane bits).
+
+    Round M = 2^(ROUNDS-1), ..., 1: each channel keeps one half of its steps and receives the other channel's
+    (d xor M) sums for that half: T / 2 + T / 4 + ... shuffles per (mode, channel), where a butterfly sum
+    (tl.sum over lanes) takes T ROUNDS and leaves every lane with every sum.
+    """
+    for r in tl.static_range(ROUNDS):
+        lo, hi = _halves(x)
+        up = (dl & ((1 << ROUNDS) >> (r + 1))) != 0
+        x = tl.where(up, hi, lo) + _partner(tl.where(up, lo, hi), (1 << ROUNDS) >> (r + 1),
+                                            lane0 * ((1 << ROUNDS) >> (r + 1)), ASM)
+    return x
+
+
+@triton.jit
+def _column(x, sel):
+    """x[:, :, :, s] of a 4-D x for the one s where sel (1, 1, 1, BLOCK_L) holds: a sum with -0.0 elsewhere
+    (x + -0.0 == x), so that where the last axis lies in the thread's registers only the picked one is kept."""
+    return tl.sum(tl.where(sel, x, -0.0), axis=3)
+
+
+@triton.jit
+def _modes_bwd(X, NPT: tl.constexpr, TN: tl.constexpr, BLOCK_L: tl.constexpr):
+    """(BLOCK_N, BLOCK_L) -> (NPT, 1, TN, BLOCK_L), mode n = j NPT + i at [i, :, j]."""
+    X = tl.permute(tl.reshape(X, (TN, NPT, BLOCK_L)), (1, 0, 2))
+    return X[:, None, :, :]
+
+
+@triton.jit
+def _to_modes(x, SHARE: tl.constexpr):
+    """A per-(d, t) tile to the mode tiles' rank: SHARE (BLOCK_D, BLOCK_L) -> (1, BLOCK_D, 1, BLOCK_L), left in
+    its layout until here (``_pin``); else it already is (1, BLOCK_D, TN, BLOCK_L)."""
+    if SHARE:
+        return _pin(x)[None, :, None, :]
+    else:
+        return x
+
+
+@triton.jit
+def _mode_sum(x, SHARE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Σ_n of a mode tile (NPT, BLOCK_D, TN, BLOCK_L): in the thread, then across the TN threads of a channel;
+    back to the per-(d, t) tiles' shape."""
+    s = tl.sum(tl.sum(x, axis=0, keep_dims=True), axis=2, keep_dims=True)  # (1, BLOCK_D, 1, BLOCK_L)
+    if SHARE:
+        s = tl.reshape(s, (BLOCK_D, BLOCK_L))
+    return s
+
+
+@triton.jit
 def _selective_scan_bwd(
     u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gy_ptr, glast_ptr, ck_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
@@ -580,97 +764,189 @@ def _selective_scan_bwd(
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GLAST: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, TN: tl.constexpr,
+    SHARE: tl.constexpr = 1, RS: tl.constexpr = 0, ASM: tl.constexpr = False,
 ):
+    # Mode tiles (NPT, BLOCK_D, TN, BLOCK_L): mode n = j NPT + i at [i, :, j], TN threads per channel along N
+    # (the axis before the steps, so that a warp's lanes go to it first and the warps to the channels), NPT
+    # modes and BLOCK_L steps in each thread's registers. B and C are loaded (BLOCK_N, BLOCK_L) and reshaped.
+    # The per-(d, t) work (loads, softplus, gate, the three outputs) is done on (BLOCK_D, BLOCK_L) tiles, once
+    # per (d, t) (SHARE 1), or on (1, BLOCK_D, TN, BLOCK_L) tiles by each of the TN threads (SHARE 0). Blocks
+    # of BLOCK_L steps (the forward's checkpoint spacing) go from the last to the first.
     pid_d, g, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     G = tl.num_programs(1)
     Dtot = Dg * G
+    NPT: tl.constexpr = BLOCK_N // TN
+    b64 = b.to(tl.int64)
+    i4 = tl.arange(0, NPT)[:, None, None, None]
+    j4 = tl.arange(0, TN)[None, None, :, None]
+    n4 = j4 * NPT + i4  # (NPT, 1, TN, 1)
+    dl4 = tl.arange(0, BLOCK_D)[None, :, None, None]  # the channel within the block
     dg = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = dg < Dg
     d = (g * Dg + dg).to(tl.int64)
-    n = tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    dn_ok = d_ok[:, None] & n_ok[None, :]
-    cols = tl.arange(0, BLOCK_L)
-    b64 = b.to(tl.int64)
-    A2 = tl.load(A2_ptr + d[:, None] * N + n[None, :], mask=dn_ok, other=0.0)  # (BLOCK_D, BLOCK_N)
-    A = A2 * 0.6931471805599453  # A = A2 ln 2
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    d4 = d[None, :, None, None]
+    dm4 = d_ok[None, :, None, None]
+    t4 = tl.arange(0, BLOCK_L)[None, None, None, :]
+    if SHARE:  # the per-(d, t) tiles
+        dS = d[:, None]  # (BLOCK_D, 1)
+        dmS = d_ok[:, None]
+        tS = tl.arange(0, BLOCK_L)[None, :]
+        lead = dmS  # every thread of a (d, t) tile stores
     else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dS = d4 + j4 * 0  # (1, BLOCK_D, TN, 1): the channel, along every j
+        dmS = dm4 & (j4 >= 0)
+        tS = t4
+        lead = dmS & (j4 == 0)  # one of the TN threads of a channel stores
+    n_blocks = tl.cdiv(L, BLOCK_L)
+    A2 = tl.load(A2_ptr + d4 * N + n4, mask=dm4 & (n4 < N), other=0.0)  # (NPT, BLOCK_D, TN, 1)
+    A = A2 * 0.6931471805599453  # A = A2 ln 2
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + dS, mask=dmS, other=0.0).to(tl.float32)
     if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+        Dv = tl.load(D_ptr + dS, mask=dmS, other=0.0).to(tl.float32)
     B_ptr += b64 * s_Bb + g * s_Bg
     C_ptr += b64 * s_Cb + g * s_Cg
-    # partial sums over this program's channels: dB, dC (batch, G, n_dblocks, N, L)
-    part = ((b64 * G + g) * tl.num_programs(0) + pid_d) * N
+    n2 = tl.arange(0, BLOCK_N)[:, None]
+    t2 = tl.arange(0, BLOCK_L)[None, :]
+    pB = B_ptr + n2 * s_Bn + t2 * s_Bl  # (BLOCK_N, BLOCK_L)
+    pC = C_ptr + n2 * s_Cn + t2 * s_Cl
+    # (NPT, BLOCK_D, TN): a state's offsets in the checkpoints (batch, D, n_blocks, N) and in (batch, D, N)
+    j3 = tl.arange(0, TN)[None, None, :]
+    n3 = j3 * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, 1, TN)
+    d3 = d[None, :, None]  # (1, BLOCK_D, 1)
+    m3 = (n3 < N) & d_ok[None, :, None]
+    ck3 = (b64 * Dtot + d3) * n_blocks * N + n3
+    st3 = (b64 * Dtot + d3) * N + n3
     if HAS_GLAST:  # dLoss/dh_{L-1} enters the adjoint at the last step
-        gcarry = tl.load(glast_ptr + (b64 * Dtot + d[:, None]) * N + n[None, :], mask=dn_ok, other=0.0)
+        r = tl.load(glast_ptr + st3, mask=m3, other=0.0).to(tl.float32)
     else:
-        gcarry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # g at the first step of the next block
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    n_blocks = tl.cdiv(L, BLOCK_L)
+        r = tl.zeros([NPT, BLOCK_D, TN], dtype=tl.float32)  # a_t g_t at the first step of the block after this one
+    dA_acc = tl.zeros([NPT, BLOCK_D, TN], dtype=tl.float32)
+    if SHARE:  # per channel: sums over t of gy x and of dLoss/dΔ (before the bias)
+        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        TAX: tl.constexpr = 1  # the time axis of the per-(d, t) tiles
+    else:
+        dD_acc = tl.zeros([1, BLOCK_D, TN], dtype=tl.float32)
+        TAX: tl.constexpr = 3
+    dbias_acc = dD_acc
+    pu = u_ptr + b64 * s_ub + dS * s_ud + tS * s_ul
+    pdt = delta_ptr + b64 * s_db + dS * s_dd + tS * s_dl
+    pz = z_ptr + b64 * s_zb + dS * s_zd + tS * s_zl
+    out = (b64 * Dtot + dS) * L + tS  # gy, du, ddelta, dz: contiguous (batch, D, L)
+    # partial sums over each program's channels: dB, dC (batch, G, n_dblocks, N, L). With RS, the sums over each
+    # 2^RS channels of a warp are reduce-scattered across their lanes (``_reduce_scatter``), and then summed over
+    # the block's groups (across warps: 1 / 2^RS of the values)
+    part = ((b64 * G + g) * tl.num_programs(0) + pid_d) * N
+    if RS > 0:
+        CH: tl.constexpr = BLOCK_L >> RS  # steps per channel after the scatter
+        GRP: tl.constexpr = BLOCK_D >> RS  # channel groups in a block
+        # (NPT, 2^RS, TN, CH) after the sum over the groups: mode and step
+        n5 = tl.arange(0, TN)[None, None, :, None] * NPT + tl.arange(0, NPT)[:, None, None, None]
+        t5 = tl.arange(0, 1 << RS)[None, :, None, None] * CH + tl.arange(0, CH)[None, None, None, :]
+        rs_ok = True
+        lane0 = 1
+        if ASM:  # which lane bit holds bit 0 of the channel in this compiled layout, and do bits 1.. follow it?
+            idx = ((i4 * BLOCK_D + dl4) * TN + j4) * BLOCK_L + t4  # (NPT, BLOCK_D, TN, BLOCK_L), distinct
+            n_el: tl.constexpr = NPT * BLOCK_D * TN * BLOCK_L
+            lane0 = 0
+            for sh in tl.static_range(5):
+                moved = (_bfly_asm(idx, 1 << sh) == (idx ^ (TN * BLOCK_L))).to(tl.int32)
+                hit = tl.min(tl.reshape(moved, (n_el,)), axis=0) == 1
+                lane0 = tl.where(hit & (lane0 == 0), 1 << sh, lane0)
+            rs_ok = lane0 > 0
+            for q in tl.static_range(1, RS):
+                moved = (_bfly_asm(idx, lane0 << q) == (idx ^ ((1 << q) * TN * BLOCK_L))).to(tl.int32)
+                rs_ok = rs_ok & (tl.min(tl.reshape(moved, (n_el,)), axis=0) == 1)
     for kk in range(0, n_blocks):
         k = n_blocks - 1 - kk
-        t = k * BLOCK_L + cols
-        t_ok = t < L
-        m = d_ok[:, None] & t_ok[None, :]
-        udl = b64 * s_ub + d[:, None] * s_ud + t[None, :] * s_ul
-        u = tl.load(u_ptr + udl, mask=m, other=0.0).to(tl.float32)
-        dt, raw = _step(delta_ptr, bias, b64 * s_db + d[:, None] * s_dd + t[None, :] * s_dl, m, HAS_BIAS, SOFTPLUS)
-        m_next = d_ok[:, None] & (t + 1 < L)[None, :]  # Δ_{t+1}: one step to the right
-        dt_next, _ = _step(delta_ptr, bias, b64 * s_db + d[:, None] * s_dd + (t + 1)[None, :] * s_dl, m_next,
-                           HAS_BIAS, SOFTPLUS)
-        mnl = n_ok[:, None] & t_ok[None, :]
-        Bt = tl.load(B_ptr + n[:, None] * s_Bn + t[None, :] * s_Bl, mask=mnl, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + n[:, None] * s_Cn + t[None, :] * s_Cl, mask=mnl, other=0.0).to(tl.float32)
-        # recompute the block's states from its checkpoint
-        h0 = tl.load(ck_ptr + ((b64 * Dtot + d[:, None]) * n_blocks + k) * N + n[None, :], mask=dn_ok, other=0.0)
-        dtu = dt * u
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_L)
-        bx = dtu[:, None, :] * Bt[None, :, :]
-        acum, hloc = tl.associative_scan((a, bx), 2, _combine)
-        h = acum * h0[:, :, None] + hloc
-        # the output's gradient before the gate
-        gout = tl.load(gy_ptr + (b64 * Dtot + d[:, None]) * L + t[None, :], mask=m, other=0.0).to(tl.float32)
+        start = k * BLOCK_L
+        # per (d, t): the step, the gradient reaching y before the gate
+        m = dmS & (start + tS < L)
+        u = tl.load(pu + start * s_ul, mask=m, other=0.0).to(tl.float32)
+        raw = tl.load(pdt + start * s_dl, mask=m, other=0.0).to(tl.float32) + bias
+        if SOFTPLUS:
+            dt, dsp = _softplus_sigmoid(raw)  # Δ and softplus' derivative
+        else:
+            dt = raw
+        dt = tl.where(m, dt, 0.0)  # identity steps past L
+        gout = tl.load(gy_ptr + out + start, mask=m, other=0.0).to(tl.float32)
         if HAS_Z:
-            ypre = tl.sum(h * Ct[None, :, :], axis=1)
-            if HAS_D:
-                ypre += Dv[:, None] * u
-            z = tl.load(z_ptr + b64 * s_zb + d[:, None] * s_zd + t[None, :] * s_zl, mask=m, other=0.0).to(tl.float32)
+            z = tl.load(pz + start * s_zl, mask=m, other=0.0).to(tl.float32)
             sz = tl.sigmoid(z)
-            dz = gout * ypre * sz * (1.0 + z * (1.0 - sz))  # silu'(z) = σ(z)(1 + z(1 - σ(z)))
-            tl.store(dz_ptr + (b64 * Dtot + d[:, None]) * L + t[None, :], dz, mask=m)
             gy = gout * z * sz
         else:
             gy = gout
-        # adjoint: g_t = C_t gy_t + a_{t+1} g_{t+1}, a reverse scan; the carry is g at the next block's start
-        a_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
-        pcum, gloc = tl.associative_scan((a_next, Ct[None, :, :] * gy[:, None, :]), 2, _combine, reverse=True)
-        gh = pcum * gcarry[:, :, None] + gloc  # (BLOCK_D, BLOCK_N, BLOCK_L)
-        gcarry = tl.sum(tl.where(cols[None, None, :] == 0, gh, 0.0), axis=2)
-        tl.store(dB_ptr + (part + n[:, None]) * L + t[None, :], tl.sum(gh * dtu[:, None, :], axis=0), mask=mnl)
-        tl.store(dC_ptr + (part + n[:, None]) * L + t[None, :], tl.sum(h * gy[:, None, :], axis=0), mask=mnl)
-        ddtu = tl.sum(gh * Bt[None, :, :], axis=1)  # (BLOCK_D, BLOCK_L)
+        dt4 = _to_modes(dt, SHARE)
+        dtu4 = _to_modes(dt * u, SHARE)
+        gy4 = _to_modes(gy, SHARE)
+        # per (d, n, t): the block's states again, from its checkpoint, as in the forward pass
+        mn2 = (n2 < N) & (start + t2 < L)
+        B4 = _modes_bwd(tl.load(pB + start * s_Bl, mask=mn2, other=0.0).to(tl.float32), NPT, TN, BLOCK_L)
+        C4 = _modes_bwd(tl.load(pC + start * s_Cl, mask=mn2, other=0.0).to(tl.float32), NPT, TN, BLOCK_L)
+        h0 = tl.load(ck_ptr + ck3 + k * N, mask=m3, other=0.0)
+        a = tl.exp2(dt4 * A2)  # (NPT, BLOCK_D, TN, BLOCK_L)
+        bx = dtu4 * B4
+        _, h = tl.associative_scan((a, tl.where(t4 == 0, a * h0[:, :, :, None] + bx, bx)), 3, _combine)
+        # the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1}, step by step from the last: r, what enters from the next
+        # block (a g at its first step), is added to the last step; a column of a thread's registers is picked
+        # and placed for free (Triton's reverse scan would shuffle across the warp even here)
+        c = C4 * gy4
+        gh = c
+        for s in tl.static_range(BLOCK_L - 1, -1, -1):
+            g_s = _column(c, t4 == s) + r  # (NPT, BLOCK_D, TN)
+            gh = tl.where(t4 == s, g_s[:, :, :, None], gh)
+            r = _column(a, t4 == s) * g_s  # a_s g_s, what enters step s - 1
+        # sums over the channels: dB_t = Σ_d g_t Δ_t x_t, dC_t = Σ_d gy_t h_t
+        if RS > 0:
+            sB = _reduce_scatter(gh * dtu4, dl4, lane0, RS, ASM)  # (NPT, BLOCK_D, TN, CH)
+            sC = _reduce_scatter(h * gy4, dl4, lane0, RS, ASM)
+            # channel d of a group holds chunk d mod 2^RS: (NPT, GRP, 2^RS, TN, CH), summed over the groups
+            sB = tl.sum(tl.reshape(sB, (NPT, GRP, 1 << RS, TN, CH)), axis=1)
+            sC = tl.sum(tl.reshape(sC, (NPT, GRP, 1 << RS, TN, CH)), axis=1)
+            off = (part + n5) * L + start + t5  # (NPT, 2^RS, TN, CH)
+            ok = (n5 < N) & (start + t5 < L)
+            # rs_ok False (a compiled layout that puts channel d xor M elsewhere): NaN, never a silent wrong sum
+            tl.store(dB_ptr + off, tl.where(rs_ok, sB, float("nan")), mask=ok)
+            tl.store(dC_ptr + off, tl.where(rs_ok, sC, float("nan")), mask=ok)
+        else:
+            t3 = start + tl.arange(0, BLOCK_L)[None, None, :]
+            nj3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
+            nt = (part + nj3) * L + t3  # (NPT, TN, BLOCK_L)
+            nt_ok = (nj3 < N) & (t3 < L)
+            tl.store(dB_ptr + nt, tl.sum(gh * dtu4, axis=1), mask=nt_ok)
+            tl.store(dC_ptr + nt, tl.sum(h * gy4, axis=1), mask=nt_ok)
         dlog = gh * (h - bx)  # dLoss/d(Δ_t A) = g_t a_t h_{t-1}
-        dA_acc += tl.sum(dlog * dt[:, None, :], axis=2)
-        ddt = ddtu * u + tl.sum(dlog * A[:, :, None], axis=1)
+        dA_acc += tl.sum(dlog * dt4, axis=3)
+        # sums over the modes, back per (d, t)
+        ddtu = _mode_sum(gh * B4, SHARE, BLOCK_D, BLOCK_L)  # dLoss/d(Δ_t x_t)
+        ddt = ddtu * u + _mode_sum(dlog * A, SHARE, BLOCK_D, BLOCK_L)
         du = ddtu * dt
         if HAS_D:
-            du += gy * Dv[:, None]
-            dD_acc += tl.sum(gy * u, axis=1)
+            du += gy * Dv
+            dD_acc += tl.sum(gy * u, axis=TAX)
+        if HAS_Z:
+            ypre = _mode_sum(h * C4, SHARE, BLOCK_D, BLOCK_L)
+            if HAS_D:
+                ypre += Dv * u
+            dz = gout * ypre * sz * (1.0 + z * (1.0 - sz))  # silu'(z) = σ(z)(1 + z(1 - σ(z)))
+            tl.store(dz_ptr + out + start, dz.to(dz_ptr.dtype.element_ty), mask=m & lead)
         if SOFTPLUS:
-            ddt *= tl.sigmoid(raw)
+            ddt *= dsp
         ddt = tl.where(m, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + (b64 * Dtot + d[:, None]) * L + t[None, :], du, mask=m)
-        tl.store(ddelta_ptr + (b64 * Dtot + d[:, None]) * L + t[None, :], ddt, mask=m)
-    tl.store(dA_ptr + (b64 * Dtot + d[:, None]) * N + n[None, :], dA_acc, mask=dn_ok)
-    tl.store(dD_ptr + b64 * Dtot + d, dD_acc, mask=d_ok)
-    tl.store(dbias_ptr + b64 * Dtot + d, dbias_acc, mask=d_ok)
+        dbias_acc += tl.sum(ddt, axis=TAX)
+        tl.store(du_ptr + out + start, du.to(du_ptr.dtype.element_ty), mask=m & lead)
+        tl.store(ddelta_ptr + out + start, ddt.to(ddelta_ptr.dtype.element_ty), mask=m & lead)
+    tl.store(dA_ptr + st3, dA_acc, mask=m3)  # per batch element; the launcher sums
+    if SHARE:
+        tl.store(dD_ptr + b64 * Dtot + d, dD_acc, mask=d_ok)
+        tl.store(dbias_ptr + b64 * Dtot + d, dbias_acc, mask=d_ok)
+    else:
+        pv = b64 * Dtot + d[None, :, None] + j3 * 0  # (1, BLOCK_D, TN)
+        vm = d_ok[None, :, None] & (j3 == 0)
+        tl.store(dD_ptr + pv, dD_acc, mask=vm)
+        tl.store(dbias_ptr + pv, dbias_acc, mask=vm)
 
 
 @triton.jit
@@ -704,10 +980,12 @@ def _default_variant(Dg, N, L, training, tn):
     3.6; the whole sweep is in this module's docstring). Everywhere else "rows", the form the H100 test
     suite ran on odd sizes.
     """
-    if training or interpreting() or N != 16:
+    if training:  # checkpoints every 8 steps for the backward pass; at most 8 modes per thread
+        return "nsplit", tn or max(2, next_pow2(N) // 8)
+    if interpreting() or N != 16:
         return DEFAULT_VARIANT, tn
-    _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, None, tn=tn)  # the measured blocks: 16 channels, 8 steps
-    return ("nsplit", meta["TN"]) if meta["EVEN"] else (DEFAULT_VARIANT, tn)
+    _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, None, tn=tn or DEFAULT_NSPLIT["tn"])
+    return ("nsplit", meta["TN"]) if meta["EVEN"] else (DEFAULT_VARIANT, tn)  # the measured blocks: 16 x 8
 
 
 def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2, prefetch=None, tn=None, even=None,
@@ -727,14 +1005,12 @@ def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}; got {variant!r}")
     BN = next_pow2(N)
     tn = min(tn or 2, BN)  # "nsplit" only
-    if training:  # the checkpoints for the backward pass: the "nloop" form
-        variant = "nloop"
     if interpreting():  # small: the interpreter's scan is a Python loop per element
         meta = dict(BLOCK_D=block_d or min(next_pow2(Dg), 4), BLOCK_N=BN, BLOCK_L=block_l or min(next_pow2(L), 8))
         extra = {}
     elif variant == "nloop":
-        if training:  # the backward kernel's tiles (BLOCK_D, N, BLOCK_L) stay near 4096 elements
-            block_l = block_l or max(16, min(next_pow2(L), 4096 // (4 * BN)))
+        if training:  # the checkpoint spacing is the backward kernel's BLOCK_L: registers (NPT, BLOCK_L) per thread
+            block_l = block_l or 16
         meta = dict(BLOCK_D=block_d or min(next_pow2(Dg), 32), BLOCK_N=BN, BLOCK_L=block_l or min(next_pow2(L), 64))
         extra = dict(num_warps=num_warps or 4)
     elif variant == "rows":
@@ -789,7 +1065,8 @@ def _interpreter_float32(*xs):
 
 def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        save_checkpoints=False, variant=None, block_d=None, block_l=None, num_warps=None,
-                       prefetch=None, tn=None, even=None, share=False, softplus_poly=False, exp_poly=0):
+                       prefetch=None, tn=None, even=None, share=None, softplus_poly=None, exp_poly=0,
+                       segments=None):
     """Launch the forward kernel -> (y, last_state, checkpoints, meta).
 
     y (b, D, L) in u's dtype; last_state (b, D, N) float32; checkpoints
@@ -809,55 +1086,123 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Dg = Dtot // G
     if variant is None:
         variant, tn = _default_variant(Dg, N, L, save_checkpoints, tn)
+        if variant == "nsplit" and tn == DEFAULT_NSPLIT["tn"]:  # training's forward too
+            share = DEFAULT_NSPLIT["share"] if share is None else share
+            softplus_poly = DEFAULT_NSPLIT["softplus_poly"] if softplus_poly is None else softplus_poly
+    share, softplus_poly = share or 0, bool(softplus_poly)
     variant, meta, extra = _blocks(Dg, N, L, save_checkpoints, variant, block_d, block_l, num_warps, u.element_size(),
                                    prefetch, tn, even, share, softplus_poly, exp_poly)
     y = torch.empty(batch, Dtot, L, device=u.device, dtype=u.dtype)
     last = torch.empty(batch, Dtot, N, device=u.device, dtype=torch.float32)
     n_blocks = triton.cdiv(L, meta["BLOCK_L"])
     ck = torch.empty(batch, Dtot, n_blocks, N, device=u.device, dtype=torch.float32) if save_checkpoints else last
-    grid = (triton.cdiv(Dg, meta["BLOCK_D"]), G, batch)
+    n_dblocks = triton.cdiv(Dg, meta["BLOCK_D"])
+    segs = _segments(segments, variant, batch * G * n_dblocks * extra.get("num_warps", 1), L, meta["BLOCK_L"])
+    seg_len = triton.cdiv(triton.cdiv(L, segs), meta["BLOCK_L"]) * meta["BLOCK_L"]
+    segs = triton.cdiv(L, seg_len)
+    grid = (n_dblocks * segs, G, batch)
     dummy = A2
-    _selective_scan_fwd[grid](
-        u, delta, A2, Bv, Cv, D, dummy if z is None else z, delta_bias, y, last, ck, L, Dg, N, *strides,
-        HAS_D=has_d, HAS_Z=z is not None, HAS_BIAS=has_bias, SOFTPLUS=bool(delta_softplus),
-        SAVE_CK=save_checkpoints, VARIANT=VARIANTS[variant], **meta, **extra)
+    hend = sdt = dummy
+    if segs > 1:  # pass 1: each segment's last state from a zero start and its Σ Δ
+        hend = torch.empty(batch, segs, Dtot, N, device=u.device, dtype=torch.float32)
+        sdt = torch.empty(batch, segs, Dtot, device=u.device, dtype=torch.float32)
+        meta = dict(meta, SEGS=segs)
+    for pass_ in ((1, 0) if segs > 1 else (0,)):
+        _selective_scan_fwd[grid](
+            u, delta, A2, Bv, Cv, D, dummy if z is None else z, delta_bias, y, last, ck, hend, sdt, L, Dg, N,
+            seg_len, *strides, HAS_D=has_d, HAS_Z=z is not None, HAS_BIAS=has_bias, SOFTPLUS=bool(delta_softplus),
+            SAVE_CK=save_checkpoints and pass_ == 0, VARIANT=VARIANTS[variant], **meta, **extra,
+            **(dict(PASS=pass_) if pass_ else {}))
     return y.to(out_dtype), last, (ck if save_checkpoints else None), meta
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index):
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _segments(segments, variant, warps, L, block_l):
+    """How many segments of the sequence the forward pass runs side by side ("nsplit" only; two passes).
+
+    ``segments``: an int (1: none), or None: automatic on a GPU when the grid has fewer than 4 warps per SM
+    (batch 1, few channels, a long sequence), enough segments for about 8 warps per SM, each at least 512 steps.
+    """
+    if variant != "nsplit":
+        if segments not in (None, 1):
+            raise ValueError(f"segments apply to the 'nsplit' variant only; got segments={segments} with {variant!r}")
+        return 1
+    if segments is not None:
+        return max(1, int(segments))
+    if interpreting():
+        return 1
+    sms = _sm_count(torch.cuda.current_device())
+    if warps >= 4 * sms:
+        return 1
+    return max(1, min(next_pow2(-(-8 * sms // warps)), L // 512))
+
+
+def _bwd_blocks(Dg, N, block_l, tn=None, num_warps=None, block_d=None, share=None, rs=None):
+    """The backward pass's meta-parameters -> (meta, launch options). BLOCK_L is the forward's (its checkpoint
+    spacing); ``tn`` threads per channel along N (default: 4 modes per thread), ``num_warps`` warps per program
+    along D (BLOCK_D = 32 num_warps / tn channels), ``share`` 1 (default): the per-(d, t) work once per (d, t),
+    0: by each of the TN threads of a channel; ``rs`` True: dB, dC summed over a warp's channels by a
+    reduce-scatter (``_reduce_scatter``) instead of tl.sum's butterfly, over as many channel lanes as there are
+    steps in a block (2^RS <= BLOCK_L)."""
+    BN = next_pow2(N)
+    tn = min(tn or max(1, min(BN // 4, 32)), BN)
+    share = 1 if share is None else int(share)
+    if interpreting():
+        bd = block_d or min(next_pow2(Dg), 4)
+        meta = dict(BLOCK_D=bd, BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share)
+        extra = {}
+        lanes = bd  # emulated: as if the block's channels sat in lanes
+    else:
+        w = num_warps or 4
+        meta = dict(BLOCK_D=block_d or max(1, 32 // tn) * w, BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share)
+        extra = dict(num_warps=w)
+        lanes = min(max(1, 32 // tn), meta["BLOCK_D"])  # channel lanes in a warp
+    if rs:
+        meta.update(RS=max(0, min(lanes, block_l).bit_length() - 1), ASM=not interpreting())
+    return meta, extra
+
+
 def selective_scan_bwd(gy, glast, ck, meta, u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                       delta_softplus=False):
-    """Launch the backward kernel -> gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), float32.
+                       delta_softplus=False, tn=None, num_warps=None, block_d=None, share=None, rs=None):
+    """Launch the backward kernel -> gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
 
     gy (b, D, L) is dLoss/dy, glast (b, D, N) or None is dLoss/d last_state;
-    ck and meta come from ``selective_scan_fwd(save_checkpoints=True)``.
+    ck and meta come from ``selective_scan_fwd(save_checkpoints=True)``. du, ddelta and dz come in the dtypes of
+    u, delta and z, the others in float32. ``tn``, ``num_warps``, ``block_d``: see ``_bwd_blocks``.
     """
+    dtypes = (u.dtype, delta.dtype, None if z is None else z.dtype)
     if interpreting():
         u, delta, A, B, C, D, z, delta_bias, gy = _interpreter_float32(u, delta, A, B, C, D, z, delta_bias, gy)
+        dtypes = (torch.float32,) * 3
     batch, Dtot, L = u.shape
     N = A.shape[1]
     has_d, has_bias = D is not None, delta_bias is not None
     Bv, Cv, G, A2, Dc, biasc, strides = _prepare(u, delta, A, B, C, D, z, delta_bias)
     Dg = Dtot // G
-    meta = dict(meta, BLOCK_D=min(next_pow2(Dg), 4))  # the backward's own channel blocks; BLOCK_L is the checkpoints'
-    n_dblocks = triton.cdiv(Dg, meta["BLOCK_D"])
+    bmeta, extra = _bwd_blocks(Dg, N, meta["BLOCK_L"], tn, num_warps, block_d, share, rs)
+    n_dblocks = triton.cdiv(Dg, bmeta["BLOCK_D"])
     f32 = dict(device=u.device, dtype=torch.float32)
-    du, ddelta = torch.empty(batch, Dtot, L, **f32), torch.empty(batch, Dtot, L, **f32)
-    dz = torch.empty(batch, Dtot, L, **f32) if z is not None else None
-    dB_part = torch.empty(batch, G, n_dblocks, N, L, **f32)
+    du = torch.empty(batch, Dtot, L, device=u.device, dtype=dtypes[0])
+    ddelta = torch.empty(batch, Dtot, L, device=u.device, dtype=dtypes[1])
+    dz = torch.empty(batch, Dtot, L, device=u.device, dtype=dtypes[2]) if z is not None else None
+    dB_part = torch.empty(batch, G, n_dblocks, N, L, **f32)  # sums over each program's channels
     dC_part = torch.empty(batch, G, n_dblocks, N, L, **f32)
     dA_part = torch.empty(batch, Dtot, N, **f32)  # sums over time, per batch element
     dD_part, dbias_part = torch.empty(batch, Dtot, **f32), torch.empty(batch, Dtot, **f32)
     gy = gy.contiguous()
     glast = glast.float().contiguous() if glast is not None else None
     dummy = A2
-    extra = {} if interpreting() else dict(num_warps=8)
     grid = (n_dblocks, G, batch)
     _selective_scan_bwd[grid](
         u, delta, A2, Bv, Cv, Dc, dummy if z is None else z, biasc, gy, dummy if glast is None else glast, ck,
         du, ddelta, dummy if dz is None else dz, dB_part, dC_part, dA_part, dD_part, dbias_part,
         L, Dg, N, *strides,
         HAS_D=has_d, HAS_Z=z is not None, HAS_BIAS=has_bias, SOFTPLUS=bool(delta_softplus),
-        HAS_GLAST=glast is not None, **meta, **extra)
+        HAS_GLAST=glast is not None, **bmeta, **extra)
     dB, dC = dB_part.sum(2), dC_part.sum(2)  # (b, G, N, L)
     if B.dim() == 3:
         dB = dB.sum(1)

@@ -34,6 +34,9 @@ the state in place.
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +52,10 @@ __all__ = [
     "selective_state_update",
     "selective_state_update_naive",
     "selective_state_update_vectorized",
+    "sweep_log",
+    "compile_table",
+    "ladder",
+    "plot_ladder",
 ]
 
 _REAL = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -336,3 +343,91 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     if st is not target:
         target.copy_(st)
     return out.reshape(x.shape).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------
+# Chapter 7's ladder: from the first kernel to the fast one, measured
+# ----------------------------------------------------------------------------
+
+_LOGS = pathlib.Path(__file__).resolve().parents[1] / "book" / "data" / "benchmarks" / "logs"
+
+
+def sweep_log(device: str | None = None) -> dict | None:
+    """The committed log of ``benchmarks/sweep_selective.py`` on a GPU, or None where there is none.
+
+    ``book/data/benchmarks/logs/sweep_selective-<gpu>.json`` (the newest if there are several; ``device``
+    picks one by name). Its rows: one per config and shape, with ``median_us``, ``floor_us``,
+    ``fraction_of_floor`` and the check's ``rel_error``; rungs of the ladder carry ``rung``, ``change`` and
+    ``reason``. Dry runs (made on a CPU, in the interpreter) never count.
+    """
+    found = []
+    for path in sorted(_LOGS.glob("sweep_selective-*.json")) if _LOGS.is_dir() else []:
+        doc = json.loads(path.read_text())
+        if not doc.get("dry_run") and (device is None or doc.get("device") == device):
+            found.append(doc)
+    return max(found, key=lambda d: d.get("date", "")) if found else None
+
+
+def compile_table() -> dict | None:
+    """``benchmarks/compile_selective.py``'s offline sm_90 compile of the ladder's kernels and the backward
+    kernel's configs (registers, SASS instructions and MUFU operations per element), or None."""
+    found = sorted(_LOGS.glob("compile_selective-sm90-*.json")) if _LOGS.is_dir() else []
+    return json.loads(found[-1].read_text()) if found else None
+
+
+def ladder(log: dict | None = None, table: dict | None = None) -> list[dict]:
+    """One dict per rung of the ladder: its index, label, change and reason (from the log, or else from the
+    compile table's order), the measured ``median_us`` and ``fraction_of_floor`` at the goal shape when a GPU
+    log exists, and the compile table's ``regs``, ``instr_per_el``, ``mufu_per_el`` and ``predicted_us``."""
+    log = sweep_log() if log is None else log
+    table = compile_table() if table is None else table
+    rungs = {}
+    for r in (log or {}).get("rungs", []):
+        rungs[r["index"]] = dict(r)
+    compiled = {row["label"]: row for row in (table or {}).get("rungs", [])}
+    if not rungs:
+        for i, row in enumerate((table or {}).get("rungs", [])):
+            rungs[i] = dict(index=i, label=row["label"], change=row.get("change", ""), reason=row.get("reason", ""))
+    goal = (log or {}).get("goal_shape")
+    measured = {}
+    for row in (log or {}).get("rows", []):
+        if row.get("shape") == goal and row.get("median_us") and row.get("status") == "ok":
+            if row.get("rung") is not None:
+                measured[row["rung"]] = row
+            elif row.get("label", "").startswith("nsplit tn2 pf1 (default)"):
+                measured.setdefault("default", row)
+    out = []
+    for i in sorted(rungs):
+        r = rungs[i]
+        m = measured.get(i) or (measured.get("default") if "default" in r.get("change", "") else None)
+        c = compiled.get(r["label"], {})
+        out.append(dict(r, median_us=m and m["median_us"], fraction_of_floor=m and m.get("fraction_of_floor"),
+                        floor_us=m and m.get("floor_us"), regs=c.get("regs"), instr_per_el=c.get("instr_per_el"),
+                        mufu_per_el=c.get("mufu_per_el"), predicted_us=c.get("predicted_us")))
+    return out
+
+
+def plot_ladder(rungs: list[dict], floor_us: float | None = None, peer_us: float | None = None, ax=None,
+                title: str = ""):
+    """Time per rung (measured where there is a measurement, else the offline prediction, hatched), with the
+    roofline floor and the CUDA peer as horizontal lines. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(10, 3.8))[1]
+    x = list(range(len(rungs)))
+    for i, r in zip(x, rungs):
+        if r.get("median_us"):
+            ax.bar(i, r["median_us"], color="C0")
+        elif r.get("predicted_us"):
+            ax.bar(i, r["predicted_us"], color="none", edgecolor="C0", hatch="//")
+    if floor_us:
+        ax.axhline(floor_us, color="C3", ls="--", label=f"floor {floor_us:.0f} µs")
+    if peer_us:
+        ax.axhline(peer_us, color="C2", ls=":", label=f"mamba_ssm CUDA {peer_us:.0f} µs")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{r['index']}. {r['label']}" for r in rungs], rotation=30, ha="right")
+    ax.set_ylabel("time [µs]")
+    ax.set_title(title)
+    if floor_us or peer_us:
+        ax.legend()
+    return ax

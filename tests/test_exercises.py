@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssm_edu import discretize, discretize_diag, hippo, impulse_response
+from ssm_edu import default_device, discretize, discretize_diag, hippo, impulse_response, selective_scan
 from ssm_edu.exercises import _REGISTRY, check, exercises
 
 def _s4_kernel_solution(Lam, P, B, Ct, dt, L, factor=True):
@@ -88,6 +88,14 @@ SOLUTIONS = {
             torch.exp(dt[..., None] * A) * h + (dt * x)[..., None] * B[:, None, :]),
         lambda h, x, dt, A, B, C: (torch.exp(dt[..., None] * A) * h + (dt * x)[..., None] * B[:, None, :],
                                    (h * C[:, None, :]).sum(-1)),  # y reads the old state
+    ),
+    "ch07.blocked_scan": (
+        lambda x, dt, A, B, C: tuple(t.cpu().double() for t in __import__("ssm_edu.kernels.selective_first",
+                                                                           fromlist=["x"]).selective_scan_blocked(
+            *(t.to(default_device(), torch.float32) for t in (x, dt, A, B, C)), return_last_state=True)),
+        lambda x, dt, A, B, C: (lambda parts: (torch.cat([p[0] for p in parts], -1), parts[-1][1]))(
+            [selective_scan(x[..., s:s + 4], dt[..., s:s + 4], A, B[..., s:s + 4], C[..., s:s + 4],
+                            return_last_state=True, impl="naive") for s in range(0, x.shape[-1], 4)]),  # no carry
     ),
     "ch08.segsum": (
         lambda a: torch.exp(torch.cumsum(torch.tril(a[..., :, None].expand(*a.shape, a.shape[-1]), -1), -2)).tril(),

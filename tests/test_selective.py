@@ -208,7 +208,9 @@ KNOBS = [("rows", dict(prefetch=1)), ("rows", dict(prefetch=2, block_l=4)), ("ns
          ("nsplit", dict(tn=2, share=True)), ("nsplit", dict(tn=4, share=2, softplus_poly=True, prefetch=2)),
          ("nsplit", dict(tn=1, exp_poly=1)), ("nsplit", dict(tn=2, exp_poly=2, share=True, softplus_poly=True)),
          ("nsplit", dict(tn=1, exp_poly=4, share=2)), ("nsplit", dict(tn=2, share=2, num_warps=2)),
-         ("rows", dict(softplus_poly=True))]
+         ("rows", dict(softplus_poly=True)),
+         # segments of the sequence side by side (two passes): 3 segments of 4 steps at L = 11
+         ("nsplit", dict(tn=2, segments=3, block_l=2)), ("nsplit", dict(tn=2, share=2, segments=2, block_l=4))]
 
 
 @pytest.mark.parametrize("variant,knobs", KNOBS, ids=str)
@@ -367,13 +369,15 @@ def test_selective_scan_bad_impl_and_chunk():
 
 
 def test_default_variant(monkeypatch):
-    """On a GPU the forward takes "nsplit" (TN 2) only where it was measured: N = 16, no masks, no checkpoints."""
+    """On a GPU the forward takes "nsplit" (TN 2) only where it was measured: N = 16, no masks; training (the
+    checkpoints for the backward pass) always takes "nsplit", with at most 8 modes per thread."""
     from ssm_edu.kernels import selective as k
 
     monkeypatch.setattr(k, "interpreting", lambda: False)
     assert k._default_variant(2048, 16, 2048, False, None) == ("nsplit", 2)
-    for Dg, N, L, training in [(2048, 16, 2047, False), (2040, 16, 2048, False), (2048, 8, 2048, False),
-                               (2048, 16, 2048, True)]:
-        assert k._default_variant(Dg, N, L, training, None) == ("rows", None)
+    for Dg, N, L in [(2048, 16, 2047), (2040, 16, 2048), (2048, 8, 2048)]:
+        assert k._default_variant(Dg, N, L, False, None) == ("rows", None)
+    for N, tn in [(16, 2), (8, 2), (64, 8), (1, 2)]:
+        assert k._default_variant(2040, N, 2047, True, None) == ("nsplit", tn)
     variant, meta, _ = k._blocks(2048, 16, 2048, False, "nsplit", None, None, None, 2, None, 2, None)
     assert variant == "nsplit" and meta == dict(BLOCK_D=16, BLOCK_N=16, BLOCK_L=8, EVEN=True, PREFETCH=1, TN=2)

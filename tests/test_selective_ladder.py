@@ -1,0 +1,50 @@
+"""Chapter 7's ladder data (ssm_edu.selective.ladder): the compile table and a sweep log merged rung by rung.
+The log here is a made-up fixture with the sweep's fields, never book data."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from ssm_edu.selective import compile_table, ladder, plot_ladder, sweep_log  # noqa: E402
+
+
+def fake_log(table):
+    rows = [dict(label=r["label"], kind=r["kind"], shape="B8 D2048 L2048 N16", group="rung", rung=r["index"],
+                 status="ok", median_us=1000.0 / (r["index"] + 1), floor_us=128.0,
+                 fraction_of_floor=128.0 / (1000.0 / (r["index"] + 1))) for r in table["rungs"]]
+    rows.append(dict(label="mamba_ssm CUDA", kind="cuda_fwd", shape="B8 D2048 L2048 N16", group="fwd", status="ok",
+                     median_us=500.0))
+    return dict(device="made-up GPU", torch="x", triton="y", date="2000-01-01", dry_run=False,
+                goal_shape="B8 D2048 L2048 N16", rows=rows,
+                rungs=[dict(index=r["index"], label=r["label"], kind=r["kind"], knobs=r["knobs"], change=r["change"],
+                            reason=r["reason"]) for r in table["rungs"]])
+
+
+def test_the_committed_compile_table_lists_every_rung():
+    table = compile_table()
+    assert table and table["target"] == "sm_90"
+    rungs = ladder(log={}, table=table)
+    assert [r["index"] for r in rungs] == list(range(len(table["rungs"])))
+    assert rungs[0]["label"] == "first kernel" and all(r["regs"] and r["instr_per_el"] > 0 for r in rungs)
+    assert all(r["median_us"] is None for r in rungs)  # nothing measured without a log
+
+
+def test_a_log_fills_in_the_measured_times():
+    table = compile_table()
+    rungs = ladder(log=fake_log(table), table=table)
+    assert [r["median_us"] for r in rungs] == [1000.0 / (i + 1) for i in range(len(rungs))]
+    assert all(r["regs"] for r in rungs)  # and the compiled counts stay
+    ax = plot_ladder(rungs, floor_us=128.0, peer_us=500.0)
+    assert len(ax.patches) == len(rungs)
+
+
+def test_dry_runs_are_never_read_as_data(tmp_path, monkeypatch):
+    import json
+
+    import ssm_edu.selective as sel
+
+    monkeypatch.setattr(sel, "_LOGS", tmp_path)
+    (tmp_path / "sweep_selective-dry-run.json").write_text(json.dumps(dict(dry_run=True, rows=[])))
+    assert sweep_log() is None
+    (tmp_path / "sweep_selective-gpu.json").write_text(json.dumps(dict(dry_run=False, rows=[], date="2000")))
+    assert sweep_log() == dict(dry_run=False, rows=[], date="2000")
