@@ -403,3 +403,18 @@ def check_book_page(page: Page, base: str, html_dir, chapter: bool) -> tuple[dic
     problems += [f"request failed: {r}" for r in page.failed_requests() if "/favicon.ico:" not in r]  # the book has none
     problems += [f"script error: {e}" for e in page.javascript_errors() if not any(k in e for k in KNOWN_JS_NOISE)]
     return report, problems
+
+
+# Kernel listings: the book's code lines are at most 88 characters, and a listing must fit the column.
+LISTING_COLUMNS = 88
+LISTINGS_JS = """Array.from(document.querySelectorAll('pre')).map(p => p.textContent)
+    .filter(t => t.includes('@triton.jit')).map(t => Math.max(...t.split('\\n').map(l => l.length)))"""
+
+
+def listing_problems(page) -> list[str]:
+    """A kernel listing is on the page (folded or not), and no line of it is wider than the column."""
+    widths = page.evaluate(LISTINGS_JS)
+    if not widths:
+        return ["no Triton kernel source (@triton.jit) on the page"]
+    return [f"a kernel listing has a line of {w} characters (the column holds {LISTING_COLUMNS})"
+            for w in widths if w > LISTING_COLUMNS]

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from browser import Chromium, check_book_page, find_chromium, serve
+from browser import Chromium, check_book_page, find_chromium, listing_problems, serve
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -72,6 +72,10 @@ def _unavailable(reason):
     pytest.skip(reason)
 
 
+# The chapters that show a Triton kernel's source on the page (kernels a reader can read).
+KERNEL_LISTINGS = {"05_s4", "07_mamba", "08_mamba2_ssd", "09_mamba3"}
+
+
 @pytest.mark.book
 @pytest.mark.timeout(900)
 def test_book_in_a_browser(built_book):
@@ -96,6 +100,8 @@ def test_book_in_a_browser(built_book):
             rel = path.relative_to(html).as_posix()
             page = browser.open(f"{base}/{rel}")
             report, found = check_book_page(page, base, html, chapter=rel.startswith("chapters/"))
+            if pathlib.Path(rel).stem in KERNEL_LISTINGS:
+                found = found + listing_problems(page)
             summary[rel] = {k: v for k, v in report.items() if k != "links"} | {"links": len(report["links"]), "problems": found}
             if found:
                 problems[rel] = found

@@ -12,7 +12,7 @@ import pathlib
 
 import pytest
 
-from browser import Chromium, check_book_page, find_chromium, serve
+from browser import Chromium, check_book_page, find_chromium, listing_problems, serve
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JS = ROOT / "build" / "js" / "static"
@@ -62,6 +62,9 @@ def site(tmp_path_factory):
     (root / "good.html").write_text(GOOD)
     (root / "bad.html").write_text(BAD)
     (root / "other.html").write_text('<html><body><p id="there">here</p></body></html>')
+    kernel = "@triton.jit\ndef k(x_ptr):\n    pass"
+    (root / "listing.html").write_text(f"<html><body><details><pre>{kernel}</pre></details></body></html>")
+    (root / "wide.html").write_text(f"<html><body><pre>{kernel}  # {'x' * 90}</pre></body></html>")
     (root / "_images").mkdir()
     (root / "_images" / "fig.png").write_bytes(PNG)
     if (JS / ".installed").is_file():
@@ -95,3 +98,13 @@ def test_local_mathjax_renders_offline(site):
     assert problems == []
     assert report["mjx"] == 2 and report["math_elements"] == 2
     assert png.startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_kernel_listing_check(site):
+    """A folded listing counts; a page without one, and a listing wider than the column, are reported."""
+    with serve(site) as base, Chromium(_chromium()) as browser:
+        found = {name: listing_problems(browser.open(f"{base}/{name}.html")) for name in ("listing", "wide", "other")}
+    assert found["listing"] == []
+    assert "wider" not in found["wide"][0] and "characters" in found["wide"][0]
+    assert "no Triton kernel source" in found["other"][0]
