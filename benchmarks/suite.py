@@ -230,17 +230,29 @@ def run(ops, out: str | None = None, shapes: list[str] | None = None) -> pathlib
     stamp = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__}
     results = []
     path = pathlib.Path(out) if out else ROOT / "book" / "data" / "benchmarks" / f"{gpu_slug(name)}.json"
+    failed = []
     for op in ops:
         t0 = time.perf_counter()
-        for row in OPS[op](ctx):
-            if row.get("median_us") is not None:
-                row["fraction_of_floor"] = row["floor_us"] / row["median_us"]
-                print(f"{row['op']:>22} {row['impl']:>10} {row['pass']:>7} {row['shape']:>26} {row['median_us']:10.1f} us  floor {row['floor_us']:8.1f} us  ({100 * row['fraction_of_floor']:.0f}%)", flush=True)
-            results.append(row)
+        try:
+            for row in OPS[op](ctx):
+                if row.get("median_us") is not None:
+                    row["fraction_of_floor"] = row["floor_us"] / row["median_us"]
+                    print(f"{row['op']:>22} {row['impl']:>10} {row['pass']:>7} {row['shape']:>26} {row['median_us']:10.1f} us  floor {row['floor_us']:8.1f} us  ({100 * row['fraction_of_floor']:.0f}%)", flush=True)
+                results.append(row)
+        except Exception:  # one operation's failure must not cost the others their rows: report it and go on
+            import traceback
+
+            traceback.print_exc()
+            failed.append(op)
+            print(f"== {op}: FAILED after {time.perf_counter() - t0:.0f} s (rows before the failure are kept)", flush=True)
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
         # written after every operation (merging is idempotent), so that a run cut short keeps what it measured
         doc = {"device": name, **stamp, "hbm_tb_s": ctx.hbm_bytes_s / 1e12, "results": results}
         merge(doc, path, replace_shapes_only=bool(shapes))
         print(f"== {op}: {time.perf_counter() - t0:.0f} s", flush=True)
+    if failed:
+        print(f"operations that failed: {', '.join(failed)}", flush=True)
     return path
 
 
