@@ -39,12 +39,13 @@ def bench_long_context(ctx: Context):
         d, n = 1024, 16
         shape = f"B1 D{d} L{L} N{n}"
         if ctx.wants(shape):
-            u, delta, A, B, C, D = scan_inputs(ctx, 1, d, L, n, torch.bfloat16)
-            fn = lambda: ssm_edu.selective_scan(u, delta, A, B, C, D, impl="triton")
+            u, delta, A, B, C, D, z, bias = scan_inputs(ctx, 1, d, L, n, torch.bfloat16)
+            fn = lambda: ssm_edu.selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True,
+                                                impl="triton")
             yield {"op": "selective_scan", "impl": "triton", "pass": "fwd", "shape": shape, "dtype": "bf16",
                    "median_us": ctx.time_us(fn), "floor_us": scan_floor(ctx, 1, d, L, n, torch.bfloat16, "fwd"),
                    "peak_mib": _peak_mib(fn)}
-            del u, delta, B, C
+            del u, delta, B, C, z
         h, p, n2 = 16, 64, 64
         shape = f"B1 L{L} H{h} P{p} N{n2} G1"
         if ctx.wants(shape):

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     out = args.out or ROOT / "book" / "data" / "notebook_times" / f"{gpu_slug(device)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     order = _longest_first(paths, ROOT / "book" / "data" / "notebook_times" / out.name)
-    records = out.parent / "chapter_records"
+    records = (out.parent / "chapter_records").resolve()  # absolute: the kernels run in the notebooks' folders
     shutil.rmtree(records, ignore_errors=True)  # this run's records only
     os.environ["SSM_EDU_RECORD_DIR"] = str(records)  # inherited by every kernel: ssm_edu.results.record writes there
     rows, failed = {}, False
