@@ -9,15 +9,20 @@ processes that share the GPU (pytest-xdist, test by test), so that the
 many small kernel compilations use the machine's cores; a kernel that
 faults takes down one worker, which is replaced, and the others go on.
 
-Writes ``pytest.xml`` (JUnit) and ``tests.log`` (one line per file: passed,
-failed, skipped, errors, seconds; then every failure's message) to ``--out``,
-prints the table and exits non-zero if anything failed.
+Writes ``pytest.xml`` (JUnit), ``tests.jsonl`` (one line per test as it
+finishes: outcome, seconds, peak GPU memory, a failure's report; see
+``tests/conftest.py``) and ``tests.log`` (one line per file: passed, failed,
+skipped, errors, seconds; the slowest tests and those with the largest GPU
+memory peaks; then every failure's report) to ``--out``, prints the table and
+exits non-zero if anything failed. A run stopped at ``--limit`` still has
+``tests.jsonl``, and the summary is made from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import pathlib
 import re
@@ -48,8 +53,12 @@ def main(argv=None) -> int:
            "-n", str(args.jobs), "--dist", "load", f"--timeout={args.timeout}", f"--junitxml={xml}",
            *map(str, files)]
     log = args.out / "pytest.out"
+    jsonl = args.out / "tests.jsonl"
+    jsonl.unlink(missing_ok=True)
+    env = os.environ | {"SSM_EDU_TEST_LOG": str(jsonl.resolve()),
+                        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}  # freed memory goes back to the GPU
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             rc = proc.wait(timeout=args.limit)
         except subprocess.TimeoutExpired:  # stop pytest and its workers, then report what finished
@@ -58,10 +67,32 @@ def main(argv=None) -> int:
             rc = 124
             xml.unlink(missing_ok=True)
     table, failures = summarise(xml) if xml.exists() else summarise_verbose(log)
-    text = "\n".join(table + [""] + failures) + "\n"
+    text = "\n".join(table + [""] + costs(jsonl) + [""] + failures + [""] + reports(jsonl)) + "\n"
     (args.out / "tests.log").write_text(text)
     print("\n".join(table))
     return rc
+
+
+def _lines(jsonl: pathlib.Path) -> list[dict]:
+    if not jsonl.exists():
+        return []
+    return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+
+
+def costs(jsonl: pathlib.Path, top: int = 15) -> list[str]:
+    """The slowest tests, and those with the largest GPU memory peaks (to plan the next run)."""
+    rows = _lines(jsonl)
+    out = [f"slowest {top}:"] + [f"  {r['seconds']:7.1f} s  {r['test']}" for r in
+                                 sorted(rows, key=lambda r: -r["seconds"])[:top]]
+    peaks = [r for r in rows if r.get("peak_gib")]
+    out += ["largest GPU memory peaks:"] + [f"  {r['peak_gib']:7.2f} GiB  {r['test']}" for r in
+                                             sorted(peaks, key=lambda r: -r["peak_gib"])[:top]]
+    return out
+
+
+def reports(jsonl: pathlib.Path) -> list[str]:
+    """Every failure's report, as the test process wrote it when the test ended."""
+    return [f"==== {r['test']} ({r['when']})\n{r.get('report', '')}" for r in _lines(jsonl) if r["outcome"] == "failed"]
 
 
 def summarise_verbose(log: pathlib.Path) -> tuple[list[str], list[str]]:

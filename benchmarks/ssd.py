@@ -95,6 +95,10 @@ def bench_ssd(ctx: Context):
                                [q, k, v, gate])
             except peers.Missing as why:
                 yield missing_row("ssd", "fla", pass_, shape, "bf16", str(why))
+            except RuntimeError as why:  # fla refuses some Triton versions on Hopper (its gated backward, fla#640)
+                if "CUDA error" in str(why):
+                    raise
+                yield missing_row("ssd", "fla", pass_, shape, "bf16", f"fla refused to run: {str(why)[:300]}")
 
 
 __all__ = ["ssd_inputs", "ssd_floor", "bench_ssd"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from typing import Callable
 
 import torch
@@ -52,9 +53,20 @@ def dispatch(op: str, impl: str, tensors, **impls: Callable | str | None) -> Cal
         from . import _interpret
 
         _interpret.check(op)
+        _check_compiled_device(op, tensors)
         module, _, name = target.partition(":")
         target = getattr(importlib.import_module(f"ssm_edu.kernels.{module}"), name)
     return target
+
+
+def _check_compiled_device(op: str, tensors) -> None:
+    """Compiled Triton kernels (a machine with a GPU, interpreter off) read CUDA memory only: say so before any work."""
+    if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type != "cuda":
+            raise ValueError(f"{op}: impl='triton' runs compiled on this machine's GPU and needs CUDA tensors; got a "
+                             f"tensor on {t.device} (move the inputs with .cuda(), or use impl='vectorized' there)")
 
 
 def float32_kernel(op: str, impl: str, fn: Callable, *, double: bool, what: str, fallback: Callable) -> Callable:

@@ -1,4 +1,15 @@
-"""Shared pytest set-up: a non-interactive matplotlib backend and a fixed seed per test."""
+"""Shared pytest set-up: a non-interactive matplotlib backend, a fixed seed per test, and on a GPU a tidy memory.
+
+On a GPU the caching allocator of each test process keeps the peak of every test it ran; with several test
+processes and notebooks sharing one GPU, that cache once held 64 GiB while notebooks ran out of memory. So each
+test hands its cached blocks back when it ends. With ``SSM_EDU_TEST_LOG`` set (``benchmarks/gpu_tests.py`` sets
+it), each test also appends one line to that file as it finishes: its outcome, seconds, peak GPU memory and, for
+a failure, the report, so that a run cut short by its time limit still tells what failed and why.
+"""
+
+import json
+import os
+import time
 
 import matplotlib
 
@@ -15,6 +26,33 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _gpu_memory(request):
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+    request.node.start = time.perf_counter()
+    yield
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    log = os.environ.get("SSM_EDU_TEST_LOG")
+    if not log or (report.when != "call" and report.passed):
+        return
+    line = {"test": item.nodeid, "when": report.when, "outcome": report.outcome,
+            "seconds": round(time.perf_counter() - getattr(item, "start", time.perf_counter()), 2),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if torch.cuda.is_available() and torch.cuda.is_initialized() else None}
+    if report.failed:
+        line["report"] = report.longreprtext[-4000:]
+    with open(log, "a") as f:  # one line, appended at once: the workers share the file
+        f.write(json.dumps(line) + "\n")
 
 
 @pytest.fixture

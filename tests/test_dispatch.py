@@ -91,3 +91,15 @@ def test_import_is_silent_and_sets_the_triton_interpreter_without_a_gpu():
 def test_public_api_names_are_importable():
     for name in ["discretize", "discretize_diag", "check", "for_device", "rel_error", "impulse_response"]:
         assert hasattr(ssm_edu, name)
+
+
+def test_compiled_triton_refuses_cpu_tensors(monkeypatch):
+    """On a machine with a GPU (interpreter off) impl="triton" says the inputs must be CUDA tensors, before any work.
+
+    Simulated here: CUDA reported present and TRITON_INTERPRET unset; the error comes before a kernel is launched.
+    """
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    a, b = torch.rand(2, 5), torch.rand(2, 5)
+    with pytest.raises(ValueError, match=r"linear_scan: impl='triton' runs compiled .* needs CUDA tensors; got a tensor on cpu"):
+        ssm_edu.linear_scan(a, b, impl="triton")

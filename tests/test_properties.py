@@ -384,10 +384,23 @@ def _outputs(out):
     return out if isinstance(out, tuple) else (out,)
 
 
+# impl="triton" runs compiled kernels on a machine with a GPU (and the interpreter on CPU tensors only without
+# one): there its inputs go to the GPU, and its outputs come back to be compared with the float64 reference.
+TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _on(x, impl):
+    return x.to(TRITON_DEVICE) if impl == "triton" and isinstance(x, torch.Tensor) else x
+
+
+def _back(outs):
+    return tuple(o.cpu() if isinstance(o, torch.Tensor) else o for o in outs)
+
+
 def _check_agree(entry, inputs, impl, dtype, layout):
     low = {k: _cast(v, dtype) for k, v in inputs.items()}
     ref = _outputs(entry.call({k: _cast(v, F64) for k, v in low.items()}, "naive"))
-    out = _outputs(entry.call({k: _layout(v, layout) for k, v in low.items()}, impl))
+    out = _back(_outputs(entry.call({k: _layout(_on(v, impl), layout) for k, v in low.items()}, impl)))
     tol = entry.tol.get(dtype, tolerance(dtype))
     for i, (o, r) in enumerate(zip(out, ref)):
         expected = (COMPLEX_OF[dtype] if r.is_complex() else dtype) if dtype != F64 else r.dtype
@@ -426,7 +439,7 @@ def test_every_impl_agrees_with_naive(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(n for n, e in OPS.items() if e.triton))
 def test_triton_agrees_with_naive(name):
-    """The Triton kernel, in the CPU interpreter without a GPU: tiny sizes, non-contiguous inputs too."""
+    """The Triton kernel (compiled on a GPU, in the CPU interpreter without one): tiny sizes, non-contiguous inputs too."""
     entry = OPS[name]
 
     @settings(max_examples=6, **SETTINGS)
@@ -459,8 +472,8 @@ def test_nan_propagates(name):
         inputs[entry.poison] = x
         for impl in _impls(entry):
             dtype = torch.float32 if impl == "triton" else F64
-            low = {k: _cast(v, dtype) for k, v in inputs.items()}
-            out = _outputs(entry.call(low, impl))[-1]
+            low = {k: _on(_cast(v, dtype), impl) for k, v in inputs.items()}
+            out = _back(_outputs(entry.call(low, impl)))[-1]
             assert torch.isnan(out).any(), f"{name} {impl}: a NaN in {entry.poison} vanished"
 
     check()
@@ -471,7 +484,7 @@ def test_linear_scan_nan_from_its_step_on(impl):
     """The documented detail: a NaN at step t makes h NaN from t on, and only from t on."""
     a, b = torch.full((2, 9), 0.9), torch.randn(2, 9)
     b[0, 4] = float("nan")
-    h = ssm_edu.linear_scan(a, b, impl=impl)
+    h = _back((ssm_edu.linear_scan(_on(a, impl), _on(b, impl), impl=impl),))[0]
     assert torch.isnan(h[0, 4:]).all() and torch.isfinite(h[0, :4]).all() and torch.isfinite(h[1]).all()
 
 
