@@ -494,7 +494,8 @@ def _bad_calls(entry, inputs):
     for k in tensors:
         yield k, "dtype", {**inputs, k: inputs[k].round().to(torch.int64) if not inputs[k].is_complex() else inputs[k].real.to(torch.int64)}
         yield k, "device", {**inputs, k: inputs[k].to("meta")}
-        yield k, "type", {**inputs, k: inputs[k].tolist()}
+        if inputs[k].dim() > 0:  # a 0-dim tensor's tolist() is a plain number, which a scalar argument accepts
+            yield k, "type", {**inputs, k: inputs[k].tolist()}
     for k, dim in entry.grow.items():
         x = inputs[k]
         yield k, "shape", {**inputs, k: torch.cat([x, x.narrow(dim, 0, 1)], dim=dim)}
