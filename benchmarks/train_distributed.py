@@ -64,6 +64,10 @@ def setup():
     gpu = torch.cuda.is_available()
     if gpu:
         local = int(os.environ.get("LOCAL_RANK", 0))
+        if local >= torch.cuda.device_count():  # say so, rather than CUDA's "invalid device ordinal"
+            raise SystemExit(f"train_distributed.py: local rank {local} has no GPU of its own "
+                             f"({torch.cuda.device_count()} visible): start one process per GPU, or hide the GPUs "
+                             "(CUDA_VISIBLE_DEVICES=) to run on CPU with gloo")
         torch.cuda.set_device(local)
         torch.set_float32_matmul_precision("high")  # TF32 matrix products, as training on GPUs does
         device = torch.device("cuda", local)

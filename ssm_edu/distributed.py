@@ -44,6 +44,7 @@ Also here: the communication volume of data parallel (DDP), fully sharded
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -59,6 +60,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .device import default_device
 from .numerics import accumulation_dtype
 from .selective import selective_scan
 from .ssd import effective_dt, ssd
@@ -78,6 +80,7 @@ __all__ = [
     "sequence_parallel_bytes",
     "run_ranks",
     "start_forkserver",
+    "rank_environment",
     "load_results",
     "training_table",
     "sequence_parallel_figure",
@@ -436,6 +439,32 @@ def sequence_parallel_bytes(exchange: str, world: int, rank: int, state_numel: i
 _PRELOAD = ["torch", "torch._dynamo", "torch.distributed.fsdp", "torch.nn.parallel", "ssm_edu.distributed",
             "ssm_edu.lm", "ssm_edu.mamba2"]
 
+# run_ranks's processes run on CPU, with gloo, on every machine, and never see a GPU.
+# On a GPU machine a forked process cannot use CUDA once its parent has initialised
+# the CUDA driver, and torch.cuda.is_available() does that (cudaGetDeviceCount calls
+# cuInit; ssm_edu calls it at import, so the forkserver does too). PyTorch touches
+# CUDA even for CPU tensors where a GPU is visible (AdamW's step asks whether a CUDA
+# graph is being captured; FSDP2's default mesh is on the GPU): such a process fails
+# with "CUDA error: initialization error". With CUDA_VISIBLE_DEVICES empty from the
+# start, the driver finds no device in the forkserver and in every process of it.
+_HIDE_GPUS = {"CUDA_VISIBLE_DEVICES": ""}
+_FORKSERVER = {"pid": None}  # the forkserver this module started (with the GPUs hidden), once it has
+
+
+@contextlib.contextmanager
+def _environment(values):
+    """Set environment variables for what starts inside the block (child processes inherit them); then restore."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
 
 def _rank_main(rank, world, store_path, out_dir, fn, args, timeout):
     torch.set_num_threads(1)
@@ -456,14 +485,30 @@ def start_forkserver() -> bool:
 
     It imports torch and ssm_edu in the background (several seconds): called
     early, that overlaps with this process's own work. ``run_ranks`` calls it.
+    It starts with the GPUs hidden (``CUDA_VISIBLE_DEVICES=""``), so that its
+    processes run on CPU whatever the machine. False also when this process
+    already runs a forkserver that this module did not start (its imports
+    and environment are unknown): ``run_ranks`` then spawns its processes.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: run_ranks spawns instead
         return False
     from multiprocessing import forkserver
 
+    running = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if running is not None and running != _FORKSERVER["pid"]:
+        return False
     multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
-    forkserver.ensure_running()  # returns at once; the server imports _PRELOAD before it accepts a request
+    with _environment(_HIDE_GPUS):  # the server inherits the environment when it starts (or restarts) here
+        forkserver.ensure_running()  # returns at once; the server imports _PRELOAD before it accepts a request
+    _FORKSERVER["pid"] = getattr(forkserver._forkserver, "_forkserver_pid", None)
     return True
+
+
+def rank_environment() -> dict:
+    """What a process of ``run_ranks`` sees: its rank and backend, and no GPU (``default_device()`` is the CPU)."""
+    return {"rank": dist.get_rank(), "world": dist.get_world_size(), "backend": dist.get_backend(),
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "cuda available": torch.cuda.is_available(), "default device": str(default_device())}
 
 
 def run_ranks(fn, world: int, *args, timeout: float = 60.0) -> list:
@@ -478,13 +523,20 @@ def run_ranks(fn, world: int, *args, timeout: float = 60.0) -> list:
     seconds for everything: every collective times out, and a run that is
     still going at the deadline is killed and raises ``TimeoutError``.
     A rank that raises stops the others and re-raises its error here.
+    The processes see no GPU (``CUDA_VISIBLE_DEVICES=""``): they compute on
+    CPU on every machine, and a GPU machine gives the same results as a laptop.
     """
     import torch.multiprocessing as mp
 
     method = "forkserver" if start_forkserver() else "spawn"
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(_rank_main, args=(world, os.path.join(tmp, "store"), tmp, fn, args, timeout),
-                                 nprocs=world, join=False, start_method=method)
+        with _environment(_HIDE_GPUS):  # a spawned process (or a forkserver restarted here) inherits it
+            ctx = mp.start_processes(_rank_main, args=(world, os.path.join(tmp, "store"), tmp, fn, args, timeout),
+                                     nprocs=world, join=False, start_method=method)
+        if method == "forkserver":  # started (or restarted) here, with the GPUs hidden: it is this module's
+            from multiprocessing import forkserver
+
+            _FORKSERVER["pid"] = getattr(forkserver._forkserver, "_forkserver_pid", None)
         deadline = time.monotonic() + timeout
         try:
             while not ctx.join(timeout=max(0.01, deadline - time.monotonic())):
@@ -610,10 +662,13 @@ def check_training_step(mode="fsdp", seed=0, batch_per_rank=2, L=24, lr=1e-2) ->
     The reference trains a copy on the whole batch (every rank's rows) on
     this process; the distributed model sees only this rank's rows, and DDP
     or FSDP2 averages the gradients. In float64, so that the two must agree
-    to rounding. Returns the largest relative error over the parameters'
-    gradients and over the parameters after the step, and the bytes this
-    rank sent in forward and backward, measured and counted.
+    to rounding. On CPU, with gloo (FSDP2 is given a CPU device mesh: its
+    default is the GPU's wherever one is visible). Returns the largest
+    relative error over the parameters' gradients and over the parameters
+    after the step, and the bytes this rank sent in forward and backward,
+    measured and counted.
     """
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
@@ -645,9 +700,10 @@ def check_training_step(mode="fsdp", seed=0, batch_per_rank=2, L=24, lr=1e-2) ->
         model = DistributedDataParallel(model)
     elif mode == "fsdp":
         counted = fsdp_bytes(model, world, param_bytes=8, grad_bytes=8)
+        mesh = init_device_mesh("cpu", (world,))
         for block in model.blocks:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
     else:
         raise ValueError(f"check_training_step: mode must be 'ddp' or 'fsdp'; got {mode!r}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr)

@@ -21,7 +21,8 @@ import torch
 from ssm_edu import ssd
 from ssm_edu.distributed import _sp_problem  # the problem the multi-process checks use
 from ssm_edu.distributed import (check_sequence_parallel, check_training_step, ddp_bytes, exchange_states, fsdp_bytes,
-                                 rank_state_scan, run_ranks, ssd_sequence_parallel, ssd_sliced, split_lengths)
+                                 rank_environment, rank_state_scan, run_ranks, ssd_sequence_parallel, ssd_sliced,
+                                 split_lengths, start_forkserver)
 from ssm_edu.lm import SequenceModel
 from ssm_edu.mamba2 import mamba2_block
 from ssm_edu.numerics import rel_error
@@ -140,7 +141,34 @@ def test_fsdp_moves_one_and_a_half_times_ddp():
         assert fsdp_bytes(model, world, reshard_after_forward=False) / ddp_bytes(model, world) < 1.01
 
 
-# ---------------------------------------------------------------------- the harness never hangs
+# ---------------------------------------------------------------------- the harness: CPU only, never hangs
+
+
+def test_run_ranks_processes_see_no_gpu():
+    """The processes run on CPU with gloo on any machine: the GPUs are hidden before the forkserver starts.
+
+    On a GPU machine, a process forked from one that had called torch.cuda.is_available() (as importing
+    ssm_edu does) fails in AdamW's step or FSDP2's set-up with "CUDA error: initialization error".
+    This machine's own environment is left as it was.
+    """
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    results = run_ranks(rank_environment, 2, timeout=TIMEOUT)
+    assert [r["rank"] for r in results] == [0, 1]
+    for r in results:
+        assert r["backend"] == "gloo" and r["world"] == 2, r
+        assert r["CUDA_VISIBLE_DEVICES"] == "" and not r["cuda available"] and r["default device"] == "cpu", r
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
+
+
+def test_a_forkserver_started_elsewhere_is_not_used(monkeypatch):
+    """A forkserver this module did not start (GPUs perhaps visible, other imports) is left alone: run_ranks spawns."""
+    from multiprocessing import forkserver
+
+    assert start_forkserver()  # this module's own (run_ranks uses it)
+    monkeypatch.setattr(forkserver._forkserver, "_forkserver_pid", -1)  # as if another one were running
+    assert not start_forkserver()
+    monkeypatch.undo()
+    assert start_forkserver()
 
 
 def test_run_ranks_times_out():
