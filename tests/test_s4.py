@@ -89,6 +89,15 @@ def test_cauchy_triton_survives_huge_points():
     assert torch.all((out.cpu() - ref).abs() <= 1e-5 * ref.abs())  # every point, not just the large ones
 
 
+def test_cauchy_triton_takes_conjugate_views():
+    """x.conj() is a lazy view (a conjugate bit, no copy); the launcher's float32 view must see the conjugate."""
+    gen = torch.Generator().manual_seed(13)
+    v, w = (crandn(3, 6, gen=gen).to(torch.complex64).to(DEVICE) for _ in range(2))
+    z = crandn(9, gen=gen).to(torch.complex64).to(DEVICE)
+    ref = cauchy(*(x.conj().cpu().to(C128) for x in (v, z, w)), impl="naive")
+    assert rel_error(cauchy(v.conj(), z.conj(), w.conj(), impl="triton"), ref) < tolerance(torch.complex64)
+
+
 def test_cauchy_triton_rejects_complex128_and_auto_avoids_it():
     v = torch.ones(3, dtype=C128, device=DEVICE)
     with pytest.raises(ValueError, match="use impl='vectorized' for complex128"):
