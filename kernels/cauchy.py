@@ -91,9 +91,10 @@ def cauchy_fwd(v, z, w, block_l=None, block_n=None):
             raise ValueError(f"cauchy(impl='triton') supports complex64 only; got "
                              f"{name} {x.dtype} (use impl='vectorized' for complex128)")
     batch, N, L = v.shape[:-1], v.shape[-1], z.shape[0]
-    v2 = torch.view_as_real(v.reshape(-1, N).contiguous())  # (rows, N, 2) float32
-    w2 = torch.view_as_real(w.reshape(-1, N).contiguous())
-    z2 = torch.view_as_real(z.contiguous())  # (L, 2)
+    # float32 views (rows, N, 2) and (L, 2); a lazy x.conj() view must be resolved first
+    v2 = torch.view_as_real(v.reshape(-1, N).resolve_conj().contiguous())
+    w2 = torch.view_as_real(w.reshape(-1, N).resolve_conj().contiguous())
+    z2 = torch.view_as_real(z.resolve_conj().contiguous())
     rows = v2.shape[0]
     out = torch.empty(rows, L, dtype=torch.complex64, device=v.device)
     if rows == 0 or L == 0:

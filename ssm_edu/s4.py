@@ -357,7 +357,7 @@ class S4Layer(nn.Module):
         """
         Lam, P, B, Ct, dt = (x.to(torch.complex128) if x.is_complex() else x.double() for x in self.ssm())
         Ab, Bb = _bilinear(Lam, P, B, dt)
-        I = torch.eye(self.N, dtype=Ab.dtype)
+        I = torch.eye(self.N, dtype=Ab.dtype, device=Ab.device)
         C = torch.linalg.solve((I - torch.linalg.matrix_power(Ab, self.L_max)).mT, Ct.unsqueeze(-1)).squeeze(-1)
         return Ab, Bb, C
 
@@ -406,7 +406,7 @@ class S4Classifier(nn.Module):
         and the running prediction (batch, L, n_classes) after each step.
         """
         systems = [layer.recurrent_system() for layer in self.layers]
-        states = [torch.zeros(x.shape[0], l.H, l.N, dtype=torch.complex128) for l in self.layers]
+        states = [torch.zeros(x.shape[0], l.H, l.N, dtype=torch.complex128, device=x.device) for l in self.layers]
         feats, total, logits = [], 0, []
         for t in range(x.shape[1]):
             h = self.encoder(x[:, t])  # (batch, H)

@@ -89,6 +89,15 @@ def test_cauchy_triton_survives_huge_points():
     assert torch.all((out.cpu() - ref).abs() <= 1e-5 * ref.abs())  # every point, not just the large ones
 
 
+def test_cauchy_triton_takes_conjugate_views():
+    """x.conj() is a lazy view (a conjugate bit, no copy); the launcher's float32 view must see the conjugate."""
+    gen = torch.Generator().manual_seed(13)
+    v, w = (crandn(3, 6, gen=gen).to(torch.complex64).to(DEVICE) for _ in range(2))
+    z = crandn(9, gen=gen).to(torch.complex64).to(DEVICE)
+    ref = cauchy(*(x.conj().cpu().to(C128) for x in (v, z, w)), impl="naive")
+    assert rel_error(cauchy(v.conj(), z.conj(), w.conj(), impl="triton"), ref) < tolerance(torch.complex64)
+
+
 def test_cauchy_triton_rejects_complex128_and_auto_avoids_it():
     v = torch.ones(3, dtype=C128, device=DEVICE)
     with pytest.raises(ValueError, match="use impl='vectorized' for complex128"):
@@ -210,9 +219,10 @@ def test_s4_kernel_float32_at_small_dt_and_even_length():
     gen = torch.Generator().manual_seed(9)
     system = legs_system(2, 32, gen, dt=torch.tensor([1e-3, 1e-3], dtype=torch.float64))
     ref = s4_kernel(*system, 256, impl="naive")
-    low = [x.to(torch.complex64) for x in system[:4]] + [system[4].float()]
-    for impl in ("vectorized", "triton"):
-        assert rel_error(s4_kernel(*low, 256, impl=impl), ref) < 1e-4
+    low = [x.to(torch.complex64).to(DEVICE) for x in system[:4]] + [system[4].float().to(DEVICE)]
+    for impl in ("vectorized", "triton"):  # on the device: compiled Triton takes CUDA tensors only
+        K = s4_kernel(*low, 256, impl=impl)
+        assert K.device == DEVICE and rel_error(K.cpu(), ref) < 1e-4, impl
 
 
 @pytest.mark.parametrize("impl", ["naive", "vectorized"])
@@ -227,12 +237,12 @@ def test_s4_kernel_triton_is_differentiable():
     gen = torch.Generator().manual_seed(11)
     Lambda, P, B, C, dt = random_dplr(2, 4, gen)
     grads = {}
-    for impl in ("vectorized", "triton"):
-        args = [x.to(torch.complex64).requires_grad_() for x in (Lambda, P, B, C)]
-        (s4_kernel(*args, dt.float(), 16, impl=impl) ** 2).sum().backward()
-        grads[impl] = [a.grad for a in args]
+    for impl in ("vectorized", "triton"):  # leaves on the device (compiled Triton: CUDA tensors only)
+        args = [x.to(torch.complex64).to(DEVICE).requires_grad_() for x in (Lambda, P, B, C)]
+        (s4_kernel(*args, dt.float().to(DEVICE), 16, impl=impl) ** 2).sum().backward()
+        grads[impl] = [a.grad.cpu() for a in args]
     for a, b in zip(grads["triton"], grads["vectorized"]):
-        assert rel_error(a, b) < 1e-4
+        assert torch.isfinite(a).all() and rel_error(a, b) < 1e-4
 
 
 @pytest.mark.parametrize(
@@ -267,9 +277,11 @@ def test_layer_ctilde_parametrisation_gives_the_kernel_of_c():
 
 @pytest.mark.parametrize("L", [1, 17])
 def test_recurrent_mode_equals_convolution_mode(L):
+    """On the device: on a GPU the convolution goes through the Triton Cauchy kernel and the
+    recurrence (complex128) runs on the GPU too."""
     torch.manual_seed(0)
-    model = S4Classifier(1, 10, H=4, N=8, L_max=L, depth=2).eval()
-    x = torch.randn(3, L, 1)
+    model = S4Classifier(1, 10, H=4, N=8, L_max=L, depth=2).to(DEVICE).eval()
+    x = torch.randn(3, L, 1).to(DEVICE)
     with torch.no_grad():
         conv = model.features(x)
     rec, logits = model.stream(x)
@@ -331,8 +343,26 @@ def test_layer_kernel_is_the_kernel_of_its_own_system(init):
     torch.manual_seed(4)
     layer = S4Layer(H=3, N=8, L_max=40, init=init).to(DEVICE)
     K = layer.kernel(40).detach().cpu().double()
-    Ab, Bb, C = (x.cpu() for x in layer.recurrent_system())
+    system = layer.recurrent_system()
+    assert all(x.device == layer.Lambda.device for x in system)  # recurrent mode on the layer's device
+    Ab, Bb, C = (x.cpu() for x in system)
     assert rel_error(K, ssm_kernel(Ab, Bb, C, 40).real) < 1e-4
     y = layer(torch.randn(2, 3, 40, device=DEVICE))
     y.sum().backward()
     assert torch.isfinite(layer.Lambda.grad).all() and torch.isfinite(layer.Ct.grad).all()
+
+
+@pytest.mark.parametrize("init", DPLR_INITS)
+def test_layer_gradients_through_the_triton_cauchy_kernel(init):
+    """The layer's parameter gradients with the Triton Cauchy kernel (compiled on a GPU, the
+    interpreter on CPU) equal those of the vectorized path, at the layer's own Δ and L."""
+    torch.manual_seed(5)
+    layer = S4Layer(H=3, N=8, L_max=40, init=init).to(DEVICE)
+    grads = {}
+    for impl in ("vectorized", "triton"):
+        layer.zero_grad()
+        K = s4_generating_kernel(*layer.ssm(), 40, cauchy_impl=impl)  # (H, L) float32
+        (K * torch.linspace(-1, 1, 40, device=DEVICE)).sum().backward()
+        grads[impl] = {n: getattr(layer, n).grad.cpu() for n in ("log_dt", "Lambda", "P", "B", "Ct")}
+    for name, g in grads["triton"].items():
+        assert torch.isfinite(g).all() and rel_error(g, grads["vectorized"][name]) < 1e-4, name
