@@ -65,7 +65,11 @@ token. What a graph needs, and what ``Decoder`` provides:
 
 Where a graph cannot be made (no CUDA device, a block that replaces its
 cache, an operation that breaks the capture), ``Decoder`` runs the same
-step eagerly on the same buffers, and says why once (a warning).
+step eagerly on the same buffers, and says why once (a warning). A capture
+that fails is ended and undone first (``_capture_graph``): torch's own
+``torch.cuda.graph`` would leave the capture stream current, the graph's
+memory pool in use and, in torch 2.11 and earlier, the random number
+generator in capture mode.
 
 Timing (``decode_profile``, ``time_decoder``): the wall time of a decoding
 step with a cache as if T tokens had been processed (``filled_caches``,
@@ -438,7 +442,15 @@ class Decoder:
         self.token.copy_(self._sample(logits))
 
     def _capture(self, warmup: int) -> str | None:
-        """Capture ``_step`` in a CUDA graph; return None, or why it cannot be done."""
+        """Capture ``_step`` in a CUDA graph; return None, or why it cannot be done.
+
+        In this order: warm-up steps, eagerly, on a side stream (an eager step
+        that raises is a bug, not a reason to decode eagerly: it propagates);
+        the check that no block replaced a cache tensor; the capture
+        (``_capture_graph``, which leaves torch as it found it when the capture
+        fails); the check again. Whatever happens, the caches are reset
+        afterwards, since the warm-up steps have written them.
+        """
         if self.device.type != "cuda":
             if torch.cuda.is_available():
                 return f"the model is on the {self.device.type.upper()} (a CUDA graph needs it on a CUDA device)"
@@ -465,15 +477,12 @@ class Decoder:
                 why = moved()
                 if why:
                     return why
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self._step()
+                graph, why = _capture_graph(self._step, side)
+                if why:
+                    return why
                 why = moved()
                 if why:
                     return why
-        except Exception as err:  # anything that breaks the capture: say what, decode eagerly
-            first = (str(err).strip().splitlines() or [""])[0][:240]
-            return f"capture failed with {type(err).__name__}: {first}"
         finally:
             self.reset()
         self.graph = graph
@@ -550,6 +559,105 @@ class Decoder:
         self.reset()
         _fill_random(self.caches, context, torch.Generator(self.device).manual_seed(seed))
         self.position = context
+
+
+_FAILED_CAPTURES: list = []  # graphs whose capture failed, never destroyed (see _capture_graph)
+
+
+def _reason(err: BaseException) -> str:
+    first = (str(err).strip().splitlines() or [""])[0][:240]
+    return f"{type(err).__name__}: {first}"
+
+
+@contextlib.contextmanager
+def _host_syncs_raise():
+    """Make an operation that waits for the GPU (``.item()``, ``nonzero``, a blocking copy) raise before it
+    reaches CUDA: inside a capture it would otherwise invalidate the capture, and torch with it."""
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+def _capture_graph(fn, stream: torch.cuda.Stream) -> tuple:
+    """Capture ``fn()`` on ``stream`` in a new CUDA graph: (graph, None), or (None, why not).
+
+    ``torch.cuda.graph`` (the context manager) does the same, but when the
+    captured code fails it leaves torch in a state that breaks what comes
+    after. The code raises inside the capture (a host synchronisation is
+    made to raise before it reaches CUDA, ``_host_syncs_raise``; other
+    errors, a CUDA call that invalidates the capture, raise where they
+    happen); then ``capture_end`` raises too if CUDA invalidated the
+    capture, and torch stops halfway: the context manager's stream is never
+    restored (later work would run on the capture stream), the caching
+    allocator keeps routing allocations to the graph's memory pool, and in
+    torch 2.11 and earlier (2.13 keeps a generator's capture state per
+    capture) the default CUDA generator stays in capture mode: every later
+    random number on the device raises "Offset increment outside graph
+    capture encountered unexpectedly". Here the capture is always ended,
+    on our own stream context; if ending it failed, the pool is ended and
+    released and the generator's state replaced by a copy of itself (same
+    seed and offset, out of capture mode), and the device synchronised: the
+    eager steps that follow run as if no capture had been tried.
+    """
+    device = stream.device
+    graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+    torch.cuda.synchronize(device)  # as torch.cuda.graph: nothing pending, the cached memory free for the graph
+    torch.cuda.empty_cache()
+    why, began, ended = None, False, False
+    with torch.cuda.stream(stream):
+        try:
+            graph.capture_begin(pool=pool)
+            began = True
+            with _host_syncs_raise():
+                fn()
+        except Exception as err:  # noqa: BLE001 (anything that breaks the capture: say what, decode eagerly)
+            why = _reason(err)
+        finally:
+            if began or torch.cuda.is_current_stream_capturing():
+                try:
+                    graph.capture_end()  # an invalidated capture must be ended too
+                    ended = True
+                except Exception as err:  # noqa: BLE001
+                    why = why or _reason(err)
+    if why is None:
+        return graph, None
+    if not ended:
+        _undo_failed_capture(graph, pool, device)
+    torch.cuda.synchronize(device)
+    return None, f"capture failed with {why}"
+
+
+def _undo_failed_capture(graph, pool, device: torch.device) -> None:
+    """What torch leaves behind when a capture fails before ``capture_end`` has finished (see _capture_graph)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    ended_by_torch = False
+    if end is not None:
+        try:
+            end(index, pool)  # the allocator stops routing the capture stream's allocations to the pool
+        except RuntimeError:  # "not currently recording to mempool_id": capture_end got that far itself
+            ended_by_torch = True
+        else:  # capture_end stopped before it: the graph will never release its pool, so release it here
+            torch._C._cuda_releasePool(index, pool)
+    if not ended_by_torch:  # allocators may still hold callbacks that point at the graph: it must outlive them
+        _FAILED_CAPTURES.append(graph)
+    gen = torch.cuda.default_generators[index]
+    state = gen.get_state()
+    if not _draws(device):
+        gen.graphsafe_set_state(gen.clone_state())  # a fresh state object: same seed and offset, not capturing
+    gen.set_state(state)  # the probe's draw undone: the generator's stream is as before the capture
+
+
+def _draws(device: torch.device) -> bool:
+    """Whether the device's default generator can draw a random number (a failed capture can leave it unable)."""
+    try:
+        torch.empty(4, device=device).uniform_()
+        return True
+    except RuntimeError:
+        return False
 
 
 def _addresses_by_layer(addresses: list, n_layers: int) -> list:

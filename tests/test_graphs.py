@@ -8,6 +8,7 @@ same tokens for a seed, for every block type, in float32 and bfloat16, and
 a step that cannot be captured falls back to eager mode with its reason.
 """
 
+import contextlib
 import math
 import warnings
 
@@ -109,6 +110,85 @@ def test_a_replaced_cache_is_detected():
     before = inference._addresses(caches)
     caches[0]["length"] = 4  # host-side state: a graph cannot advance it
     assert inference._addresses(caches) != before
+
+
+class _FakeCuda:
+    """Just enough of torch.cuda for inference._capture_graph on a CPU, recording the calls (a test below)."""
+
+    def __init__(self, monkeypatch, step_raises, end_raises, generator_stuck):
+        self.calls, self.capturing, self.end_raises = [], False, end_raises
+        this = self
+
+        class Graph:
+            def capture_begin(self, pool=None):
+                this.calls.append("capture_begin")
+                this.capturing = True
+
+            def capture_end(self):
+                this.calls.append("capture_end")
+                this.capturing = False
+                if this.end_raises:
+                    raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+        class Generator:
+            def get_state(self):
+                return "state"
+
+            def set_state(self, state):
+                this.calls.append(f"set_state {state}")
+
+            def clone_state(self):
+                return "copy"
+
+            def graphsafe_set_state(self, state):
+                this.calls.append(f"graphsafe_set_state {state}")
+
+        @contextlib.contextmanager
+        def stream(s):
+            this.calls.append("stream on")
+            yield
+            this.calls.append("stream off")
+
+        def sync_mode(mode):
+            this.calls.append(f"sync mode {mode}")
+
+        for name, value in dict(CUDAGraph=Graph, graph_pool_handle=lambda: (0, 7), stream=stream,
+                                synchronize=lambda device=None: this.calls.append("synchronize"),
+                                empty_cache=lambda: None, get_sync_debug_mode=lambda: 0,
+                                set_sync_debug_mode=sync_mode, is_current_stream_capturing=lambda: this.capturing,
+                                default_generators=(Generator(),)).items():
+            monkeypatch.setattr(torch.cuda, name, value, raising=False)
+        monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", lambda i, p: self.calls.append(f"end pool {p}"),
+                            raising=False)
+        monkeypatch.setattr(torch._C, "_cuda_releasePool", lambda i, p: self.calls.append(f"release pool {p}"),
+                            raising=False)
+        monkeypatch.setattr(inference, "_draws", lambda device: not generator_stuck)
+        monkeypatch.setattr(inference, "_FAILED_CAPTURES", [])
+
+        def step():
+            this.calls.append("step")
+            if step_raises:
+                raise RuntimeError("called a synchronizing CUDA operation")
+
+        self.step = step
+
+
+@pytest.mark.parametrize("end_raises", [False, True])
+def test_a_failed_capture_is_ended_and_undone(monkeypatch, end_raises):
+    """The clean-up after a capture that fails, on a CPU with torch.cuda faked: the capture ended, on a stream
+    context that is left; where capture_end failed (an invalidated capture), the graph's pool ended and released,
+    the graph kept, the generator's state replaced if it cannot draw and set back; the device synchronised."""
+    fake = _FakeCuda(monkeypatch, step_raises=True, end_raises=end_raises, generator_stuck=True)
+    stream = type("Stream", (), {"device": torch.device("cuda", 0)})()
+    graph, why = inference._capture_graph(fake.step, stream)
+    assert graph is None and why == "capture failed with RuntimeError: called a synchronizing CUDA operation"
+    undo = ["end pool (0, 7)", "release pool (0, 7)", "graphsafe_set_state copy", "set_state state"]
+    assert fake.calls == (["synchronize", "stream on", "capture_begin", "sync mode error", "step", "sync mode 0",
+                           "capture_end", "stream off"] + (undo if end_raises else []) + ["synchronize"])
+    assert len(inference._FAILED_CAPTURES) == end_raises
+    fake = _FakeCuda(monkeypatch, step_raises=False, end_raises=False, generator_stuck=False)
+    graph, why = inference._capture_graph(fake.step, stream)
+    assert why is None and graph is not None and fake.calls[-2:] == ["capture_end", "stream off"]
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -320,14 +400,23 @@ class _Replaces(_Syncs):
 @gpu_only
 @pytest.mark.parametrize("block, why", [(_Syncs, "capture failed"), (_Replaces, "replaces its cache")])
 def test_a_step_that_cannot_be_captured_falls_back(block, why, quiet):
+    """The fallback, said once, and torch left as it was: the same current stream, no capture underway, the
+    default generator where it was and able to draw (after torch.cuda.graph's failed capture, torch 2.11
+    raised on every later random number), and the next capture works."""
     model = SequenceModel(17, 16, 2, block).cuda().eval()
+    stream, rng = torch.cuda.current_stream(), torch.cuda.get_rng_state()
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         dec = Decoder(model, batch=2, capacity=8)
     ours = [str(w.message) for w in said if "ssm_edu.inference.Decoder" in str(w.message)]
     assert not dec.graphed and why in dec.why_eager
     assert len(ours) == 1 and why in ours[0]
+    assert torch.cuda.current_stream() == stream and not torch.cuda.is_current_stream_capturing()
+    assert torch.equal(torch.cuda.get_rng_state(), rng)
     prompt = torch.randint(0, 17, (2, 3), device="cuda")
     assert torch.equal(dec.generate(prompt, 4), Decoder(model, batch=2, capacity=8, graph=False).generate(prompt, 4))
     with pytest.raises(RuntimeError, match=why):
         Decoder(model, batch=2, capacity=8, graph=True)
+    good = _model("Mamba-2", torch.float32, device="cuda", impl="auto", d=64, layers=2)
+    graphed, eager = (Decoder(good, batch=2, capacity=16, graph=g) for g in (True, False))
+    assert torch.equal(graphed.generate(prompt, 6), eager.generate(prompt, 6))
