@@ -1027,8 +1027,12 @@ def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2
         meta = dict(BLOCK_D=block_d or max(1, 32 // tn) * w, BLOCK_N=BN, BLOCK_L=block_l or 8)
         extra = dict(num_warps=w)
     if variant in ("rows", "nsplit"):
+        fits = L % meta["BLOCK_L"] == 0 and Dg % meta["BLOCK_D"] == 0 and BN == N
         if even is None:
-            even = L % meta["BLOCK_L"] == 0 and Dg % meta["BLOCK_D"] == 0 and BN == N
+            even = fits
+        elif even and not fits:  # the mask-free kernel would read and write past L and D
+            raise ValueError(f"even=True needs L % BLOCK_L == 0, (D / G) % BLOCK_D == 0 and N a power of 2; got "
+                             f"L={L}, BLOCK_L={meta['BLOCK_L']}, D/G={Dg}, BLOCK_D={meta['BLOCK_D']}, N={N}")
         meta.update(EVEN=bool(even), PREFETCH=int(prefetch or 0))
         if variant == "nsplit":
             meta.update(TN=tn, PREFETCH=int(1 if prefetch is None else prefetch))
