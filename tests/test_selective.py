@@ -260,7 +260,11 @@ def triton_next_pow2(n):
 
 
 def test_fast_math_polynomials():
-    """The kernel's FMA-only 2^x (x < -126 gives 0) and log-free softplus against float64 (stated bounds)."""
+    """The kernel's FMA-only 2^x (x < -126 gives 0) and log-free softplus against float64 (stated bounds).
+
+    Compiled, softplus' w = e^-|x| comes from ex2.approx of the product -|x| log2 e rounded to float32: up to
+    7.3e-8 |x| more relative error in w, which is softplus' relative error for x << 0 (1.7e-6 predicted at
+    x = -27.6); the interpreter's exp is exact to half an ulp there."""
     from ssm_edu.kernels.selective import fast_math
 
     x = torch.cat([torch.linspace(-140.0, 0.0, 20011), torch.linspace(-1.0, 1.0, 4001), torch.tensor([0.0, -126.0])])
@@ -273,8 +277,9 @@ def test_fast_math_polynomials():
     x = torch.cat([torch.linspace(-30.0, 30.0, 24001), torch.tensor([-1e-6, 0.0, 1e-6, 80.0])])
     _, sp = fast_math(x.to(DEVICE))
     ref = torch.nn.functional.softplus(x.double())
-    rel = ((sp.cpu().double() - ref) / ref).abs().max().item()
-    assert rel < 5e-7, rel
+    rel = ((sp.cpu().double() - ref) / ref).abs()
+    bound = 5e-7 + 1.4e-7 * (-x.double()).clamp(min=0)  # the series and rounding; exp's argument (compiled)
+    assert (rel < bound).all(), (rel.max().item(), x[(rel / bound).argmax()].item())
 
 
 def test_selective_scan_triton_bad_variant():
