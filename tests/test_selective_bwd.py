@@ -121,7 +121,7 @@ def test_autograd_only_the_inputs_that_need_it():
 
 @pytest.mark.skipif(not ON_GPU, reason="long sequences and bfloat16 arithmetic need a GPU")
 @pytest.mark.parametrize("case", [(2, 64, 1000, 16, None), (1, 96, 2053, 16, 3), (1, 40, 300, 64, 2)], ids=str)
-@pytest.mark.parametrize("bwd", [dict(), dict(tn=8, num_warps=2)], ids=str)
+@pytest.mark.parametrize("bwd", [dict(), dict(tn=8, num_warps=1)], ids=str)
 def test_backward_long_sequences(case, bwd):
     args = inputs(*case, dtype=torch.float32, seed=6)
     ref = reference_grads(args)
