@@ -19,7 +19,9 @@ rcp, lg2), FFMA, shuffles, shared loads/stores and barriers; per (b, d, t, n) el
 MUFU operations; the issue-bound time (528 schedulers at 1.755 GHz), the MUFU-bound time (16 lanes per SM)
 and a predicted time (the larger, times the measured / issue ratio of 2026-11-28: 1.30 at up to 8 warps per
 SM, 1.2 at up to 16). The table in kernels/selective.py's docstring came from this script under Triton 3.6;
-other Triton versions compile differently.
+other Triton versions compile differently. The prediction assumes a loop that issues as the forward's does:
+the backward's default took about 9 times its issue-bound time on the H100 (2026-12-07), a loop that waits on
+its barriers and shared-memory round trips (benchmarks/notes/selective.md), so its column is a floor there.
 """
 import argparse
 import inspect
@@ -99,7 +101,7 @@ def compile_bwd(knobs, shape=SHAPE):
     """The backward kernel as ``compile_fwd`` compiles the forward: knobs of ``selective._bwd_blocks`` (``tn``,
     ``num_warps``, ``block_d``) and the forward's checkpoint spacing ``block_l`` (8 by default)."""
     meta, extra = selective._bwd_blocks(shape["D"], shape["N"], knobs.get("block_l", 8), knobs.get("tn"),
-                                        knobs.get("num_warps"), knobs.get("block_d"), knobs.get("share"), knobs.get("rs"))
+                                        knobs.get("num_warps"), knobs.get("block_d"), knobs.get("share"))
     ce = dict(meta, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_GLAST=False)
     return _compile(selective._selective_scan_bwd, ce, BWD_POINTERS, extra["num_warps"], shape)
 
@@ -214,10 +216,9 @@ BWD_CONFIGS = [  # (label, knobs of selective_scan_bwd), as in benchmarks/sweep_
     ("bwd tn4 w4 (the default)", {}),
     ("bwd tn4 w2", dict(tn=4, num_warps=2)),
     ("bwd tn4 w1", dict(tn=4, num_warps=1)),
-    ("bwd rs tn4 w4", dict(rs=True)),
-    ("bwd rs tn4 w2", dict(rs=True, num_warps=2)),
-    ("bwd rs tn4 w1", dict(rs=True, num_warps=1)),
-    ("bwd rs tn8 w2", dict(rs=True, tn=8, num_warps=2)),
+    ("bwd tn8 w4", dict(tn=8, num_warps=4)),
+    ("bwd tn8 w2", dict(tn=8, num_warps=2)),
+    ("bwd tn8 w1", dict(tn=8, num_warps=1)),
     ("bwd tn4 w4 share0", dict(share=0)),
 ]
 

@@ -13,7 +13,7 @@ the CUDA rows say "missing", and SS_BUILD_PEER=1 builds it first, about 3 minute
 2. at B8 D4096 L2048, B8 D2048 L8192 and B1 D1024 L65536: the default and the best forward of step 1, the CUDA
    forward, forward plus backward of ours and CUDA's (B1: also the forward without sequence segments);
 3. at the goal shape: the remaining forward variants, every rung of chapter 7's ladder (``RUNGS``), the
-   backward kernel's knobs (threads along N, warps, the reduce-scatter ``rs``).
+   backward kernel's knobs (threads along N, warps).
 
 Every config is checked before it is timed: the forward's y against the chunked PyTorch form in float32 on the
 same bf16 inputs (relative error < 2e-2; configs marked * also in float32 at (1, 256, 512) against float64,
@@ -95,10 +95,9 @@ BWD = [  # (label, knobs of selective_scan_bwd): forward plus backward at the go
     ("bwd tn4 w4 (default)", {}),
     ("bwd tn4 w2", dict(tn=4, num_warps=2)),
     ("bwd tn4 w1", dict(tn=4, num_warps=1)),
-    ("bwd rs tn4 w4", dict(rs=True)),
-    ("bwd rs tn4 w2", dict(rs=True, num_warps=2)),
-    ("bwd rs tn4 w1", dict(rs=True, num_warps=1)),
-    ("bwd rs tn8 w2", dict(rs=True, tn=8, num_warps=2)),
+    ("bwd tn8 w4", dict(tn=8, num_warps=4)),
+    ("bwd tn8 w2", dict(tn=8, num_warps=2)),
+    ("bwd tn8 w1", dict(tn=8, num_warps=1)),
     ("bwd tn4 w4 share0", dict(share=0)),
 ]
 

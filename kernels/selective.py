@@ -83,7 +83,8 @@ Knobs of "nsplit" towards the goal (not yet timed; the default does not use them
   (A pre-pass writing softplus(Δ + bias) and Δ u to memory would cost about 270 MB more traffic,
   ~85 us, against ~20-40 us of instructions it saves: not built.)
 * ``softplus_poly``: log1p(w) = 2 atanh(w / (2 + w)), a degree-6 odd series: one exp2 and one division,
-  no logf (libdevice, ~20 instructions); relative error below 5e-7 (3.0e-7 measured in the interpreter).
+  no logf (libdevice, ~20 instructions); relative error below 5e-7 (3.0e-7 measured in the interpreter),
+  plus up to 1.4e-7 |x| for x < 0 on a GPU, where exp's argument is rounded (as in ``_softplus``).
 * ``exp_poly`` k: 2^x of every k-th mode (1: all) by ``_exp2_poly`` on the FMA units (Cody-Waite:
   2^round(x) by an integer add on the bits, a degree-6 minimax polynomial for the fraction; 13
   instructions in place of one MUFU.EX2); relative error below 2e-7 (9.7e-8 measured), 0 below 2^-126.
@@ -147,13 +148,15 @@ channel along N (4 by default), NPT modes and the block's steps in each thread's
   per (d, t) on (BLOCK_D, BLOCK_L) tiles (``share`` 1).
 
 Offline sm_90 compile (Triton 3.7.1; ``benchmarks/compile_selective.py --bwd``): 255 registers, no spills,
-about 40-50 lane-instructions per element, of which the sums over the channel lanes for dB and dC are the
-largest part (6 shuffles and 6 adds per element by ``tl.sum``'s butterfly). Knob ``rs``: a reduce-scatter
-instead (``_reduce_scatter``: each round a lane keeps half of its steps and receives the other half's sums
-from its partner, shfl.sync.bfly by inline assembly): 3.6 instead of 7.9 shuffles and 40 instead of 49
-instructions per element (4 and 2 warps). The lane that holds each channel bit is found and checked at run
-time in the compiled layout; a layout that does not match writes NaN rather than a wrong sum. Floor of
-forward plus backward at the goal shape: 256 us (benchmarks/selective.py); not yet measured.
+about 50 lane-instructions per element, of which the sums over the channel lanes for dB and dC are the
+largest part (6 shuffles and 6 adds per element by ``tl.sum``'s butterfly). Measured on an H100 (torch 2.11,
+Triton 3.6, 2026-12-07), forward plus backward at the goal shape: 8.5 ms (mamba_ssm's CUDA: 3.0 ms; floor
+256 us), about 9 times the backward's issue-bound time: the kernel waits rather than issues. Its main loop
+has 29 barriers and 17 layout conversions through shared memory per block of 8 steps, and 255 registers
+leave two warps per scheduler to hide them (benchmarks/notes/selective.md: the analysis, and the knobs to
+time next). A reduce-scatter of dB and dC by inline-assembly shuffles was tried and removed: which lane holds
+which channel depends on the layout Triton picks for each tensor, and its run-time check saw another layout
+than the data's.
 
 Precision. Inputs float32, bfloat16 or float16 (mixed is fine: A, D and
 delta_bias are usually float32); all arithmetic in float32. In Triton's CPU
@@ -205,9 +208,14 @@ def _softplus_poly(x):
     2 atanh(f) = 2 f (1 + f^2/3 + f^4/5 + ... + f^12/13) + R with 0 <= R / log1p(w) <= (1/9)^7 / 15 * 9/8 < 1.7e-8.
     Rounding (float32): w from ex2.approx (2 ulp), the division (div.full, 2 ulp), Horner and the last products
     (~3 ulp), and log1p(w)'s condition number w / ((1 + w) log1p(w)) <= 1: relative error of the log1p term
-    below 8 ulp = 4.8e-7, hence of softplus(x) = max(x, 0) + log1p (both terms >= 0) too. Checked against
-    float64 in tests/test_selective.py (max relative error over [-30, 30]). One exp2 and one reciprocal
-    (MUFU) and ~8 FMA, where _softplus adds libdevice's logf (~20 instructions) and a second division.
+    below 8 ulp = 4.8e-7, hence of softplus(x) = max(x, 0) + log1p (both terms >= 0) too, plus, compiled,
+    the error of w's argument: tl.exp(v) is ex2.approx(v * log2 e), the product rounded to float32 (half an
+    ulp: 2^-24 |x| log2 e) with log2 e itself rounded (1.9e-8 |x|), so w is off by up to ln 2 times that,
+    7.3e-8 |x| relative, and so is softplus for x << 0 (there softplus ~ w). The bound tested:
+    5e-7 + 1.4e-7 max(-x, 0) (1.7e-6 predicted at x = -27.6 by a float32 emulation of the PTX; 3.0e-7
+    measured in the interpreter, whose exp is exact). Checked against float64 in tests/test_selective.py over
+    [-30, 30]. _softplus (tl.exp and tl.log) has the same argument error. One exp2 and one reciprocal (MUFU)
+    and ~8 FMA, where _softplus adds libdevice's logf (~20 instructions) and a second division.
     """
     w = tl.exp(-tl.abs(x))
     f = w / (2.0 + w)
@@ -647,7 +655,8 @@ def _selective_scan_fwd(
 @triton.jit
 def _softplus_sigmoid(x):
     """(softplus(x), sigmoid(x)) from one exp2: w = e^-|x|, σ(x) = 1 / (1 + w) for x >= 0, w / (1 + w) below,
-    softplus(x) = max(x, 0) + log1p(w) by the log-free series of ``_softplus_poly`` (relative error < 5e-7)."""
+    softplus(x) = max(x, 0) + log1p(w) by the log-free series of ``_softplus_poly`` (relative error below
+    5e-7 + 1.4e-7 max(-x, 0) compiled: see there)."""
     w = tl.exp(-tl.abs(x))
     q = 1.0 / (1.0 + w)
     f = w / (2.0 + w)
@@ -659,66 +668,6 @@ def _softplus_sigmoid(x):
     p = p * f2 + 0.3333333333333333
     p = p * f2 + 1.0
     return tl.maximum(x, 0.0) + 2.0 * f * p, tl.where(x >= 0.0, q, w * q)
-
-
-@triton.jit
-def _bfly_asm(x, lane_mask):
-    """The value of x in lane (this lane xor lane_mask): one shfl.sync.bfly per register (compiled only)."""
-    if x.dtype == tl.int32:
-        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=r,r,r", [x, lane_mask],
-                                         dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=f,f,r", [x, lane_mask],
-                                         dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _partner(x, M: tl.constexpr, lane_mask, ASM: tl.constexpr):
-    """x (NPT, BLOCK_D, TN, T) with each channel's values replaced by those of channel d xor M (M a power of 2).
-
-    Compiled (ASM): channel d xor M sits in lane (this lane xor lane_mask) (found and checked by the caller),
-    one shuffle per register. In the interpreter (no inline assembly): a permutation of the channel axis.
-    """
-    if ASM:
-        return _bfly_asm(x, lane_mask)
-    else:
-        A: tl.constexpr = x.shape[0]
-        BD: tl.constexpr = x.shape[1]
-        Bq: tl.constexpr = x.shape[2]
-        TC: tl.constexpr = x.shape[3]
-        y = tl.permute(tl.reshape(x, (A, BD // (2 * M), 2, M, Bq, TC)), (0, 1, 3, 4, 5, 2))  # the pair axis last
-        lo, hi = tl.split(y)
-        y = tl.permute(tl.join(hi, lo), (0, 1, 5, 2, 3, 4))
-        return tl.reshape(y, (A, BD, Bq, TC))
-
-
-@triton.jit
-def _halves(x):
-    """x (..., T) -> its first and second halves along the last axis (register renaming where T is in-thread)."""
-    A: tl.constexpr = x.shape[0]
-    Bq: tl.constexpr = x.shape[1]
-    BD: tl.constexpr = x.shape[2]
-    TC: tl.constexpr = x.shape[3]
-    return tl.split(tl.permute(tl.reshape(x, (A, Bq, BD, 2, TC // 2)), (0, 1, 2, 4, 3)))
-
-
-@triton.jit
-def _reduce_scatter(x, dl, lane0, ROUNDS: tl.constexpr, ASM: tl.constexpr):
-    """Σ of x (NPT, BLOCK_D, TN, T) over each group of 2^ROUNDS consecutive channels, scattered over them:
-    returns (NPT, BLOCK_D, TN, T / 2^ROUNDS); channel d of a group holds the sums for the steps of chunk
-    d mod 2^ROUNDS (chunks of T / 2^ROUNDS steps). dl (1, BLOCK_D, 1, 1): the channel within the block; lane0:
-    the lane mask that flips bit 0 of the channel (compiled; the higher bits are the next lane bits).
-
-    Round M = 2^(ROUNDS-1), ..., 1: each channel keeps one half of its steps and receives the other channel's
-    (d xor M) sums for that half: T / 2 + T / 4 + ... shuffles per (mode, channel), where a butterfly sum
-    (tl.sum over lanes) takes T ROUNDS and leaves every lane with every sum.
-    """
-    for r in tl.static_range(ROUNDS):
-        lo, hi = _halves(x)
-        up = (dl & ((1 << ROUNDS) >> (r + 1))) != 0
-        x = tl.where(up, hi, lo) + _partner(tl.where(up, lo, hi), (1 << ROUNDS) >> (r + 1),
-                                            lane0 * ((1 << ROUNDS) >> (r + 1)), ASM)
-    return x
 
 
 @triton.jit
@@ -765,7 +714,7 @@ def _selective_scan_bwd(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GLAST: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, TN: tl.constexpr,
-    SHARE: tl.constexpr = 1, RS: tl.constexpr = 0, ASM: tl.constexpr = False,
+    SHARE: tl.constexpr = 1,
 ):
     # Mode tiles (NPT, BLOCK_D, TN, BLOCK_L): mode n = j NPT + i at [i, :, j], TN threads per channel along N
     # (the axis before the steps, so that a warp's lanes go to it first and the warps to the channels), NPT
@@ -781,7 +730,6 @@ def _selective_scan_bwd(
     i4 = tl.arange(0, NPT)[:, None, None, None]
     j4 = tl.arange(0, TN)[None, None, :, None]
     n4 = j4 * NPT + i4  # (NPT, 1, TN, 1)
-    dl4 = tl.arange(0, BLOCK_D)[None, :, None, None]  # the channel within the block
     dg = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = dg < Dg
     d = (g * Dg + dg).to(tl.int64)
@@ -835,30 +783,8 @@ def _selective_scan_bwd(
     pdt = delta_ptr + b64 * s_db + dS * s_dd + tS * s_dl
     pz = z_ptr + b64 * s_zb + dS * s_zd + tS * s_zl
     out = (b64 * Dtot + dS) * L + tS  # gy, du, ddelta, dz: contiguous (batch, D, L)
-    # partial sums over each program's channels: dB, dC (batch, G, n_dblocks, N, L). With RS, the sums over each
-    # 2^RS channels of a warp are reduce-scattered across their lanes (``_reduce_scatter``), and then summed over
-    # the block's groups (across warps: 1 / 2^RS of the values)
+    # partial sums over each program's channels: dB, dC (batch, G, n_dblocks, N, L), summed by the launcher
     part = ((b64 * G + g) * tl.num_programs(0) + pid_d) * N
-    if RS > 0:
-        CH: tl.constexpr = BLOCK_L >> RS  # steps per channel after the scatter
-        GRP: tl.constexpr = BLOCK_D >> RS  # channel groups in a block
-        # (NPT, 2^RS, TN, CH) after the sum over the groups: mode and step
-        n5 = tl.arange(0, TN)[None, None, :, None] * NPT + tl.arange(0, NPT)[:, None, None, None]
-        t5 = tl.arange(0, 1 << RS)[None, :, None, None] * CH + tl.arange(0, CH)[None, None, None, :]
-        rs_ok = True
-        lane0 = 1
-        if ASM:  # which lane bit holds bit 0 of the channel in this compiled layout, and do bits 1.. follow it?
-            idx = ((i4 * BLOCK_D + dl4) * TN + j4) * BLOCK_L + t4  # (NPT, BLOCK_D, TN, BLOCK_L), distinct
-            n_el: tl.constexpr = NPT * BLOCK_D * TN * BLOCK_L
-            lane0 = 0
-            for sh in tl.static_range(5):
-                moved = (_bfly_asm(idx, 1 << sh) == (idx ^ (TN * BLOCK_L))).to(tl.int32)
-                hit = tl.min(tl.reshape(moved, (n_el,)), axis=0) == 1
-                lane0 = tl.where(hit & (lane0 == 0), 1 << sh, lane0)
-            rs_ok = lane0 > 0
-            for q in tl.static_range(1, RS):
-                moved = (_bfly_asm(idx, lane0 << q) == (idx ^ ((1 << q) * TN * BLOCK_L))).to(tl.int32)
-                rs_ok = rs_ok & (tl.min(tl.reshape(moved, (n_el,)), axis=0) == 1)
     for kk in range(0, n_blocks):
         k = n_blocks - 1 - kk
         start = k * BLOCK_L
@@ -899,24 +825,12 @@ def _selective_scan_bwd(
             gh = tl.where(t4 == s, g_s[:, :, :, None], gh)
             r = _column(a, t4 == s) * g_s  # a_s g_s, what enters step s - 1
         # sums over the channels: dB_t = Σ_d g_t Δ_t x_t, dC_t = Σ_d gy_t h_t
-        if RS > 0:
-            sB = _reduce_scatter(gh * dtu4, dl4, lane0, RS, ASM)  # (NPT, BLOCK_D, TN, CH)
-            sC = _reduce_scatter(h * gy4, dl4, lane0, RS, ASM)
-            # channel d of a group holds chunk d mod 2^RS: (NPT, GRP, 2^RS, TN, CH), summed over the groups
-            sB = tl.sum(tl.reshape(sB, (NPT, GRP, 1 << RS, TN, CH)), axis=1)
-            sC = tl.sum(tl.reshape(sC, (NPT, GRP, 1 << RS, TN, CH)), axis=1)
-            off = (part + n5) * L + start + t5  # (NPT, 2^RS, TN, CH)
-            ok = (n5 < N) & (start + t5 < L)
-            # rs_ok False (a compiled layout that puts channel d xor M elsewhere): NaN, never a silent wrong sum
-            tl.store(dB_ptr + off, tl.where(rs_ok, sB, float("nan")), mask=ok)
-            tl.store(dC_ptr + off, tl.where(rs_ok, sC, float("nan")), mask=ok)
-        else:
-            t3 = start + tl.arange(0, BLOCK_L)[None, None, :]
-            nj3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
-            nt = (part + nj3) * L + t3  # (NPT, TN, BLOCK_L)
-            nt_ok = (nj3 < N) & (t3 < L)
-            tl.store(dB_ptr + nt, tl.sum(gh * dtu4, axis=1), mask=nt_ok)
-            tl.store(dC_ptr + nt, tl.sum(h * gy4, axis=1), mask=nt_ok)
+        t3 = start + tl.arange(0, BLOCK_L)[None, None, :]
+        nj3 = tl.arange(0, TN)[None, :, None] * NPT + tl.arange(0, NPT)[:, None, None]  # (NPT, TN, 1)
+        nt = (part + nj3) * L + t3  # (NPT, TN, BLOCK_L)
+        nt_ok = (nj3 < N) & (t3 < L)
+        tl.store(dB_ptr + nt, tl.sum(gh * dtu4, axis=1), mask=nt_ok)
+        tl.store(dC_ptr + nt, tl.sum(h * gy4, axis=1), mask=nt_ok)
         dlog = gh * (h - bx)  # dLoss/d(Δ_t A) = g_t a_t h_{t-1}
         dA_acc += tl.sum(dlog * dt4, axis=3)
         # sums over the modes, back per (d, t)
@@ -1027,8 +941,12 @@ def _blocks(Dg, N, L, training, variant, block_d, block_l, num_warps, itemsize=2
         meta = dict(BLOCK_D=block_d or max(1, 32 // tn) * w, BLOCK_N=BN, BLOCK_L=block_l or 8)
         extra = dict(num_warps=w)
     if variant in ("rows", "nsplit"):
+        fits = L % meta["BLOCK_L"] == 0 and Dg % meta["BLOCK_D"] == 0 and BN == N
         if even is None:
-            even = L % meta["BLOCK_L"] == 0 and Dg % meta["BLOCK_D"] == 0 and BN == N
+            even = fits
+        elif even and not fits:  # the mask-free kernel would read and write past L and D
+            raise ValueError(f"even=True needs L % BLOCK_L == 0, (D / G) % BLOCK_D == 0 and N a power of 2; got "
+                             f"L={L}, BLOCK_L={meta['BLOCK_L']}, D/G={Dg}, BLOCK_D={meta['BLOCK_D']}, N={N}")
         meta.update(EVEN=bool(even), PREFETCH=int(prefetch or 0))
         if variant == "nsplit":
             meta.update(TN=tn, PREFETCH=int(1 if prefetch is None else prefetch))
@@ -1141,13 +1059,11 @@ def _segments(segments, variant, warps, L, block_l):
     return max(1, min(next_pow2(-(-8 * sms // warps)), L // 512))
 
 
-def _bwd_blocks(Dg, N, block_l, tn=None, num_warps=None, block_d=None, share=None, rs=None):
+def _bwd_blocks(Dg, N, block_l, tn=None, num_warps=None, block_d=None, share=None):
     """The backward pass's meta-parameters -> (meta, launch options). BLOCK_L is the forward's (its checkpoint
     spacing); ``tn`` threads per channel along N (default: 4 modes per thread), ``num_warps`` warps per program
     along D (BLOCK_D = 32 num_warps / tn channels), ``share`` 1 (default): the per-(d, t) work once per (d, t),
-    0: by each of the TN threads of a channel; ``rs`` True: dB, dC summed over a warp's channels by a
-    reduce-scatter (``_reduce_scatter``) instead of tl.sum's butterfly, over as many channel lanes as there are
-    steps in a block (2^RS <= BLOCK_L)."""
+    0: by each of the TN threads of a channel."""
     BN = next_pow2(N)
     tn = min(tn or max(1, min(BN // 4, 32)), BN)
     share = 1 if share is None else int(share)
@@ -1155,19 +1071,15 @@ def _bwd_blocks(Dg, N, block_l, tn=None, num_warps=None, block_d=None, share=Non
         bd = block_d or min(next_pow2(Dg), 4)
         meta = dict(BLOCK_D=bd, BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share)
         extra = {}
-        lanes = bd  # emulated: as if the block's channels sat in lanes
     else:
         w = num_warps or 4
         meta = dict(BLOCK_D=block_d or max(1, 32 // tn) * w, BLOCK_N=BN, BLOCK_L=block_l, TN=tn, SHARE=share)
         extra = dict(num_warps=w)
-        lanes = min(max(1, 32 // tn), meta["BLOCK_D"])  # channel lanes in a warp
-    if rs:
-        meta.update(RS=max(0, min(lanes, block_l).bit_length() - 1), ASM=not interpreting())
     return meta, extra
 
 
 def selective_scan_bwd(gy, glast, ck, meta, u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                       delta_softplus=False, tn=None, num_warps=None, block_d=None, share=None, rs=None):
+                       delta_softplus=False, tn=None, num_warps=None, block_d=None, share=None):
     """Launch the backward kernel -> gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
 
     gy (b, D, L) is dLoss/dy, glast (b, D, N) or None is dLoss/d last_state;
@@ -1183,7 +1095,7 @@ def selective_scan_bwd(gy, glast, ck, meta, u, delta, A, B, C, D=None, z=None, d
     has_d, has_bias = D is not None, delta_bias is not None
     Bv, Cv, G, A2, Dc, biasc, strides = _prepare(u, delta, A, B, C, D, z, delta_bias)
     Dg = Dtot // G
-    bmeta, extra = _bwd_blocks(Dg, N, meta["BLOCK_L"], tn, num_warps, block_d, share, rs)
+    bmeta, extra = _bwd_blocks(Dg, N, meta["BLOCK_L"], tn, num_warps, block_d, share)
     n_dblocks = triton.cdiv(Dg, bmeta["BLOCK_D"])
     f32 = dict(device=u.device, dtype=torch.float32)
     du = torch.empty(batch, Dtot, L, device=u.device, dtype=dtypes[0])

@@ -90,13 +90,18 @@ def test_forward_is_mamba3_of_its_inputs_and_impls_agree():
 
 
 def test_forward_with_the_triton_scan():
-    m = block(torch.float32, chunk_size=8)
-    u = torch.randn(1, 12, 16)
+    """The block with impl="triton" (Triton's interpreter on a CPU; compiled on a GPU, where the block and its
+    input must be on the GPU) in float32, against the same block in float64."""
+    device = ssm_edu.default_device()
+    m = block(torch.float64, chunk_size=8).to(device)
+    u = torch.randn(1, 12, 16, dtype=torch.float64, device=device)
     with torch.no_grad():
         m.impl = "vectorized"
         ref = m(u)
-        m.impl = "triton"  # Triton's interpreter on a CPU
-        out = m(u)
+        m.float()
+        m.impl = "triton"
+        out = m(u.float())
+    assert out.device.type == device.type and out.dtype == torch.float32
     assert rel_error(out, ref) < tolerance(torch.float32)
 
 

@@ -72,9 +72,8 @@ ODD = (1, 6, 13, 5, 2)
 FORWARDS = [dict(variant="nsplit"), dict(variant="nsplit", tn=4, block_l=4), dict(variant="rows"),
             dict(variant="nloop", block_l=8), dict(variant="nsplit", segments=3, block_l=2),
             dict(variant="nsplit", share=2, softplus_poly=True)]  # the candidate default's knobs
-# rs: the reduce-scatter of dB, dC (emulated in the interpreter: the lane exchange as a permutation)
-BACKWARDS = [dict(), dict(tn=1), dict(tn=2, share=0), dict(tn=8, share=1), dict(tn=4, block_d=2), dict(rs=True),
-             dict(rs=True, tn=1, share=0)]
+BACKWARDS = [dict(), dict(tn=1), dict(tn=2, share=0), dict(tn=8, share=1), dict(tn=4, block_d=2),
+             dict(tn=8, num_warps=2), dict(tn=4, num_warps=1)]  # the last two: candidates to time (notes)
 
 
 @pytest.mark.parametrize("fwd", FORWARDS, ids=str)
@@ -122,7 +121,7 @@ def test_autograd_only_the_inputs_that_need_it():
 
 @pytest.mark.skipif(not ON_GPU, reason="long sequences and bfloat16 arithmetic need a GPU")
 @pytest.mark.parametrize("case", [(2, 64, 1000, 16, None), (1, 96, 2053, 16, 3), (1, 40, 300, 64, 2)], ids=str)
-@pytest.mark.parametrize("bwd", [dict(), dict(rs=True)], ids=str)
+@pytest.mark.parametrize("bwd", [dict(), dict(tn=8, num_warps=1)], ids=str)
 def test_backward_long_sequences(case, bwd):
     args = inputs(*case, dtype=torch.float32, seed=6)
     ref = reference_grads(args)
@@ -130,8 +129,8 @@ def test_backward_long_sequences(case, bwd):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="bfloat16 arithmetic needs a GPU (the interpreter computes in float32)")
-@pytest.mark.parametrize("bwd", [dict(), dict(tn=4, num_warps=1), dict(tn=8, num_warps=1), dict(rs=True),
-                                 dict(rs=True, tn=8, num_warps=1), dict(rs=True, tn=2, num_warps=4)], ids=str)
+@pytest.mark.parametrize("bwd", [dict(), dict(tn=4, num_warps=1), dict(tn=8, num_warps=1), dict(tn=8, num_warps=2),
+                                 dict(tn=2, num_warps=4)], ids=str)
 def test_backward_bf16_matches_float32(bwd):
     """bf16 inputs: gradients against the kernel's own float32 result on the same (rounded) inputs."""
     args = inputs(2, 256, 1024, 16, G=None, dtype=torch.bfloat16, seed=7)
