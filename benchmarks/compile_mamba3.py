@@ -158,6 +158,22 @@ def first_config():
     return first_mod._mamba3_first, pointers, ints, ce, dict(num_warps=4, num_stages=1), s["b"] * s["H"] * 4
 
 
+def rotate_config(kernel="fwd", dtype=torch.bfloat16):
+    """The rotation kernels of the path through SSD (kernels/mamba3_ssd.py) at the goal shape."""
+    rot = _mod("mamba3_ssd")
+    s = GOAL
+    BLOCK_L, BLOCK_I = rot._blocks(s["N"] // 2)
+    fn = rot._rotate_fwd if kernel == "fwd" else rot._rotate_bwd
+    low = ("B_ptr", "C_ptr", "k_ptr", "q_ptr", "dk_ptr", "dq_ptr")
+    pointers = {name: (f"*{TY[dtype]}" if name in low else "*fp32")
+                for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
+    n_iblk = -(-(s["N"] // 2) // BLOCK_I)
+    ints = dict(L=s["L"], H=s["H"], G=s["G"], N2=s["N"] // 2, n_tiles=-(-s["L"] // BLOCK_L), n_iblk=n_iblk)
+    ce = dict(BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **({"HAS_PSI0": False} if kernel == "fwd" else {"HAS_GPSI": False}))
+    ints = {k: v for k, v in ints.items() if k in inspect.signature(fn.fn).parameters}
+    return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), s["b"] * s["H"] * n_iblk
+
+
 CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's variants (benchmarks/sweep_mamba3.py)
     ("fwd bf16 default", fwd_config, {}),
     ("fwd bf16 bp64", fwd_config, dict(block_p=64)),
@@ -196,6 +212,8 @@ CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's varia
     ("step R4 B64", step_config, dict(R=4)),
     ("step R4 B1", step_config, dict(R=4, batch=1)),
     ("first kernel (fp32)", first_config, {}),
+    ("ssd path: rotate fwd", rotate_config, {}),
+    ("ssd path: rotate bwd", rotate_config, dict(kernel="bwd")),
 ]
 
 

@@ -4,7 +4,10 @@ Rows (all bf16 inputs; Δ, A, λ, θ, D float32, as the Mamba3 block passes them
 
 - ``mamba3``, B4 L4096 H32 P64 N128 G1 (SISO): forward (triton, vectorized, mamba_ssm's
   ``mamba3_siso_combined``) and forward plus backward (triton, mamba_ssm; the vectorized form's
-  backward, autograd through the chunked PyTorch code, is left out: tens of milliseconds).
+  backward, autograd through the chunked PyTorch code, is left out: tens of milliseconds). The
+  SISO path that is not ``kernels/mamba3.py``'s default (``SISO_PATH``: the fused kernel, or the
+  rotation kernel and SSD's kernels of ``kernels/mamba3_ssd.py``) is timed too, as
+  ``triton-ssd`` or ``triton-fused``.
 - ``mamba3``, B4 L4096 H32 R4 P64 N128 G1 (MIMO of rank 4): forward (triton); mamba_ssm's MIMO path
   needs TileLang (or the CUTLASS DSL for its step), so its row says whether it loads.
 - ``mamba3_step``, B{1, 64} H32 P64 N128 R{1, 2, 4}: one decoding step (triton, the PyTorch loop,
@@ -85,6 +88,8 @@ def _siso_peer(ts, raw):
 @register("mamba3")
 def bench_mamba3(ctx: Context):
     """SISO forward and forward plus backward at the goal shape, and the MIMO (R = 4) forward, bf16."""
+    from ssm_edu.kernels import mamba3 as kernel
+
     b, L, h, p, n, g = SISO
     shape = _shape(b, L, h, p, n, g)
     if ctx.wants(shape):
@@ -101,6 +106,16 @@ def bench_mamba3(ctx: Context):
                 with torch.no_grad():
                     checked(f"mamba3 {impl}", fn(), ref, torch.bfloat16)
                 yield base | {"impl": impl, "median_us": ctx.time_us(fwd_bwd(fn, list(ts.values())) if grad else fn)}
+            # the SISO path that is not the default (kernels/mamba3.py: SISO_PATH), as row "triton-<path>"
+            other = "ssd" if kernel.SISO_PATH == "fused" else "fused"
+            fn = lambda: kernel.mamba3_triton(*args, D=ts["D"], path=other)  # noqa: E731
+            try:
+                with torch.no_grad():
+                    checked(f"mamba3 triton path={other}", fn(), ref, torch.bfloat16)
+                yield base | {"impl": f"triton-{other}",
+                              "median_us": ctx.time_us(fwd_bwd(fn, list(ts.values())) if grad else fn)}
+            except Exception as err:  # noqa: BLE001  (a failing variant must not cost the op's other rows)
+                yield missing_row("mamba3", f"triton-{other}", pass_, shape, "bf16", f"{type(err).__name__}: {err}"[:300])
             try:
                 peer, leaves = _siso_peer(ts, raw)
                 yield peer_row(ctx, base | {"impl": "mamba_ssm"}, peer, ref, leaves)

@@ -78,6 +78,10 @@ BLOCK_P_MAX = 32  # rows of the state per program, at most
 NUM_WARPS = 4
 NUM_STAGES = 2
 F32_PRECISION = "tf32x3"  # float32 inputs: three tensor-float32 products per product (1e-5 needs more than one)
+# SISO float32 / bfloat16 scans: "fused" (this module's kernel) or "ssd" (kernels/mamba3_ssd.py: a rotation
+# kernel, then the SSD kernels with one group per head and a diagonal correction). "fused" stays the default
+# until the benchmark suite has timed both on a GPU (rows "triton" and "triton-ssd" of the mamba3 op).
+SISO_PATH = "fused"
 
 
 @triton.jit
@@ -408,14 +412,25 @@ def mamba3_core(x, dt, A, B, C, lam, theta, D=None, z=None, h0=None, psi0=None, 
 
 
 def mamba3_triton(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initial_state=None,
-                  return_final_state=False, **knobs):
+                  return_final_state=False, path=None, **knobs):
     """The scan in Triton (see the module docstring); arguments as ``ssm_edu.mamba3``.
 
     x, B, C, theta, z float32, bfloat16 or float16 (y in x's dtype); the final
     state (h, angle, k, x) in float32. Differentiable in every tensor argument,
     the initial state included (the backward pass is ``kernels/mamba3_bwd.py``).
+    ``path``: ``"fused"`` or ``"ssd"`` (``kernels/mamba3_ssd.py``, SISO float32
+    and bfloat16 only; other inputs take the fused kernel); ``SISO_PATH`` by default.
     """
     from ssm_edu.mamba3 import Mamba3State, _carried_in, _heads, _ranked, _start, rotate_pairs
+
+    from . import mamba3_ssd
+
+    path = path or SISO_PATH
+    if path not in ("fused", "ssd"):
+        raise ValueError(f"mamba3_triton: path must be 'fused' or 'ssd'; got {path!r}")
+    if path == "ssd" and mamba3_ssd.supported(x) and not knobs:
+        return mamba3_ssd.mamba3_ssd(x, dt, A, B, C, lam, theta, D=D, z=z, chunk_size=chunk_size,
+                                     initial_state=initial_state, return_final_state=return_final_state)
 
     xr, Br, Cr, zr, siso = _ranked(x, B, C, z)
     h0 = psi0 = None

@@ -346,8 +346,11 @@ def _smem_bytes(elem, Q, block_p, block_n, stages):
 
 def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
             initial_states=None, return_final_states=False, return_pre_gate=False,
-            block_q=None, block_p=None, n_seg=None, num_warps=None, num_stages=None):
+            block_q=None, block_p=None, n_seg=None, num_warps=None, num_stages=None, final_dtype=None):
     """Launch the kernels. Returns (y, final_states or None), in x's dtype.
+
+    ``final_dtype`` keeps the final state in another dtype (it is computed in
+    float32; Mamba-3's path through these kernels hands it on in float32).
 
     Inputs as in ``ssm_edu.ssd`` (already validated); B and C are cast to x's
     dtype. With ``return_pre_gate`` (and z), also y before the gate, y + D x
@@ -361,7 +364,7 @@ def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_soft
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         y, hT, *pre = ssd_fwd(f(x), f(dt), f(A), f(B), f(C), chunk_size, f(D), f(z), f(dt_bias), dt_softplus,
                               f(initial_states), return_final_states, return_pre_gate, block_q, block_p, n_seg)
-        return (y.to(x.dtype), None if hT is None else hT.to(x.dtype), *(t.to(x.dtype) for t in pre))
+        return (y.to(x.dtype), None if hT is None else hT.to(final_dtype or x.dtype), *(t.to(x.dtype) for t in pre))
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
@@ -425,14 +428,14 @@ def ssd_fwd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_soft
     )
     extra_out = (y_pre,) if return_pre_gate else ()
     if n_seg == 1:
-        return (y, seg_states[:, 0].to(x.dtype) if return_final_states else None, *extra_out)
+        return (y, seg_states[:, 0].to(final_dtype or x.dtype) if return_final_states else None, *extra_out)
     final = torch.empty(b, H, P, N, device=x.device, dtype=torch.float32) if return_final_states else y
     n_fix = n_seg if return_final_states else n_seg - 1  # program n_seg - 1 stores the final state
     _ssd_seg_fix[(b * H, triton.cdiv(P, block_p), n_fix)](
         dt, A, C, z_, bias_, seg_states, seg_a, y, final, y_pre,
         L, H, G, P, N, n_chunks, seg_len, n_seg, STORE_FINAL=bool(return_final_states), STORE_PRE=pre, **flags,
     )
-    return (y, final.to(x.dtype) if return_final_states else None, *extra_out)
+    return (y, final.to(final_dtype or x.dtype) if return_final_states else None, *extra_out)
 
 
 # ---------------------------------------------------------------- backward
@@ -574,7 +577,7 @@ def _ssd_bwd_chunk(
     L, H, G, P, N, n_chunks, heads_per_split,
     SIDE: tl.constexpr, HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, DDT_DECAY_ONLY: tl.constexpr = False,
 ):
     """One chunk of one group, the heads of one split in turn: every gradient but the states'.
 
@@ -680,7 +683,8 @@ def _ssd_bwd_chunk(
             if pb == 0:
                 da += tl.load(g_ptr + pid * H + h)  # exp(α_k) <dS, S_prev>, from the reverse walk
             dxb += dxb_s
-            ddt = tl.sum(xf * dxb, axis=1)
+            if not DDT_DECAY_ONLY:  # Δ's part as the input's weight (X̄ = Δ x)
+                ddt = tl.sum(xf * dxb, axis=1)
             dx = dxb * dt[:, None]
             if HAS_D:
                 dx += dy * Dh
@@ -702,7 +706,7 @@ def _ssd_bwd_chunk(
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
             initial_states=None, y_pre=None, block_q=None, block_p=None, n_split=None, sides=None,
-            num_warps=None, num_stages=None, stop_after=None):
+            num_warps=None, num_stages=None, stop_after=None, ddt_decay_only=False):
     """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
 
     dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
@@ -711,6 +715,8 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     The keyword arguments after it override the launch parameters (benchmarks and tests only):
     ``sides`` "split" runs the chunk kernel's output and input sides as two launches, "fused" as one;
     ``stop_after`` ("states", "dstates" or "side1") returns None after that launch (to time the kernels).
+    ``ddt_decay_only``: ddt holds Δ's part through the decays alone, not its part as the input's
+    weight (Mamba-3's path through these kernels accounts for that part itself; see kernels/mamba3_ssd.py).
     """
     given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, sides=sides, num_warps=num_warps,
@@ -718,7 +724,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         grads = ssd_bwd(f(dy), f(dhT), chunk_size=chunk_size, dt_softplus=dt_softplus, y_pre=f(y_pre),
-                        **{k: f(t) for k, t in given.items()}, **knobs)
+                        **{k: f(t) for k, t in given.items()}, **knobs, ddt_decay_only=ddt_decay_only)
         return None if grads is None else {k: v.to(given[k[1:]].dtype) for k, v in grads.items()}
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
@@ -808,7 +814,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
             L, H, G, P, N, n_chunks, heads_per_split,
             SIDE=side, HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
             HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
-            BLOCK_Q=Q, BLOCK_P=side_p[side], BLOCK_N=BLOCK_N, **chunk_extra)
+            BLOCK_Q=Q, BLOCK_P=side_p[side], BLOCK_N=BLOCK_N, DDT_DECAY_ONLY=bool(ddt_decay_only), **chunk_extra)
         if stop_after == f"side{side}":
             return None
 
@@ -833,12 +839,13 @@ _NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 class _SSD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, chunk_size, dt_softplus, return_final_states, *tensors):
+    def forward(ctx, chunk_size, dt_softplus, return_final_states, final_dtype, ddt_decay_only, *tensors):
         kw = dict(zip(_NAMES, tensors))
         y, hT, y_pre = ssd_fwd(chunk_size=chunk_size, dt_softplus=dt_softplus,
-                               return_final_states=return_final_states, return_pre_gate=True, **kw)
+                               return_final_states=return_final_states, return_pre_gate=True,
+                               final_dtype=final_dtype, **kw)
         ctx.save_for_backward(*tensors, y_pre if kw["z"] is not None else None)
-        ctx.chunk_size, ctx.dt_softplus = chunk_size, dt_softplus
+        ctx.chunk_size, ctx.dt_softplus, ctx.ddt_decay_only = chunk_size, dt_softplus, ddt_decay_only
         ctx.set_materialize_grads(False)
         return (y, hT) if return_final_states else y
 
@@ -846,9 +853,9 @@ class _SSD(torch.autograd.Function):
     def backward(ctx, gy, ghT=None):
         *tensors, y_pre = ctx.saved_tensors
         grads = ssd_bwd(gy, ghT, chunk_size=ctx.chunk_size, dt_softplus=ctx.dt_softplus, y_pre=y_pre,
-                        **dict(zip(_NAMES, tensors)))
-        needs = ctx.needs_input_grad[3:]
-        return (None, None, None, *(grads.get(_GRAD[k]) if nd else None for k, nd in zip(_NAMES, needs)))
+                        ddt_decay_only=ctx.ddt_decay_only, **dict(zip(_NAMES, tensors)))
+        needs = ctx.needs_input_grad[5:]
+        return (None, None, None, None, None, *(grads.get(_GRAD[k]) if nd else None for k, nd in zip(_NAMES, needs)))
 
 
 _GRAD = {"x": "dx", "dt": "ddt", "A": "dA", "B": "dB", "C": "dC", "D": "dD", "z": "dz", "dt_bias": "ddt_bias",
@@ -856,14 +863,19 @@ _GRAD = {"x": "dx", "dt": "ddt", "A": "dA", "B": "dB", "C": "dC", "D": "dD", "z"
 
 
 def ssd_triton(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-               initial_states=None, return_final_states=False):
+               initial_states=None, return_final_states=False, final_dtype=None, ddt_decay_only=False):
     """SSD in Triton (see the module docstring); differentiable in every tensor argument.
 
     Arguments as in ``ssm_edu.ssd``; x float32, bfloat16 or float16. Returns y
-    (and the final state) in x's dtype.
+    (and the final state) in x's dtype; ``final_dtype`` (not part of
+    ``ssm_edu.ssd``) keeps the final state in another dtype, float32, say.
+    ``ddt_decay_only`` (not part of ``ssm_edu.ssd`` either): the gradient of dt
+    leaves out dt's part as the input's weight (see ``ssd_bwd``).
     """
     tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _SSD.apply(chunk_size, bool(dt_softplus), bool(return_final_states), *tensors)
-    y, hT = ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states)
+        return _SSD.apply(chunk_size, bool(dt_softplus), bool(return_final_states), final_dtype,
+                          bool(ddt_decay_only), *tensors)
+    y, hT = ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states,
+                    final_dtype=final_dtype)
     return (y, hT) if return_final_states else y

@@ -260,6 +260,14 @@ def _notebook_table():
     return sys.modules[name]
 
 
+def _inline_math(text: str):
+    """Text with $...$ spans as docutils nodes: plain text and inline maths (an exercise's title, say)."""
+    from docutils import nodes
+
+    parts = re.split(r"\$([^$]+)\$", text)  # even indices: text, odd: maths
+    return [nodes.math(text=p) if i % 2 else nodes.Text(p) for i, p in enumerate(parts) if p]
+
+
 def _table(nodes, header, rows, widths=None):
     table = nodes.table(classes=["ssm-table"])
     group = nodes.tgroup(cols=len(header))
@@ -351,7 +359,9 @@ def setup(app):
                         checks += nodes.Text(", " if k else "")
                         checks += nodes.literal(text=name)
                     rows.append([chapter, title, ", ".join(ex.kinds) or "—", checks])
-            return [_table(nodes, ["chapter", "exercise", "kind", "automatic check"], rows, [3, 4, 2, 3])]
+            table = _table(nodes, ["chapter", "exercise", "kind", "automatic check"], rows, [3, 4, 2, 3])
+            table["classes"].append("exercise-index")  # its links' $...$ become maths once resolved (below)
+            return [table]
 
     class LearningObjectives(SphinxDirective):
         """``{learning-objectives}``: each chapter's "you will be able to" list, read from its notebook."""
@@ -410,6 +420,19 @@ def setup(app):
     def merge(app, env, docnames, other):
         env.ssm_book_dynamic = getattr(env, "ssm_book_dynamic", set()) | (getattr(other, "ssm_book_dynamic", set()) & set(docnames))
 
+    def maths_in_exercise_titles(app, doctree, docname):
+        """An exercise's title may hold maths ($\\tilde C$): the resolved link's text is plain, so its
+        $...$ spans become inline maths here, after the references are resolved."""
+        for table in doctree.findall(nodes.table):
+            if "exercise-index" not in table["classes"]:
+                continue
+            for ref in table.findall(nodes.reference):
+                text = ref.astext()
+                if "$" in text:
+                    ref.clear()
+                    ref += nodes.inline("", "", *_inline_math(text))
+
+    app.connect("doctree-resolved", maths_in_exercise_titles)
     app.connect("env-get-outdated", outdated)
     app.connect("env-purge-doc", purge)
     app.connect("env-merge-info", merge)

@@ -1,0 +1,271 @@
+"""Mamba-3 (SISO) on the SSD kernels: the trapezoid as SSD plus a correction on the diagonal.
+
+Why it works. The parallel form of ``ssm_edu/mamba3.py`` reads
+
+    y_t = Σ_{s<=t} exp(Σ_{r=s+1..t} a_r) w[t, s] (q_tᵀ k_s) x_s + D x_t,    a_r = Δ_r A_r,
+    w[t, s] = w_s = γ_s + (1 - λ_{s+1}) Δ_{s+1}  below the diagonal,   w[t, t] = γ_t.
+
+Below the diagonal the weight depends on s alone: that is SSD's mask, with the
+decays a_r and an input weight w_s, queries q and keys k. On the diagonal SSD
+would use w_t where the trapezoid uses γ_t, so
+
+    y = SSD(x; decays a, weights w, keys k, queries q) + (γ_t - w_t) (q_tᵀ k_t) x_t + D x_t,
+
+and q_tᵀ k_t = C_tᵀ B_t, because one rotation turns both (Rot(Φ)ᵀ Rot(Φ) = I).
+The final state needs no correction: w_{L-1} = γ_{L-1} (there is no step L to
+lend its β-term), and an initial state's β-term is folded in before step 0, as
+for the fused kernel.
+
+SSD ties the weight to the decay through one Δ: decay exp(Δ A), weight Δ. With
+A = -1 for every head and Δ̃_s = -Δ_s A_s (> 0: A < 0), the decays are right and
+the weight is Δ̃_s; the ratio r_s = w_s / Δ̃_s goes into the keys, k̃_s = r_s k_s.
+The keys and queries depend on the head (through Φ), so SSD runs with one group
+per head.
+
+Three steps, each differentiable:
+
+1. ``rotate`` (a Triton kernel, below): Φ_t = Φ_{-1} + Σ_{r<=t} θ_r Δ_r walked
+   along L per (batch, head, block of angle pairs), k̃ = r Rot(Φ) B and
+   q = Rot(Φ) C written in x's dtype. Its backward walks the tiles in reverse:
+   dB, dC (turned back by -Φ, summed over the group's heads), dΦ from the
+   rotations' derivatives, dθ_t = Δ_t Σ_{s>=t} dΦ_s and the same sum for dΔ.
+2. ``kernels/ssd.py``: forward and backward as for Mamba-2.
+3. The correction in PyTorch (``addcmul``: one pass over y in x's dtype), D
+   inside SSD's kernel, then the gate.
+
+Traffic (forward, B4 L4096 H32 P64 N128, bf16): the rotation reads θ (134 MB,
+float32) and writes k̃, q (2 x 134 MB); SSD reads them with x (67 MB) and
+writes y (67 MB); the correction reads x and y and writes y again (200 MB):
+about 1.0 GB, 335 us at 3 TB/s, against 283 MB for the fused kernel, which
+never writes k̃ and q (benchmarks/notes/mamba3.md). This path buys SSD's
+kernels at the price of that traffic. Compiled for sm_90 (Triton 3.7.1) at
+that shape SSD's forward runs 256 programs (one segment), its backward's chunk
+kernel 8192 per side, the rotation 512 (benchmarks/compile_mamba3.py).
+
+Not covered (the fused kernel takes them): MIMO, and float16, where r (about
+1 / |A|) can push k̃ past float16's range.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import interpreting, next_pow2
+
+__all__ = ["mamba3_ssd", "rotate", "supported"]
+
+TINY = 1e-30  # Δ̃ floor: the decay exp(-1e-30) is 1 in float32, and r stays finite
+
+
+@triton.jit
+def _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok):
+    """θ Δ of a tile and the angles Φ = Ψ + their running sum down the tile (float32)."""
+    dt = tl.load(dt_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)  # (BLOCK_L,)
+    th = tl.load(theta_ptr + (row * H + h)[:, None] * N2 + i[None, :], mask=t_ok[:, None] & i_ok[None, :],
+                 other=0.0).to(tl.float32)  # (BLOCK_L, BLOCK_I)
+    inc = th * dt[:, None]
+    return th, dt, inc, psi[None, :] + tl.cumsum(inc, axis=0)
+
+
+@triton.jit
+def _rotate_fwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi0_ptr, k_ptr, q_ptr, psi_tiles_ptr, psiT_ptr,
+                L, H, G, N2, n_tiles,
+                HAS_PSI0: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+    pid = tl.program_id(0)  # batch * H + head
+    bi, h = pid // H, pid % H
+    g = h // (H // G)
+    i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)  # angle pairs
+    i_ok = i < N2
+    N = 2 * N2
+    if HAS_PSI0:
+        psi = tl.load(psi0_ptr + pid * N2 + i, mask=i_ok, other=0.0).to(tl.float32)
+    else:
+        psi = tl.zeros([BLOCK_I], dtype=tl.float32)
+    for c in range(0, n_tiles):
+        tl.store(psi_tiles_ptr + (pid * n_tiles + c).to(tl.int64) * N2 + i, psi, mask=i_ok)  # for the backward
+        t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+        t_ok = t < L
+        row = (bi * L + t).to(tl.int64)
+        th, dt, inc, phi = _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok)
+        cs, sn = tl.cos(phi), tl.sin(phi)
+        m = t_ok[:, None] & i_ok[None, :]
+        src = (row * G + g)[:, None] * N + 2 * i[None, :]  # even entry of each pair of B_t, C_t
+        dst = (row * H + h)[:, None] * N + 2 * i[None, :]
+        r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)[:, None]
+        be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
+        bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+        tl.store(k_ptr + dst, ((be * cs - bo * sn) * r).to(k_ptr.dtype.element_ty), mask=m)
+        tl.store(k_ptr + dst + 1, ((be * sn + bo * cs) * r).to(k_ptr.dtype.element_ty), mask=m)
+        ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
+        co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+        tl.store(q_ptr + dst, (ce * cs - co * sn).to(q_ptr.dtype.element_ty), mask=m)
+        tl.store(q_ptr + dst + 1, (ce * sn + co * cs).to(q_ptr.dtype.element_ty), mask=m)
+        psi = psi + tl.sum(inc, axis=0)
+        psi = psi - 6.283185307179586 * tl.floor(psi * 0.15915494309189535)  # in [0, 2π): float32 keeps digits
+    tl.store(psiT_ptr + pid * N2 + i, psi, mask=i_ok)
+
+
+@triton.jit
+def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, dq_ptr, gpsi_ptr,
+                dB_ptr, dC_ptr, dtheta_ptr, ddt_ptr, dr_ptr, dpsi0_ptr,
+                L, H, G, N2, n_tiles, n_iblk,
+                HAS_GPSI: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+    pid = tl.program_id(0)
+    pi = tl.program_id(1)
+    bi, h = pid // H, pid % H
+    g = h // (H // G)
+    i = pi * BLOCK_I + tl.arange(0, BLOCK_I)
+    i_ok = i < N2
+    N = 2 * N2
+    if HAS_GPSI:  # the final angle's gradient reaches every Φ_t
+        carry = tl.load(gpsi_ptr + pid * N2 + i, mask=i_ok, other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros([BLOCK_I], dtype=tl.float32)
+    for cc in range(0, n_tiles):  # tiles in reverse: carry = Σ of dΦ over the later tiles
+        c = n_tiles - 1 - cc
+        psi = tl.load(psi_tiles_ptr + (pid * n_tiles + c).to(tl.int64) * N2 + i, mask=i_ok, other=0.0)
+        t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+        t_ok = t < L
+        row = (bi * L + t).to(tl.int64)
+        th, dt, inc, phi = _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok)  # as the forward
+        cs, sn = tl.cos(phi), tl.sin(phi)
+        m = t_ok[:, None] & i_ok[None, :]
+        src = (row * G + g)[:, None] * N + 2 * i[None, :]
+        dst = (row * H + h)[:, None] * N + 2 * i[None, :]
+        r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)
+        be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
+        bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+        ke, ko = be * cs - bo * sn, be * sn + bo * cs  # k = Rot(Φ) B, before the scale r
+        gke = tl.load(dk_ptr + dst, mask=m, other=0.0).to(tl.float32)  # dL/dk̃
+        gko = tl.load(dk_ptr + dst + 1, mask=m, other=0.0).to(tl.float32)
+        tl.store(dr_ptr + (row * H + h) * n_iblk + pi, tl.sum(gke * ke + gko * ko, axis=1), mask=t_ok)
+        gke, gko = gke * r[:, None], gko * r[:, None]  # dL/dk
+        tl.atomic_add(dB_ptr + src, gke * cs + gko * sn, mask=m)  # Rot(Φ)ᵀ dk, summed over the group's heads
+        tl.atomic_add(dB_ptr + src + 1, gko * cs - gke * sn, mask=m)
+        ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
+        co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+        qe, qo = ce * cs - co * sn, ce * sn + co * cs
+        gqe = tl.load(dq_ptr + dst, mask=m, other=0.0).to(tl.float32)
+        gqo = tl.load(dq_ptr + dst + 1, mask=m, other=0.0).to(tl.float32)
+        tl.atomic_add(dC_ptr + src, gqe * cs + gqo * sn, mask=m)
+        tl.atomic_add(dC_ptr + src + 1, gqo * cs - gqe * sn, mask=m)
+        # d(u cos - v sin, u sin + v cos)/dΦ = (-(u sin + v cos), u cos - v sin): (-ko, ke)
+        dphi = gko * ke - gke * ko + gqo * qe - gqe * qo  # (BLOCK_L, BLOCK_I)
+        total = tl.sum(dphi, axis=0)
+        after = carry[None, :] + total[None, :] - tl.cumsum(dphi, axis=0) + dphi  # Σ_{s>=t} dΦ_s
+        tl.store(dtheta_ptr + (row * H + h)[:, None] * N2 + i[None, :], after * dt[:, None], mask=m)
+        tl.store(ddt_ptr + (row * H + h) * n_iblk + pi, tl.sum(after * th, axis=1), mask=t_ok)
+        carry = carry + total
+    tl.store(dpsi0_ptr + pid * N2 + i, carry, mask=i_ok)
+
+
+def _blocks(N2):
+    """Rows of a tile and angle pairs per program: small tiles, several programs per head on a GPU."""
+    if interpreting():
+        return 16, max(2, min(next_pow2(N2), 32))
+    return 64, max(2, min(next_pow2(N2), 16))
+
+
+class _Rotate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out_dtype, B, C, theta, dt, r, psi0):
+        b, L, G, N = B.shape
+        H, N2 = theta.shape[2], N // 2
+        BLOCK_L, BLOCK_I = _blocks(N2)
+        n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
+        B, C, theta, dt, r = (t.contiguous() for t in (B, C, theta, dt, r))
+        k = torch.empty(b, L, H, N, device=B.device, dtype=out_dtype)
+        q = torch.empty_like(k)
+        f32 = dict(device=B.device, dtype=torch.float32)
+        psi_tiles = torch.empty(b, H, n_tiles, N2, **f32)
+        psiT = torch.empty(b, H, N2, **f32)
+        extra = {} if interpreting() else dict(num_warps=4)
+        _rotate_fwd[(b * H, n_iblk)](B, C, theta, dt, r, k if psi0 is None else psi0.contiguous(), k, q, psi_tiles,
+                                     psiT, L, H, G, N2, n_tiles, HAS_PSI0=psi0 is not None,
+                                     BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **extra)
+        ctx.save_for_backward(B, C, theta, dt, r, psi_tiles)
+        ctx.has_psi0 = psi0 is not None
+        ctx.set_materialize_grads(False)
+        return k, q, psiT
+
+    @staticmethod
+    def backward(ctx, gk, gq, gpsi):
+        B, C, theta, dt, r, psi_tiles = ctx.saved_tensors
+        b, L, G, N = B.shape
+        H, N2 = theta.shape[2], N // 2
+        BLOCK_L, BLOCK_I = _blocks(N2)
+        n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
+        f32 = dict(device=B.device, dtype=torch.float32)
+        gk = torch.zeros(b, L, H, N, **f32) if gk is None else gk.contiguous()
+        gq = torch.zeros(b, L, H, N, **f32) if gq is None else gq.contiguous()
+        dB, dC = torch.zeros(b, L, G, N, **f32), torch.zeros(b, L, G, N, **f32)
+        dtheta = torch.empty(b, L, H, N2, **f32)
+        ddt, dr = torch.empty(b, L, H, n_iblk, **f32), torch.empty(b, L, H, n_iblk, **f32)
+        dpsi0 = torch.empty(b, H, N2, **f32)
+        extra = {} if interpreting() else dict(num_warps=4)
+        _rotate_bwd[(b * H, n_iblk)](B, C, theta, dt, r, psi_tiles, gk, gq, gk if gpsi is None else gpsi.contiguous(),
+                                     dB, dC, dtheta, ddt, dr, dpsi0, L, H, G, N2, n_tiles, n_iblk,
+                                     HAS_GPSI=gpsi is not None, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **extra)
+        return (None, dB.to(B.dtype), dC.to(C.dtype), dtheta.to(theta.dtype), ddt.sum(-1).to(dt.dtype),
+                dr.sum(-1).to(r.dtype), dpsi0 if ctx.has_psi0 else None)
+
+
+def rotate(B, C, theta, dt, r, psi0=None, out_dtype=None):
+    """k̃ = r Rot(Φ) B and q = Rot(Φ) C per head, and the last angle: differentiable.
+
+    B, C (b, L, G, N); theta (b, L, H, N/2); dt, r (b, L, H); psi0 (b, H, N/2)
+    or None, the angle Φ_{-1}. Φ_t = Φ_{-1} + Σ_{s<=t} θ_s Δ_s. Returns k̃, q
+    (b, L, H, N) in ``out_dtype`` (B's by default) and Φ_{L-1} mod 2π
+    (b, H, N/2, float32).
+    """
+    return _Rotate.apply(out_dtype or B.dtype, B, C, theta, dt, r, psi0)
+
+
+def supported(x):
+    """Whether this path takes x: SISO (b, L, H, P) in float32 or bfloat16."""
+    return x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
+
+
+def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initial_state=None,
+               return_final_state=False):
+    """The SISO scan through ``rotate`` and the SSD kernels; arguments and results as ``kernels.mamba3.mamba3_triton``.
+
+    Differentiable in every tensor argument (the initial state included).
+    """
+    from ssm_edu.mamba3 import Mamba3State, _carried_in, _gamma_scale, _heads, _start, rotate_pairs
+
+    from .ssd import ssd_triton
+
+    if not supported(x):
+        raise ValueError(f"mamba3 through SSD takes SISO float32 or bfloat16 x (b, L, H, P); got {tuple(x.shape)} "
+                         f"{x.dtype}")
+    b, L, H, P = x.shape
+    dtf, Af, lamf = dt.float(), A.float(), lam.float()
+    gamma, w = _gamma_scale(dtf, lamf)  # (b, L, H): γ_t and the weight below the diagonal
+    dts = (-(dtf * Af)).clamp_min(TINY)  # Δ̃: SSD's decay exp(-Δ̃) is α
+    h0 = psi0 = None
+    if isinstance(initial_state, torch.Tensor):
+        h0 = initial_state.float()
+    elif initial_state is not None:
+        h_, psi0, kp, xp = (t.float() for t in _start(initial_state, x[:, :, :, None], B.shape[-1]))
+        h0 = _carried_in(h_, xp, kp, dtf, lamf)  # the β-term of step 0, folded in
+    # Δ̃ weighs the input only as Δ̃ r = w: its gradient is its part through the decays alone. SSD's
+    # backward leaves the weight's part out (ddt_decay_only), and r sees a constant Δ̃; autograd through
+    # r = w / Δ̃ would add that part and SSD's subtract it again, a cancellation that cost float32 dA
+    # digits wherever |A| is small.
+    k, q, psiT = rotate(B, C, theta, dtf, w / dts.detach(), psi0, out_dtype=x.dtype)
+    minus_one = torch.full((H,), -1.0, device=x.device, dtype=torch.float32)
+    out = ssd_triton(x, dts, minus_one, k, q, chunk_size=chunk_size, D=D, initial_states=h0,
+                     return_final_states=return_final_state, final_dtype=torch.float32, ddt_decay_only=True)
+    y, hT = out if return_final_state else (out, None)
+    qk = _heads((B.float() * C.float()).sum(-1, keepdim=True), H)[..., 0]  # q_tᵀ k_t = C_tᵀ B_t, (b, L, H)
+    # the diagonal's correction in x's dtype, one pass over y (and one more for the gate)
+    y = torch.addcmul(y, x, ((gamma - w) * qk).to(x.dtype)[..., None])
+    if z is not None:
+        y = y * torch.nn.functional.silu(z.to(x.dtype))
+    if not return_final_state:
+        return y
+    k_last = rotate_pairs(_heads(B[:, -1:].float(), H)[:, 0], psiT)  # Rot(Φ_{L-1}) B_{L-1}: the next β-term
+    return y, Mamba3State(hT, psiT, k_last, x[:, -1].to(torch.float32, copy=True))

@@ -1,0 +1,180 @@
+"""Mamba-3 (SISO) through the SSD kernels (``kernels/mamba3_ssd.py``): the rotation kernel and the whole path.
+
+The path is reached as ``mamba3(impl="triton")`` with ``kernels.mamba3.SISO_PATH = "ssd"`` (as the
+benchmark's ``triton-ssd`` rows run it). Every case against the float64 loop on the same rounded inputs;
+gradients of every input, the initial state's included, against autograd through the loop. On a CPU in
+Triton's interpreter (float32); on a GPU also bfloat16 and larger cases.
+"""
+
+import pytest
+import torch
+
+import ssm_edu
+from ssm_edu import Mamba3State, mamba3
+from ssm_edu.mamba3 import cumulative_angle, rotate_pairs
+from ssm_edu.numerics import rel_error, tolerance
+
+from test_mamba3 import assert_states_close, inputs
+from test_mamba3_triton import CASES, DTYPES, NAMES, dev, grad_error, grads, ids, rounded
+
+DEVICE = ssm_edu.default_device()
+ON_GPU = DEVICE.type == "cuda"
+F64 = torch.float64
+SISO = [c for c in CASES if c[6] is None]
+
+
+@pytest.fixture
+def ssd_path(monkeypatch):
+    from ssm_edu.kernels import mamba3 as kernel
+
+    monkeypatch.setattr(kernel, "SISO_PATH", "ssd")
+
+
+@pytest.mark.parametrize("N", [4, 6, 128], ids=lambda n: f"N{n}")
+def test_rotate_against_pytorch(N, gen):
+    """k̃ = r Rot(Φ) B and q = Rot(Φ) C per head, the last angle, and every gradient (G = 2 groups of 3 heads,
+    L = 41 not a multiple of the tile, N/2 = 3 not a power of two)."""
+    from ssm_edu.kernels.mamba3_ssd import rotate
+
+    b, L, G, H = 2, 41, 2, 6
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=F64)  # noqa: E731
+    B, C, theta, dt, r, psi0 = rnd(b, L, G, N), rnd(b, L, G, N), rnd(b, L, H, N // 2), rnd(b, L, H).abs(), \
+        rnd(b, L, H), rnd(b, H, N // 2)
+    wk, wq, wpsi = rnd(b, L, H, N), rnd(b, L, H, N), rnd(b, H, N // 2)
+
+    def run(fn, dtype):
+        leaves = [t.to(DEVICE, dtype).requires_grad_() for t in (B, C, theta, dt, r, psi0)]
+        k, q, psi = fn(*leaves)
+        loss = (k.double() * wk.to(DEVICE)).sum() + (q.double() * wq.to(DEVICE)).sum()
+        loss = loss + (torch.sin(psi.double()) * wpsi.to(DEVICE)).sum()
+        loss.backward()
+        return [k, q, torch.remainder(psi, 2 * torch.pi)], [t.grad for t in leaves]
+
+    def reference(B, C, theta, dt, r, psi0):
+        phi = cumulative_angle(dt, theta, psi0)[:, :, :, None]  # (b, L, H, 1, N/2)
+        heads = lambda M: M.repeat_interleave(H // G, dim=2)[:, :, :, None]  # noqa: E731
+        k, q = rotate_pairs(heads(B), phi)[:, :, :, 0], rotate_pairs(heads(C), phi)[:, :, :, 0]
+        return k * r[..., None], q, phi[:, -1, :, 0]
+
+    out, got = run(rotate, torch.float32)
+    ref_out, ref = run(reference, F64)
+    for name, a, e in zip(("k", "q", "angle"), out, ref_out):
+        err = rel_error(torch.sin(a) if name == "angle" else a, torch.sin(e) if name == "angle" else e)
+        assert err < tolerance(torch.float32), f"{name}: relative error {err:.3g}"
+    for name, g, e in zip(("B", "C", "theta", "dt", "r", "psi0"), got, ref):
+        assert g.dtype == torch.float32, name
+        assert rel_error(g, e) < tolerance(torch.float32), f"d{name}: relative error {rel_error(g, e):.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SISO, ids=ids)
+def test_forward(case, dtype, gen, ssd_path):
+    """Against the loop in float64, with D, z, an initial state and the final state."""
+    b, L, H, P, G, N, R, chunk = case
+    args, kw = inputs(gen, b=b, L=L, H=H, P=P, G=G, N=N, state=True)
+    ra, rk = rounded(args, kw, dtype)
+    y_ref, s_ref = mamba3(*ra, **rk, return_final_state=True, impl="naive" if L * H < 200 else "vectorized")
+    state = Mamba3State(*(dev(t) for t in kw["initial_state"]))
+    y, s = mamba3(*(dev(t, dtype) for t in args), D=dev(kw["D"], dtype), z=dev(kw["z"], dtype), initial_state=state,
+                  chunk_size=chunk, return_final_state=True, impl="triton")
+    assert y.dtype == dtype and y.shape == args[0].shape and s.h.dtype == torch.float32
+    err = rel_error(y, y_ref)
+    assert err < tolerance(dtype), f"relative error {err:.3g}"
+    assert_states_close(s, s_ref, tolerance(dtype))
+
+
+def test_forward_without_extras_and_chunk_sizes(gen, ssd_path):
+    """No D, z or state; the result does not depend on the chunk size."""
+    args, _ = inputs(gen, b=1, L=21, H=2, P=8, G=1, N=16, extras=False)
+    ref = mamba3(*args, impl="naive")
+    for Q in (1, 16, 64):
+        out = mamba3(*(dev(t) for t in args), chunk_size=Q, impl="triton")
+        assert rel_error(out, ref) < tolerance(torch.float32), Q
+
+
+def test_mimo_and_float16_take_the_fused_kernel(gen, ssd_path):
+    """Inputs the path does not take go to the fused kernel: same function, no error."""
+    from ssm_edu.kernels import mamba3_ssd
+
+    args, _ = inputs(gen, b=1, L=9, H=2, P=3, G=1, N=4, R=2, extras=False)
+    assert not mamba3_ssd.supported(args[0]) and not mamba3_ssd.supported(args[0][:, :, :, 0].half())
+    out = mamba3(*(dev(t) for t in args), impl="triton")
+    assert rel_error(out, mamba3(*args, impl="naive")) < tolerance(torch.float32)
+    with pytest.raises(ValueError, match="SISO float32 or bfloat16"):
+        mamba3_ssd.mamba3_ssd(*(dev(t) for t in args))
+
+
+def test_unknown_path_is_refused(gen):
+    from ssm_edu.kernels.mamba3 import mamba3_triton
+
+    args, _ = inputs(gen, L=3, extras=False)
+    with pytest.raises(ValueError, match="path must be 'fused' or 'ssd'"):
+        mamba3_triton(*(dev(t) for t in args), path="cuda")
+
+
+@pytest.mark.parametrize("state", [True, False], ids=["state", "no-state"])
+@pytest.mark.parametrize("case", SISO[:4] + ([(2, 333, 4, 48, 2, 32, None, 64)] if ON_GPU else []), ids=ids)
+def test_gradients_float32_against_float64(case, state, gen, ssd_path):
+    """Every input's gradient, the initial state's included, against autograd through the float64 loop."""
+    b, L, H, P, G, N, R, chunk = case
+    args, kw = inputs(gen, b=b, L=L, H=H, P=P, G=G, N=N, state=True)
+    wy = torch.randn(args[0].shape, generator=gen)
+    ref = grads("naive" if L * H < 200 else "vectorized", args, kw, wy, F64, chunk, state, final=state)
+    got = grads("triton", args, kw, wy, torch.float32, chunk, state, final=state)
+    for name, g, r in zip(NAMES, got, ref):
+        if r is None:
+            assert g is None, name
+            continue
+        assert g is not None and g.dtype == torch.float32, name
+        err = grad_error(g, r)
+        assert err < tolerance(torch.float32), f"d{name}: relative error {err:.3g}"
+
+
+@pytest.mark.skipif(not ON_GPU, reason="bfloat16 arithmetic needs a GPU (the interpreter computes in float32)")
+def test_gradients_bfloat16_against_float32(gen, ssd_path):
+    """bfloat16 inputs against float32 gradients of the same rounded inputs, at the benchmark's N and P."""
+    args, kw = inputs(gen, b=2, L=300, H=4, P=64, G=1, N=128, state=True)
+    args, kw = rounded(args, kw, torch.bfloat16)
+    wy = torch.randn(args[0].shape, generator=gen)
+    ref = grads("triton", args, kw, wy, torch.float32, 64)
+    got = grads("triton", args, kw, wy, torch.bfloat16, 64)
+    for name, g, r in zip(NAMES, got, ref):
+        err = grad_error(g.float(), r)
+        assert err < tolerance(torch.bfloat16), f"d{name}: relative error {err:.3g}"
+
+
+def test_ssd_gradient_of_dt_through_the_decays_alone(gen):
+    """``ssd_triton(..., ddt_decay_only=True)``: dL/dΔ as if Δ's role as the input's weight were a constant.
+
+    The float64 reference holds that weight fixed with x' = x Δ.detach() / Δ (so Δ x' = x Δ.detach())."""
+    from ssm_edu.kernels.ssd import ssd_triton
+
+    b, L, H, P, G, N = 1, 37, 4, 5, 2, 6
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=F64)  # noqa: E731
+    x, B, C = rnd(b, L, H, P), rnd(b, L, G, N), rnd(b, L, G, N)
+    dt = 0.05 + 0.2 * torch.rand(b, L, H, generator=gen, dtype=F64)
+    A, wy = -(0.2 + torch.rand(H, generator=gen, dtype=F64)), rnd(b, L, H, P)
+    d64 = dt.clone().requires_grad_()
+    y = ssm_edu.ssd(x * (d64.detach() / d64)[..., None], d64, A, B, C, impl="naive")
+    (y * wy).sum().backward()
+    d32 = dt.to(DEVICE, torch.float32).requires_grad_()
+    y = ssd_triton(*(dev(t) for t in (x,)), d32, *(dev(t) for t in (A, B, C)), chunk_size=16, ddt_decay_only=True)
+    (y * dev(wy)).sum().backward()
+    err = rel_error(d32.grad, d64.grad)
+    assert err < tolerance(torch.float32), f"relative error {err:.3g}"
+
+
+def test_gradients_where_the_decays_are_slow(ssd_path):
+    """|A| ~ 0.01: Δ̃ = -Δ A is small and the keys' scale r = w / Δ̃ large. dA and dΔ come from the decays
+    alone: summed through r and SSD's own weight gradient, two large parts cancel, and on these inputs
+    dA erred by 2e-5 (measured on a CPU, in the interpreter), against 3e-7 now."""
+    gen = torch.Generator().manual_seed(0)
+    args, kw = inputs(gen, b=1, L=40, H=2, P=4, G=1, N=4, state=True)
+    args = list(args)
+    args[2] = args[2] * 0.01  # A in [-0.022, -0.002]
+    wy = torch.randn(args[0].shape, generator=gen)
+    ref = grads("naive", args, kw, wy, F64, 16)
+    got = grads("triton", args, kw, wy, torch.float32, 16)
+    for name, g, r in zip(NAMES, got, ref):
+        err = grad_error(g, r)
+        assert err < tolerance(torch.float32), f"d{name}: relative error {err:.3g}"
