@@ -15,7 +15,7 @@ from ssm_edu.mamba3 import cumulative_angle, rotate_pairs
 from ssm_edu.numerics import rel_error, tolerance
 
 from test_mamba3 import assert_states_close, inputs
-from test_mamba3_triton import CASES, DTYPES, NAMES, dev, grad_error, grads, ids, rounded
+from test_mamba3_triton import CASES, DTYPES, NAMES, check_gradients, dev, grad_error, grads, ids, rounded
 
 DEVICE = ssm_edu.default_device()
 ON_GPU = DEVICE.type == "cuda"
@@ -116,18 +116,7 @@ def test_unknown_path_is_refused(gen):
 @pytest.mark.parametrize("case", SISO[:4] + ([(2, 333, 4, 48, 2, 32, None, 64)] if ON_GPU else []), ids=ids)
 def test_gradients_float32_against_float64(case, state, gen, ssd_path):
     """Every input's gradient, the initial state's included, against autograd through the float64 loop."""
-    b, L, H, P, G, N, R, chunk = case
-    args, kw = inputs(gen, b=b, L=L, H=H, P=P, G=G, N=N, state=True)
-    wy = torch.randn(args[0].shape, generator=gen)
-    ref = grads("naive" if L * H < 200 else "vectorized", args, kw, wy, F64, chunk, state, final=state)
-    got = grads("triton", args, kw, wy, torch.float32, chunk, state, final=state)
-    for name, g, r in zip(NAMES, got, ref):
-        if r is None:
-            assert g is None, name
-            continue
-        assert g is not None and g.dtype == torch.float32, name
-        err = grad_error(g, r)
-        assert err < tolerance(torch.float32), f"d{name}: relative error {err:.3g}"
+    check_gradients(case, state, gen)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="bfloat16 arithmetic needs a GPU (the interpreter computes in float32)")

@@ -170,6 +170,11 @@ def grad_error(g, r):
                                               if ON_GPU else []), ids=ids)
 def test_gradients_float32_against_float64(case, state, gen):
     """Every input's gradient, the initial state's included, against autograd through the float64 loop."""
+    check_gradients(case, state, gen)
+
+
+def check_gradients(case, state, gen):
+    """The float32 Triton gradients of one case against the float64 loop's (or the chunked form's)."""
     b, L, H, P, G, N, R, chunk = case
     args, kw = inputs(gen, b=b, L=L, H=H, P=P, G=G, N=N, R=R, state=True)
     wy = torch.randn(args[0].shape, generator=gen)
