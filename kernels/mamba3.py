@@ -78,10 +78,13 @@ BLOCK_P_MAX = 32  # rows of the state per program, at most
 NUM_WARPS = 4
 NUM_STAGES = 2
 F32_PRECISION = "tf32x3"  # float32 inputs: three tensor-float32 products per product (1e-5 needs more than one)
-# SISO float32 / bfloat16 scans: "fused" (this module's kernel) or "ssd" (kernels/mamba3_ssd.py: a rotation
-# kernel, then the SSD kernels with one group per head and a diagonal correction). "fused" stays the default
-# until the benchmark suite has timed both on a GPU (rows "triton" and "triton-ssd" of the mamba3 op).
-SISO_PATH = "fused"
+# SISO float32 / bfloat16 scans: "ssd" (kernels/mamba3_ssd.py: a rotation kernel, then the SSD kernels with
+# one group per head and a diagonal correction) or "fused" (this module's kernel; MIMO and float16 always take
+# it). Why "ssd" by default: on an H100 (2026-12-07) this kernel took 3264 us forward and 29874 us forward plus
+# backward at B4 L4096 H32 P64 N128, where the SSD kernels took 526 and 4597 us at four times the heads
+# (H128) in the same run; the path's own rows ("triton" now, the fused kernel's "triton-fused") come from
+# the next GPU run, and benchmarks/notes/mamba3.md says what to do if they disagree.
+SISO_PATH = "ssd"
 
 
 @triton.jit

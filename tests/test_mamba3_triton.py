@@ -45,6 +45,14 @@ ids = lambda c: "b{}-L{}-H{}-P{}-G{}-N{}-R{}-Q{}".format(*c)  # noqa: E731
 dev = lambda t, dtype=torch.float32: None if t is None else t.to(DEVICE, dtype)  # noqa: E731
 
 
+@pytest.fixture(autouse=True)
+def fused_path(monkeypatch):
+    """This file tests the fused kernel (kernels/mamba3.py) for SISO too; tests/test_mamba3_ssd.py the SSD path."""
+    from ssm_edu.kernels import mamba3 as kernel
+
+    monkeypatch.setattr(kernel, "SISO_PATH", "fused")
+
+
 def rounded(args, kw, dtype):
     """The inputs rounded to dtype and back to float64: the reference sees what the kernel sees."""
     r = lambda t: t.to(dtype).double()  # noqa: E731
