@@ -43,6 +43,8 @@ def compile_kernel(fn, pointers, ints, constexprs, num_warps, num_stages, dump=N
         elif name in pointers:
             sig[name] = pointers[name]
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(ints[name], float):  # a float scalar argument
+            sig[name] = "fp32"
         elif ints[name] == 1:
             sig[name] = "constexpr"
             ce[name] = 1
@@ -174,6 +176,19 @@ def rotate_config(kernel="fwd", dtype=torch.bfloat16):
     return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), s["b"] * s["H"] * n_iblk
 
 
+def block_step_config(P=64, N=64, H=24, dtype=torch.bfloat16):
+    """The fused decoding step of the Mamba-3 block (kernels/mamba3_block_step.py), as chapter 10's decode
+    benchmark builds the block (d_model 768: 24 heads of P = 64, N = 64), batch 1."""
+    mod = _mod("mamba3_block_step")
+    fn = mod._mamba3_block_step
+    pointers = {name: ("*fp32" if name in ("h_ptr", "angle_ptr", "k_ptr", "xc_ptr") else f"*{TY[dtype]}")
+                for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
+    d_proj = 2 * H * P + 2 * N + 3 * H + N // 4
+    ints = dict(stride_b=d_proj, H=H, HPG=H, G=1, P=P, N2=N // 2, S=N // 4, eps=1e-5, A_floor=1e-4)
+    ce = dict(HEAVY_TAIL=True, BLOCK_P=P, BLOCK_N2=N // 2)
+    return fn, pointers, ints, ce, dict(num_warps=4 if P * N <= 64 * 128 else 8, num_stages=1), H
+
+
 CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's variants (benchmarks/sweep_mamba3.py)
     ("fwd bf16 default", fwd_config, {}),
     ("fwd bf16 bp64", fwd_config, dict(block_p=64)),
@@ -214,6 +229,8 @@ CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's varia
     ("first kernel (fp32)", first_config, {}),
     ("ssd path: rotate fwd", rotate_config, {}),
     ("ssd path: rotate bwd", rotate_config, dict(kernel="bwd")),
+    ("block step P64 N64 (decode)", block_step_config, {}),
+    ("block step P64 N128", block_step_config, dict(N=128)),
 ]
 
 

@@ -11,7 +11,8 @@ runs it, and replayed from a CUDA graph of the whole step.
 
 Rows, at batch 1 and 64:
 
-    {"op": "decode", "impl": "<model>-eager" | "<model>-graph" | "<model>-graph-mamba_ssm",
+    {"op": "decode", "impl": "<model>-eager" | "<model>-graph" | "<model>-graph-mamba_ssm"
+                             | "mamba3-eager-fused" | "mamba3-graph-fused",
      "pass": "fwd", "shape": "B{b} ctx{T} d768 layers{n}", "dtype": "bf16",
      "median_us": time per step (b tokens), "tokens_per_s": b / time,
      "floor_us": decode_floor_bytes / measured HBM bandwidth (every weight
@@ -33,6 +34,11 @@ swapped for ours inside the same graphed Mamba-2 and Mamba-1 models, in the
 same run: everything else in the step is the same, so the difference is the
 state update. ``peer_rel_error``: its first step's logits against ours.
 
+The Mamba-3 model is also timed with its blocks' fused decoding step
+(``Mamba3.fused_step``: ``kernels/mamba3_block_step.py``, everything between
+the two projections in one kernel), eager and graphed; ``peer_rel_error`` of
+the graphed row: its first logits against the PyTorch step's.
+
 Timing: ``ssm_edu.inference.time_decoder``, the median of 3 runs of 16 steps
 back to back (CUDA events). The run keeps to ``budget_s`` (110 s after the
 bandwidth measurement): rows it has no time left for say so. Expected on an
@@ -49,6 +55,7 @@ import torch
 
 import ssm_edu.mamba
 import ssm_edu.mamba2
+import ssm_edu.mamba3_block
 from ssm_edu.inference import (Decoder, decode_floor_bytes, kernels_per_step, matched_models, model_cache_bytes,
                                time_decoder)
 from ssm_edu.numerics import rel_error
@@ -62,6 +69,7 @@ ORDER = ("Mamba-2", "Mamba-3", "Mamba-1", "DeltaNet", "Transformer", "Hybrid")  
 GROWING = ("Transformer", "Hybrid")  # KV caches: measured at every context
 PEER_MODULES = {"Mamba-2": ssm_edu.mamba2, "Mamba-1": ssm_edu.mamba}  # where the block's step finds the update
 NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
+FUSED = {"Mamba-3": ssm_edu.mamba3_block.Mamba3}  # blocks with a fused decoding step (``fused_step``)
 
 
 @contextlib.contextmanager
@@ -111,6 +119,7 @@ def _shape_rows(ctx, model, name, batch, T, shape, dtype, n_tokens, repeats, pee
     capacity = -(-(T + n_tokens + 16) // 64) * 64  # the timed steps never run out of positions
     need = model_cache_bytes(model, capacity, batch)
     modes = [f"{key}-eager", f"{key}-graph"] + ([f"{key}-graph-mamba_ssm"] if peer and name in PEER_MODULES else [])
+    modes += [f"{key}-eager-fused", f"{key}-graph-fused"] if name in FUSED else []
     if need > 0.8 * _free_bytes(ctx.device):
         why = f"the caches need {need / 2**30:.1f} GiB, {_free_bytes(ctx.device) / 2**30:.1f} GiB free"
         for impl in modes:
@@ -148,7 +157,13 @@ def _shape_rows(ctx, model, name, batch, T, shape, dtype, n_tokens, repeats, pee
                 row["matches_eager"] = bool(torch.equal(dec.generate(prompt, 8, seed=0), eager))
                 ours = _first_logits(dec, prompt)
             yield row
-        if len(modes) == 3:
+        if FUSED.get(name):
+            del dec
+            dec = None
+            _release(ctx.device)
+            yield from _fused_rows(ctx, model, name, batch, T, base, capacity, n_tokens, repeats, floor_us, cache_mib,
+                                   prompt, ours)
+        if len(modes) > 2 and modes[2].endswith("mamba_ssm"):
             impl = modes[2]
             if not dec.graphed:
                 yield missing_row("decode", impl, "fwd", shape, base["dtype"], dec.why_eager)
@@ -185,6 +200,50 @@ def _shape_rows(ctx, model, name, batch, T, shape, dtype, n_tokens, repeats, pee
     finally:
         del dec
         _release(ctx.device, collect=failed)
+
+
+def _fused_rows(ctx, model, name, batch, T, base, capacity, n_tokens, repeats, floor_us, cache_mib, prompt, ours):
+    """The same model with its blocks' fused decoding step (``FUSED``), eager and graphed."""
+    key, gpu = IMPL[name], ctx.device.type == "cuda"
+    blocks = [m for m in model.modules() if isinstance(m, FUSED[name])]
+    dec, impl = None, f"{key}-eager-fused"
+    try:
+        for m in blocks:
+            m.fused_step = True
+        dec = Decoder(model, batch=batch, capacity=capacity, temperature=1.0)
+        for impl in (f"{key}-eager-fused", f"{key}-graph-fused"):
+            graph = impl.startswith(f"{key}-graph")
+            if graph and not dec.graphed:
+                yield missing_row("decode", impl, "fwd", base["shape"], base["dtype"], dec.why_eager)
+                continue
+            dec.use_graph = graph
+            if gpu:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            s = time_decoder(dec, T, n_tokens=n_tokens, repeats=repeats)
+            row = base | {"impl": impl, "median_us": 1e6 * s, "floor_us": floor_us, "tokens_per_s": batch / s,
+                          "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
+                          "cache_mib": cache_mib}
+            if gpu and batch == 1 and not graph:
+                try:
+                    row["kernels_per_step"] = kernels_per_step(dec)
+                except Exception:  # noqa: BLE001  (the count is extra: the row stands without it)
+                    row["kernels_per_step"] = None
+            if graph:
+                dec.use_graph = False
+                eager = dec.generate(prompt, 8, seed=0)
+                dec.use_graph = True
+                row["matches_eager"] = bool(torch.equal(dec.generate(prompt, 8, seed=0), eager))
+                if ours is not None:  # the fused step's first logits against the PyTorch step's
+                    row["peer_rel_error"] = float(rel_error(_first_logits(dec, prompt), ours))
+            yield row
+    except Exception as err:  # noqa: BLE001  (a failing variant is a row that says why)
+        yield missing_row("decode", impl, "fwd", base["shape"], base["dtype"], f"{type(err).__name__}: {err}"[:240])
+    finally:
+        for m in blocks:
+            m.fused_step = False
+        del dec
+        _release(ctx.device, collect=True)
 
 
 def summary(rows: list[dict]) -> str:

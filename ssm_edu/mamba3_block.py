@@ -212,9 +212,25 @@ class Mamba3(nn.Module):
         return {"state": Mamba3State.zeros(batch, self.nheads, self.headdim, self.d_state,
                                            self.rank if self.mimo else None, dtype=dtype, device=device)}
 
-    def step(self, u: torch.Tensor, cache: dict) -> torch.Tensor:
-        """One token: u (b, d_model) -> (b, d_model); writes the next state into ``cache["state"]`` in place."""
+    # The step between the two projections as one Triton kernel (kernels/mamba3_block_step.py; SISO, float32
+    # cache). Off by default: chapter 10 measures and explains the PyTorch step; the decode benchmark times the
+    # fused one beside it (rows "mamba3-graph-fused"). Set True on a block (or pass fused=True) to use it.
+    fused_step = False
+
+    def step(self, u: torch.Tensor, cache: dict, fused: bool | None = None) -> torch.Tensor:
+        """One token: u (b, d_model) -> (b, d_model); writes the next state into ``cache["state"]`` in place.
+
+        ``fused``: the whole step between the two projections in one Triton kernel
+        (``kernels/mamba3_block_step.py``), where the block and cache fit it (SISO, a float32
+        cache), else the PyTorch step; None follows the block's ``fused_step``.
+        """
         Shapes("Mamba3.step").check("u", u, f"batch {self.d_model}")
+        if fused if fused is not None else self.fused_step:
+            from .kernels import mamba3_block_step as kernel
+
+            proj = self.in_proj(u)
+            if kernel.supported(self, proj, cache["state"]):
+                return self.out_proj(kernel.mamba3_block_step(self, proj, cache["state"]).flatten(-2))
         s = self.ssm_inputs(u)
         y, new = mamba3_step(cache["state"], s["x"], s["dt"], s["A"], s["B"], s["C"], s["lam"], s["theta"],
                              D=self.D, z=s["z"])  # y (b, H, [R,] P)

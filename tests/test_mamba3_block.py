@@ -234,6 +234,76 @@ def test_gpu_block_bf16_decoding_matches_forward():
     assert rel_error(out.float(), ref.float()) < 5e-2
 
 
+# ---------------------------------------------------------------------- the fused decoding step
+
+
+def _perturbed(m, gen):
+    """Parameters moved off their initial values (norm weights, biases, D all leave 1)."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+    return m
+
+
+FUSED_CASES = [dict(d_model=24, d_state=8, headdim=8),  # heavy-tailed A, half the pairs rotate
+               dict(d_model=24, d_state=8, headdim=8, A_activation="softplus", rope_fraction=1.0, ngroups=3),
+               dict(d_model=24, d_state=12, headdim=6, rope_fraction=0.0)]  # N/2 = 6, P = 6: not powers of two
+
+
+@pytest.mark.parametrize("kw", FUSED_CASES, ids=lambda k: ",".join(f"{a}={v}" for a, v in k.items()))
+def test_fused_step_matches_the_pytorch_step(kw):
+    """kernels/mamba3_block_step.py (Triton; the interpreter on a CPU) against ``Mamba3.step``'s PyTorch
+    path, float32, token after token: the outputs and every part of the cache, updated in place."""
+    gen = torch.Generator().manual_seed(0)
+    dev = ssm_edu.default_device()
+    m = _perturbed(Mamba3(**kw), gen).to(dev)
+    ref_cache, cache = m.allocate_cache(3), m.allocate_cache(3)
+    addresses = [t.data_ptr() for t in cache["state"]]
+    for _ in range(6):
+        u = torch.randn(3, kw["d_model"], generator=gen).to(dev)
+        ref = m.step(u, ref_cache, fused=False)
+        out = m.step(u, cache, fused=True)
+        assert rel_error(out, ref) < tolerance(torch.float32)
+        for name, a, b in zip(("h", "angle", "k", "x"), cache["state"], ref_cache["state"]):
+            assert rel_error(a, b) < tolerance(torch.float32), name
+    assert [t.data_ptr() for t in cache["state"]] == addresses  # in place: what a CUDA graph needs
+
+
+def test_fused_step_is_off_by_default_and_mimo_takes_the_pytorch_step():
+    gen = torch.Generator().manual_seed(1)
+    assert Mamba3.fused_step is False
+    m = _perturbed(Mamba3(d_model=16, d_state=4, headdim=8, mimo_rank=2), gen)
+    c1, c2 = m.allocate_cache(2), m.allocate_cache(2)
+    u = torch.randn(2, 16, generator=gen)
+    assert torch.equal(m.step(u, c1, fused=True), m.step(u, c2, fused=False))  # MIMO: the same PyTorch code
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+def test_gpu_fused_step_bf16_and_in_a_cuda_graph():
+    """bf16 weights: the fused step (float32 inside) against the PyTorch step, and a graphed Decoder of a model
+    of fused blocks generates what its eager steps generate."""
+    from ssm_edu.inference import Decoder
+
+    gen = torch.Generator().manual_seed(2)
+    m = _perturbed(Mamba3(d_model=128, d_state=64, headdim=64), gen).cuda().to(torch.bfloat16)
+    c1, c2 = m.allocate_cache(4), m.allocate_cache(4)
+    for _ in range(8):
+        u = torch.randn(4, 128, generator=gen).cuda().to(torch.bfloat16)
+        with torch.no_grad():
+            ref, out = m.step(u, c1, fused=False), m.step(u, c2, fused=True)
+        assert rel_error(out.float(), ref.float()) < tolerance(torch.bfloat16)
+    torch.manual_seed(0)
+    model = SequenceModel(64, 128, 2, mamba3_block(d_state=64, headdim=64)).cuda().to(torch.bfloat16).eval()
+    for blk in model.modules():
+        if isinstance(blk, Mamba3):
+            blk.fused_step = True
+    dec = Decoder(model, capacity=64, graph=True)
+    prompt = torch.randint(0, 64, (1, 8), device="cuda")
+    graphed = dec.generate(prompt, 12, seed=0)
+    dec.use_graph = False
+    assert torch.equal(dec.generate(prompt, 12, seed=0), graphed)
+
+
 # ---------------------------------------------------------------------- the state-tracking tasks
 
 
