@@ -189,6 +189,24 @@ def block_step_config(P=64, N=64, H=24, dtype=torch.bfloat16):
     return fn, pointers, ints, ce, dict(num_warps=4 if P * N <= 64 * 128 else 8, num_stages=1), H
 
 
+def mamba2_step_config(kernel="ssm", P=64, N=64, H=24, dtype=torch.bfloat16):
+    """The Mamba-2 block's fused decoding step (kernels/mamba2_block_step.py), at chapter 10's decode shape
+    (d_model 768: 24 heads of P = 64, N = 64, one group, a conv of width 4), batch 1."""
+    mod = _mod("mamba2_block_step")
+    fn = {"conv": mod._conv_step, "ssm": mod._ssm_step, "norm": mod._gated_norm}[kernel]
+    low = ("proj_ptr", "conv_ptr", "w_ptr", "bias_ptr", "dt_bias_ptr", "A_log_ptr", "D_ptr", "wt_ptr", "out_ptr")
+    pointers = {name: (f"*{TY[dtype]}" if name in low else "*fp32")
+                for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
+    Din, conv_dim = H * P, H * P + 2 * N
+    ints = dict(stride_b=2 * Din + 2 * N + H, d_inner=Din, conv_dim=conv_dim, H=H, HPG=H, G=1, P=P, N=N, eps=1e-5)
+    ints = {k: v for k, v in ints.items() if k in inspect.signature(fn.fn).parameters}
+    ce, programs = {
+        "conv": (dict(W=4, BLOCK_W=4, BLOCK_C=mod.BLOCK_C), -(-conv_dim // mod.BLOCK_C)),
+        "ssm": (dict(BLOCK_P=P, BLOCK_N=N), H),
+        "norm": (dict(BLOCK_H=32, BLOCK_S=2048), 1)}[kernel]
+    return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), programs
+
+
 CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's variants (benchmarks/sweep_mamba3.py)
     ("fwd bf16 default", fwd_config, {}),
     ("fwd bf16 bp64", fwd_config, dict(block_p=64)),
@@ -231,6 +249,9 @@ CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's varia
     ("ssd path: rotate bwd", rotate_config, dict(kernel="bwd")),
     ("block step P64 N64 (decode)", block_step_config, {}),
     ("block step P64 N128", block_step_config, dict(N=128)),
+    ("mamba2 step: conv", mamba2_step_config, dict(kernel="conv")),
+    ("mamba2 step: state", mamba2_step_config, dict(kernel="ssm")),
+    ("mamba2 step: gated norm", mamba2_step_config, dict(kernel="norm")),
 ]
 
 

@@ -12,7 +12,7 @@ runs it, and replayed from a CUDA graph of the whole step.
 Rows, at batch 1 and 64:
 
     {"op": "decode", "impl": "<model>-eager" | "<model>-graph" | "<model>-graph-mamba_ssm"
-                             | "mamba3-eager-fused" | "mamba3-graph-fused",
+                             | "<model>-eager-fused" | "<model>-graph-fused" (Mamba-2, Mamba-3),
      "pass": "fwd", "shape": "B{b} ctx{T} d768 layers{n}", "dtype": "bf16",
      "median_us": time per step (b tokens), "tokens_per_s": b / time,
      "floor_us": decode_floor_bytes / measured HBM bandwidth (every weight
@@ -34,10 +34,11 @@ swapped for ours inside the same graphed Mamba-2 and Mamba-1 models, in the
 same run: everything else in the step is the same, so the difference is the
 state update. ``peer_rel_error``: its first step's logits against ours.
 
-The Mamba-3 model is also timed with its blocks' fused decoding step
-(``Mamba3.fused_step``: ``kernels/mamba3_block_step.py``, everything between
-the two projections in one kernel), eager and graphed; ``peer_rel_error`` of
-the graphed row: its first logits against the PyTorch step's.
+The Mamba-2 and Mamba-3 models are also timed with their blocks' fused
+decoding steps (``fused_step``: ``kernels/mamba2_block_step.py``, three
+kernels between the two projections, and ``kernels/mamba3_block_step.py``,
+one), eager and graphed; ``peer_rel_error`` of the graphed row: its first
+logits against the PyTorch step's.
 
 Timing: ``ssm_edu.inference.time_decoder``, the median of 3 runs of 16 steps
 back to back (CUDA events). The run keeps to ``budget_s`` (110 s after the
@@ -69,7 +70,8 @@ ORDER = ("Mamba-2", "Mamba-3", "Mamba-1", "DeltaNet", "Transformer", "Hybrid")  
 GROWING = ("Transformer", "Hybrid")  # KV caches: measured at every context
 PEER_MODULES = {"Mamba-2": ssm_edu.mamba2, "Mamba-1": ssm_edu.mamba}  # where the block's step finds the update
 NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
-FUSED = {"Mamba-3": ssm_edu.mamba3_block.Mamba3}  # blocks with a fused decoding step (``fused_step``)
+FUSED = {"Mamba-2": ssm_edu.mamba2.Mamba2,  # blocks with a fused decoding step (``fused_step``)
+         "Mamba-3": ssm_edu.mamba3_block.Mamba3}
 
 
 @contextlib.contextmanager
@@ -157,6 +159,7 @@ def _shape_rows(ctx, model, name, batch, T, shape, dtype, n_tokens, repeats, pee
                 row["matches_eager"] = bool(torch.equal(dec.generate(prompt, 8, seed=0), eager))
                 ours = _first_logits(dec, prompt)
             yield row
+        graphed, why_eager = dec.graphed, dec.why_eager
         if FUSED.get(name):
             del dec
             dec = None
@@ -165,8 +168,8 @@ def _shape_rows(ctx, model, name, batch, T, shape, dtype, n_tokens, repeats, pee
                                    prompt, ours)
         if len(modes) > 2 and modes[2].endswith("mamba_ssm"):
             impl = modes[2]
-            if not dec.graphed:
-                yield missing_row("decode", impl, "fwd", shape, base["dtype"], dec.why_eager)
+            if not graphed:
+                yield missing_row("decode", impl, "fwd", shape, base["dtype"], why_eager)
                 return
             del dec
             dec = None

@@ -1070,11 +1070,13 @@ _MODEL_KEYS = {"transformer": "Transformer", "mamba1": "Mamba-1", "mamba2": "Mam
                "deltanet": "DeltaNet", "hybrid": "Hybrid"}
 
 
-def gpu_decode_rows(include_missing: bool = False) -> list[dict]:
+def gpu_decode_rows(include_missing: bool = False, include_fused: bool = False) -> list[dict]:
     """The stored "decode" rows (``benchmarks/decode.py``), one dict per measured step.
 
     Each: "model" (as ``MODEL_NAMES``), "mode" ("eager" or "graph"), "peer"
-    (None, or the library whose state update ran inside our model), "batch",
+    (None, or the library whose state update ran inside our model), "fused"
+    (the blocks' fused decoding step, ``fused_step``; those rows only with
+    ``include_fused``), "batch",
     "context", "d_model", "layers", "s_per_token", "tokens_per_s" (batch /
     s_per_token), "floor_s" (``decode_floor_bytes`` over the measured
     bandwidth), "peak_bytes", "cache_bytes", and the run's "device", "dtype",
@@ -1092,9 +1094,13 @@ def gpu_decode_rows(include_missing: bool = False) -> list[dict]:
         parts = r["impl"].split("-", 2)
         if not m or parts[0] not in _MODEL_KEYS or len(parts) < 2 or (not r.get("median_us") and not include_missing):
             continue
+        fused = len(parts) > 2 and parts[2] == "fused"
+        if fused and not include_fused:
+            continue
         s = 1e-6 * r["median_us"] if r.get("median_us") else None
         batch = int(m.group(1))
-        out.append({"model": _MODEL_KEYS[parts[0]], "mode": parts[1], "peer": parts[2] if len(parts) > 2 else None,
+        out.append({"model": _MODEL_KEYS[parts[0]], "mode": parts[1], "fused": fused,
+                    "peer": parts[2] if len(parts) > 2 and not fused else None,
                     "batch": batch, "context": int(m.group(2)), "d_model": int(m.group(3)),
                     "layers": int(m.group(4)), "s_per_token": s, "tokens_per_s": batch / s if s else None,
                     "floor_s": 1e-6 * r["floor_us"] if r.get("floor_us") else None,
@@ -1115,7 +1121,8 @@ def gpu_decode_table(rows: list[dict], context: int = 1024) -> str:
              fmt.format("", "", "tok/s", "tok/s", "", "tok/s", "floor", "per step", "kernel")]
     order = {n: i for i, n in enumerate(MODEL_NAMES)}
     for name, batch in sorted({(r["model"], r["batch"]) for r in rs}, key=lambda k: (k[1], order.get(k[0], 99))):
-        mine = {(r["mode"], r["peer"]): r for r in rs if r["model"] == name and r["batch"] == batch}
+        mine = {(r["mode"], r["peer"]): r for r in rs if r["model"] == name and r["batch"] == batch
+                and not r.get("fused")}
         eager, graph = mine.get(("eager", None)), mine.get(("graph", None))
         kernels = eager.get("kernels") if eager else None
         ref = graph or eager
@@ -1131,6 +1138,16 @@ def gpu_decode_table(rows: list[dict], context: int = 1024) -> str:
                 lines.append(fmt.format(f"  {peer}'s state update"[:26], str(batch), "", f"{r['tokens_per_s']:,.0f}",
                                         "", "", f"{r['s_per_token'] / r['floor_s']:.1f}x" if r["floor_s"] else "-",
                                         "", ""))
+        fused = {r["mode"]: r for r in rs if r["model"] == name and r["batch"] == batch and r.get("fused")}
+        if fused:  # the blocks' fused decoding step (rows present with include_fused)
+            fe, fg = fused.get("eager"), fused.get("graph")
+            fk = fe.get("kernels") if fe else None
+            lines.append(fmt.format(
+                "  fused step", str(batch), f"{fe['tokens_per_s']:,.0f}" if fe else "-",
+                f"{fg['tokens_per_s']:,.0f}" if fg else "-",
+                f"{fe['s_per_token'] / fg['s_per_token']:.1f}x" if fe and fg else "-", "",
+                f"{fg['s_per_token'] / fg['floor_s']:.1f}x" if fg and fg["floor_s"] else "-",
+                f"{fk:,.0f}" if fk else "-", f"{1e6 * fg['s_per_token'] / fk:.1f}" if fk and fg else "-"))
     return "\n".join(lines)
 
 

@@ -169,15 +169,28 @@ class Mamba2(nn.Module):
                 "ssm": torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device,
                                    dtype=torch.promote_types(dtype, torch.float32))}
 
-    def step(self, u, cache: dict):
+    # The step between the two projections as three Triton kernels (kernels/mamba2_block_step.py). Off by
+    # default: chapter 10 measures and explains the PyTorch step; the decode benchmark times the fused one
+    # beside it (rows "mamba2-graph-fused"). Set True on a block (or pass fused=True) to use it.
+    fused_step = False
+
+    def step(self, u, cache: dict, fused: bool | None = None):
         """One token: u (b, d_model) -> (b, d_model); updates ``cache`` in place.
 
         The conv window drops its oldest input and takes the newest; the
         states advance through ``selective_state_update`` in the headed
         layout, with Δ, A, D and dt_bias broadcast (stride 0) over P and N.
+        ``fused``: the same in three Triton kernels (``kernels/mamba2_block_step.py``)
+        where the cache fits them (a float32 state); None follows ``fused_step``.
         """
         Shapes("Mamba2.step").check("u", u, f"batch {self.d_model}")
-        z, xBC, dt = self._split(self.in_proj(u))  # (b, Din), (b, conv_dim), (b, H)
+        proj = self.in_proj(u)
+        if fused if fused is not None else self.fused_step:
+            from .kernels import mamba2_block_step as kernel
+
+            if kernel.supported(self, proj, cache):
+                return self.out_proj(kernel.mamba2_block_step(self, proj, cache))
+        z, xBC, dt = self._split(proj)  # (b, Din), (b, conv_dim), (b, H)
         conv = cache["conv"]  # (b, conv_dim, W)
         conv.copy_(torch.roll(conv, shifts=-1, dims=-1))
         conv[:, :, -1] = xBC

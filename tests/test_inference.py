@@ -250,3 +250,30 @@ def test_cache_numbers_count_every_cache_tensor():
     models = matched_models(20, 16, 1, which=("Mamba-3", "Mamba-2", "DeltaNet", "Hybrid"))
     for m in models.values():
         assert cache_numbers(m, 10) == [layer_cache_bytes(b, 10) // 4 for b in m.blocks]
+
+
+def test_stored_decode_rows_keep_fused_steps_apart(monkeypatch):
+    """Rows of the blocks' fused steps ("mamba3-graph-fused") are neither peers nor the PyTorch step's rows:
+    left out unless asked for, then marked, and the table gives them a line of their own."""
+    import ssm_edu.results
+    from ssm_edu.inference import gpu_decode_rows, gpu_decode_table
+
+    base = {"op": "decode", "pass": "fwd", "shape": "B1 ctx1024 d768 layers24", "dtype": "bf16", "device": "GPU",
+            "floor_us": 50.0}
+    stored = [base | {"impl": "mamba3-eager", "median_us": 9000.0, "kernels_per_step": 1200},
+              base | {"impl": "mamba3-graph", "median_us": 1800.0},
+              base | {"impl": "mamba3-eager-fused", "median_us": 3000.0, "kernels_per_step": 130},
+              base | {"impl": "mamba3-graph-fused", "median_us": 300.0},
+              base | {"impl": "mamba2-graph-mamba_ssm", "median_us": 1200.0}]
+    monkeypatch.setattr(ssm_edu.results, "rows", lambda op=None, *a, **k: [r for r in stored if r["op"] == op])
+    plain = gpu_decode_rows()
+    assert len(plain) == 3 and not any(r["fused"] for r in plain)
+    assert [r["peer"] for r in plain] == [None, None, "mamba_ssm"]
+    rows = gpu_decode_rows(include_fused=True)
+    fused = [r for r in rows if r["fused"]]
+    assert [(r["mode"], r["peer"]) for r in fused] == [("eager", None), ("graph", None)]
+    table = gpu_decode_table(rows)
+    line = next(x for x in table.splitlines() if x.strip().startswith("fused step"))
+    assert "6.0x" in line and "130" in line  # 300 µs over a 50 µs floor; the fused step's kernels
+    assert "1,200" in next(x for x in table.splitlines() if x.startswith("Mamba-3"))
+    assert "fused step" not in gpu_decode_table(plain)
