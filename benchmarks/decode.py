@@ -131,34 +131,12 @@ def _shape_rows(ctx, model, name, batch, T, shape, dtype, n_tokens, repeats, pee
     cache_mib = model_cache_bytes(model, T, batch) / 2**20
     prompt = torch.randint(0, model.embedding.weight.shape[0], (batch, 8),
                            generator=torch.Generator().manual_seed(0)).to(ctx.device)
-    dec, impl, ours, failed = None, modes[0], None, False
+    dec, impl, ours, failed, logits = None, modes[0], None, False, {}
     try:
         dec = Decoder(model, batch=batch, capacity=capacity, temperature=1.0)  # captured where possible
-        for impl in modes[:2]:
-            if impl.endswith("graph") and not dec.graphed:
-                yield missing_row("decode", impl, "fwd", shape, base["dtype"], dec.why_eager)
-                continue
-            dec.use_graph = impl.endswith("graph")
-            if gpu:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            s = time_decoder(dec, T, n_tokens=n_tokens, repeats=repeats)
-            row = base | {"impl": impl, "median_us": 1e6 * s, "floor_us": floor_us, "tokens_per_s": batch / s,
-                          "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
-                          "cache_mib": cache_mib}
-            if gpu and batch == 1 and not dec.use_graph:
-                try:  # what the graph replays: as many kernels as the eager step launches
-                    row["kernels_per_step"] = kernels_per_step(dec)
-                except Exception as err:  # a profiler that does not work here costs the count, not the row
-                    row["kernels_per_step"] = None
-                    print(f"decode {impl} {shape}: no kernel count ({type(err).__name__}: {err})"[:240])
-            if dec.use_graph:
-                dec.use_graph = False
-                eager = dec.generate(prompt, 8, seed=0)
-                dec.use_graph = True
-                row["matches_eager"] = bool(torch.equal(dec.generate(prompt, 8, seed=0), eager))
-                ours = _first_logits(dec, prompt)
-            yield row
+        yield from _timed(ctx, dec, modes[:2], base, batch, T, n_tokens, repeats, floor_us, cache_mib, prompt, logits)
+        ours = logits.pop("graph", None)
+        logits.pop("impl")
         graphed, why_eager = dec.graphed, dec.why_eager
         if FUSED.get(name):
             del dec
@@ -196,52 +174,66 @@ def _shape_rows(ctx, model, name, batch, T, shape, dtype, n_tokens, repeats, pee
             yield row
     except torch.OutOfMemoryError:
         failed = True
-        yield missing_row("decode", impl, "fwd", shape, base["dtype"], "out of GPU memory")
+        yield missing_row("decode", logits.get("impl", impl), "fwd", shape, base["dtype"], "out of GPU memory")
     except Exception as err:  # one shape's failure is a row that says why; the run goes on
         failed = True
-        yield missing_row("decode", impl, "fwd", shape, base["dtype"], f"{type(err).__name__}: {err}"[:240])
+        yield missing_row("decode", logits.get("impl", impl), "fwd", shape, base["dtype"],
+                          f"{type(err).__name__}: {err}"[:240])
     finally:
         del dec
         _release(ctx.device, collect=failed)
 
 
+def _timed(ctx, dec, impls, base, batch, T, n_tokens, repeats, floor_us, cache_mib, prompt, logits):
+    """A row per impl: ``dec`` timed eagerly, or replaying its graph where the impl names "-graph"; a graphed
+    row also says whether graph and eager generate the same tokens, and leaves its first logits in
+    ``logits["graph"]`` (and the impl being timed in ``logits["impl"]``)."""
+    gpu = ctx.device.type == "cuda"
+    for impl in impls:
+        logits["impl"] = impl  # the row an error belongs to
+        graph = "-graph" in impl
+        if graph and not dec.graphed:
+            yield missing_row("decode", impl, "fwd", base["shape"], base["dtype"], dec.why_eager)
+            continue
+        dec.use_graph = graph
+        if gpu:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        s = time_decoder(dec, T, n_tokens=n_tokens, repeats=repeats)
+        row = base | {"impl": impl, "median_us": 1e6 * s, "floor_us": floor_us, "tokens_per_s": batch / s,
+                      "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None, "cache_mib": cache_mib}
+        if gpu and batch == 1 and not graph:
+            try:  # what the graph replays: as many kernels as the eager step launches
+                row["kernels_per_step"] = kernels_per_step(dec)
+            except Exception as err:  # a profiler that does not work here costs the count, not the row
+                row["kernels_per_step"] = None
+                print(f"decode {impl} {base['shape']}: no kernel count ({type(err).__name__}: {err})"[:240])
+        if graph:
+            dec.use_graph = False
+            eager = dec.generate(prompt, 8, seed=0)
+            dec.use_graph = True
+            row["matches_eager"] = bool(torch.equal(dec.generate(prompt, 8, seed=0), eager))
+            logits["graph"] = _first_logits(dec, prompt)
+        yield row
+
+
 def _fused_rows(ctx, model, name, batch, T, base, capacity, n_tokens, repeats, floor_us, cache_mib, prompt, ours):
     """The same model with its blocks' fused decoding step (``FUSED``), eager and graphed."""
-    key, gpu = IMPL[name], ctx.device.type == "cuda"
+    key = IMPL[name]
     blocks = [m for m in model.modules() if isinstance(m, FUSED[name])]
-    dec, impl = None, f"{key}-eager-fused"
+    dec, got = None, {}
     try:
         for m in blocks:
             m.fused_step = True
         dec = Decoder(model, batch=batch, capacity=capacity, temperature=1.0)
-        for impl in (f"{key}-eager-fused", f"{key}-graph-fused"):
-            graph = impl.startswith(f"{key}-graph")
-            if graph and not dec.graphed:
-                yield missing_row("decode", impl, "fwd", base["shape"], base["dtype"], dec.why_eager)
-                continue
-            dec.use_graph = graph
-            if gpu:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            s = time_decoder(dec, T, n_tokens=n_tokens, repeats=repeats)
-            row = base | {"impl": impl, "median_us": 1e6 * s, "floor_us": floor_us, "tokens_per_s": batch / s,
-                          "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
-                          "cache_mib": cache_mib}
-            if gpu and batch == 1 and not graph:
-                try:
-                    row["kernels_per_step"] = kernels_per_step(dec)
-                except Exception:  # noqa: BLE001  (the count is extra: the row stands without it)
-                    row["kernels_per_step"] = None
-            if graph:
-                dec.use_graph = False
-                eager = dec.generate(prompt, 8, seed=0)
-                dec.use_graph = True
-                row["matches_eager"] = bool(torch.equal(dec.generate(prompt, 8, seed=0), eager))
-                if ours is not None:  # the fused step's first logits against the PyTorch step's
-                    row["peer_rel_error"] = float(rel_error(_first_logits(dec, prompt), ours))
+        for row in _timed(ctx, dec, (f"{key}-eager-fused", f"{key}-graph-fused"), base, batch, T, n_tokens, repeats,
+                          floor_us, cache_mib, prompt, got):
+            if row["impl"].endswith("graph-fused") and "graph" in got and ours is not None:
+                row["peer_rel_error"] = float(rel_error(got["graph"], ours))  # against the PyTorch step's logits
             yield row
     except Exception as err:  # noqa: BLE001  (a failing variant is a row that says why)
-        yield missing_row("decode", impl, "fwd", base["shape"], base["dtype"], f"{type(err).__name__}: {err}"[:240])
+        yield missing_row("decode", got.get("impl", f"{key}-eager-fused"), "fwd", base["shape"], base["dtype"],
+                          f"{type(err).__name__}: {err}"[:240])
     finally:
         for m in blocks:
             m.fused_step = False

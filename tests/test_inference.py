@@ -189,6 +189,9 @@ def test_decode_benchmark_rows_on_cpu():
     assert all(r["median_us"] > 0 and "missing" not in r and r["tokens_per_s"] > 0 for r in eager.values())
     graph = [r for r in rows if r["impl"].endswith("graph")]
     assert len(graph) == len(eager) and all("CUDA" in r["missing"] for r in graph)  # no graph on a CPU
+    fused = [r for r in rows if r["impl"].endswith("eager-fused")]  # the fused steps, in the interpreter here
+    assert sorted({r["impl"] for r in fused}) == ["mamba2-eager-fused", "mamba3-eager-fused"]
+    assert all(r["median_us"] > 0 for r in fused)
     kv = eager[("transformer-eager", "B1 ctx64 d32 layers1")]
     assert kv["cache_mib"] * 2**20 == 2 * 32 * 64 * 4  # keys and values, H·P = d, float32
     assert eager[("transformer-eager", "B2 ctx64 d32 layers1")]["cache_mib"] == 2 * kv["cache_mib"]
