@@ -49,9 +49,13 @@ cache of ``mamba3_step``) is (h, angle, k, x): h_{t}, Φ_t (reduced to
 * ``quadratic``: the parallel form over the whole sequence, O(L²) per head.
 * ``vectorized``: chunked. The parallel form inside chunks of Q steps, a state
   carried from chunk to chunk.
-* ``triton``: the chunked algorithm in one kernel (``kernels/mamba3.py``), its
-  gradients in Triton too (``kernels/mamba3_bwd.py``); ``mamba3_step`` has a
-  Triton decoding step (``kernels/mamba3_step.py``).
+* ``triton``: for SISO heads in float32 or bfloat16, SSD's kernels with a
+  rotation kernel before them and a correction on the diagonal after
+  (``kernels/mamba3_ssd.py``: below the diagonal the trapezoid's weight
+  depends on the input's step alone, as SSD's does); otherwise the chunked
+  algorithm in one kernel (``kernels/mamba3.py``), its gradients in Triton too
+  (``kernels/mamba3_bwd.py``). ``kernels/mamba3.py``'s ``SISO_PATH`` picks.
+  ``mamba3_step`` has a Triton decoding step (``kernels/mamba3_step.py``).
 """
 
 from __future__ import annotations
