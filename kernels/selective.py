@@ -183,7 +183,7 @@ DEFAULT_VARIANT = "rows"  # forward only; training (checkpoints for the backward
 # The knobs of "nsplit" where it is the default (N = 16, the blocks tile D and L; see _default_variant).
 # Change them only for a form measured faster on an H100 whose float32 check against float64 holds
 # (benchmarks/sweep_selective.py), and keep benchmarks/compile_selective.py's table in this docstring true.
-DEFAULT_NSPLIT = dict(tn=2, share=0, softplus_poly=False)
+DEFAULT_NSPLIT = dict(tn=2, share=0, softplus_poly=False, num_warps=1)
 
 
 @triton.jit
@@ -898,7 +898,8 @@ def _default_variant(Dg, N, L, training, tn):
         return "nsplit", tn or max(2, next_pow2(N) // 8)
     if interpreting() or N != 16:
         return DEFAULT_VARIANT, tn
-    _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, None, tn=tn or DEFAULT_NSPLIT["tn"])
+    _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, DEFAULT_NSPLIT["num_warps"],
+                         tn=tn or DEFAULT_NSPLIT["tn"])
     return ("nsplit", meta["TN"]) if meta["EVEN"] else (DEFAULT_VARIANT, tn)  # the measured blocks: 16 x 8
 
 
@@ -1007,6 +1008,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         if variant == "nsplit" and tn == DEFAULT_NSPLIT["tn"]:  # training's forward too
             share = DEFAULT_NSPLIT["share"] if share is None else share
             softplus_poly = DEFAULT_NSPLIT["softplus_poly"] if softplus_poly is None else softplus_poly
+            num_warps = DEFAULT_NSPLIT["num_warps"] if num_warps is None else num_warps
     share, softplus_poly = share or 0, bool(softplus_poly)
     variant, meta, extra = _blocks(Dg, N, L, save_checkpoints, variant, block_d, block_l, num_warps, u.element_size(),
                                    prefetch, tn, even, share, softplus_poly, exp_poly)
