@@ -10,66 +10,28 @@ at most 227 KiB), the blocks per SM that registers and shared memory allow, and 
 LABEL keeps the configurations whose label contains it; --dump writes TTGIR, PTX and SASS to DIR.
 """
 import argparse
+import importlib
 import inspect
 import os
-import re
-import subprocess
-import tempfile
 
 os.environ["TRITON_INTERPRET"] = "0"  # before the kernels are imported: compile, never interpret
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
-import importlib  # noqa: E402
+import sm90  # noqa: E402  (benchmarks/sm90.py: this script's folder is on sys.path)
 
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 SMEM_LIMIT = 227 * 1024
 GOAL = dict(b=4, L=4096, H=32, P=64, N=128, G=1)
 TY = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
 
 
 def compile_kernel(fn, pointers, ints, constexprs, num_warps, num_stages, dump=None, label="k"):
-    """Compile ``fn`` as the JIT would specialise it: ints equal to 1 become constants, multiples of 16
-    and the pointers get divisibility 16. Returns (registers, (spill stores, loads), shared bytes, SASS)."""
-    ce = dict(constexprs)
-    sig, attrs = {}, {}
-    for i, (name, param) in enumerate(inspect.signature(fn.fn).parameters.items()):
-        if name in ce or param.default is not param.empty:
-            ce.setdefault(name, param.default)
-            sig[name] = "constexpr"
-        elif name in pointers:
-            sig[name] = pointers[name]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(ints[name], float):  # a float scalar argument
-            sig[name] = "fp32"
-        elif ints[name] == 1:
-            sig[name] = "constexpr"
-            ce[name] = 1
-        else:
-            sig[name] = "i32"
-            if ints[name] % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs), target=GPUTarget("cuda", 90, 32),
-                       options=dict(num_warps=num_warps, num_stages=num_stages))
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
-        with open(ptx, "w") as f:
-            f.write(k.asm["ptx"])
-        info = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o", cubin],
-                              capture_output=True, text=True, check=True).stderr
-        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True,
-                              check=True).stdout
-    regs = int(re.search(r"Used (\d+) registers", info).group(1))
-    spill = tuple(int(re.search(rf"(\d+) bytes spill {w}", info).group(1)) for w in ("stores", "loads"))
+    """Compile ``fn`` as the JIT would specialise it (``sm90.signature``). Returns (registers, (spill stores,
+    loads), shared bytes, SASS); ``dump`` also writes TTGIR, PTX and SASS there."""
+    k, regs, spill, sass = sm90.compile_sm90(fn, *sm90.signature(fn, constexprs, pointers, ints), num_warps, num_stages)
     if dump:
-        os.makedirs(dump, exist_ok=True)
-        stem = os.path.join(dump, re.sub(r"[^A-Za-z0-9_]+", "_", label))
-        for ext, text in (("ttgir", k.asm["ttgir"]), ("ptx", k.asm["ptx"]), ("sass", sass)):
-            with open(f"{stem}.{ext}", "w") as f:
-                f.write(text)
+        sm90.dump(k, sass, dump, label)
     return regs, spill, k.metadata.shared, sass
 
 

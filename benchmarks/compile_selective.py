@@ -24,24 +24,18 @@ the backward's default took about 9 times its issue-bound time on the H100 (2026
 its barriers and shared-memory round trips (benchmarks/notes/selective.md), so its column is a floor there.
 """
 import argparse
-import inspect
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
 os.environ["TRITON_INTERPRET"] = "0"  # before the kernels are imported: compile, never interpret
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.sweep_selective
 
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
+import sm90  # noqa: E402  (benchmarks/sm90.py: this script's folder is on sys.path)
 from ssm_edu.kernels import selective  # noqa: E402
-
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 SHAPE = dict(B=8, D=2048, L=2048, N=16)
 POINTERS = dict(u_ptr="*bf16", delta_ptr="*bf16", A2_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32",
                 z_ptr="*bf16", bias_ptr="*fp32", y_ptr="*bf16", last_ptr="*fp32", ck_ptr="*fp32", hend_ptr="*fp32",
@@ -119,33 +113,8 @@ def compile_first(kind, shape=SHAPE):
 
 def _compile(fn, ce, pointers, num_warps, shape):
     ints = dict(goal_ints(**{k: shape[k] for k in ("B", "D", "L", "N")}), D=shape["D"])
-    sig, attrs = {}, {}
-    for i, (name, param) in enumerate(inspect.signature(fn.fn).parameters.items()):
-        if name in ce or param.default is not param.empty:
-            ce.setdefault(name, param.default)
-            sig[name] = "constexpr"
-        elif name in pointers:
-            sig[name] = pointers[name]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif ints[name] == 1:
-            sig[name] = "constexpr"
-            ce[name] = 1
-        else:
-            sig[name] = "i32"
-            if ints[name] % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs), target=GPUTarget("cuda", 90, 32),
-                       options=dict(num_warps=num_warps, num_stages=3))
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
-        with open(ptx, "w") as f:
-            f.write(k.asm["ptx"])
-        info = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o", cubin],
-                              capture_output=True, text=True, check=True).stderr
-        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True,
-                              check=True).stdout
-    regs = int(re.search(r"Used (\d+) registers", info).group(1))
-    spill = tuple(int(re.search(rf"(\d+) bytes spill {w}", info).group(1)) for w in ("stores", "loads"))
+    sig, ce, attrs = sm90.signature(fn, ce, pointers, ints)
+    k, regs, spill, sass = sm90.compile_sm90(fn, sig, ce, attrs, num_warps, num_stages=3)
     return k, ce, num_warps, regs, spill, sass
 
 
@@ -187,11 +156,7 @@ def measure(label, kind, knobs, shape=SHAPE, dump=None):
     t_mufu = q["mufu"] / per_iter * elements / SCHEDULERS * 8 / CLOCK * 1e6  # 16 lanes: 8 cycles a warp op
     ratio = 1.30 if per_sm <= 8 else 1.2 if per_sm <= 16 else 1.1
     if dump:
-        os.makedirs(dump, exist_ok=True)
-        stem = os.path.join(dump, re.sub(r"[^A-Za-z0-9_]+", "_", label))
-        for ext, text in (("ttgir", k.asm["ttgir"]), ("ptx", k.asm["ptx"]), ("sass", sass)):
-            with open(f"{stem}.{ext}", "w") as f:
-                f.write(text)
+        sm90.dump(k, sass, dump, label)
     return dict(label=label, kind=kind, knobs=knobs, regs=regs, spill=list(spill), warps_per_sm=per_sm,
                 smem=k.metadata.shared, loop=q, instr_per_el=q["n"] / per_iter, mufu_per_el=q["mufu"] / per_iter,
                 shfl_per_el=q["shfl"] / per_iter, t_issue_us=t_issue, t_mufu_us=t_mufu,

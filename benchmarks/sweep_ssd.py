@@ -338,14 +338,10 @@ def compile_all(shape=None):
     """Compile every kernel the entries launch for sm_90 (Triton's compiler, ptxas from its wheel):
     registers, spill bytes (stores/loads), shared memory. Returns a list of rows."""
     import inspect
-    import re
-    import tempfile
 
     import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
+    import sm90  # benchmarks/sm90.py (this script's folder is on sys.path)
     from ssm_edu.kernels import ssd as kernel
     from ssm_edu.kernels import ssd_first, ssd_ladder
 
@@ -384,39 +380,24 @@ def compile_all(shape=None):
             setattr(m, n, f)
         kernel._num_sms = sms
     out, seen = [], set()
-    binary = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     for fn, grid, args, kwargs in log:
         kwargs = dict(kwargs)
         warps, stages = kwargs.pop("num_warps", 4), kwargs.pop("num_stages", 3)
-        sig, attrs, ce = {}, {}, {}
+        ce, pointers, scalars = {}, {}, {}  # the recorded launch's arguments, sorted for sm90.signature
         for i, (name, param) in enumerate(inspect.signature(fn.fn).parameters.items()):
             v = args[i] if i < len(args) else kwargs.get(name, param.default)
             if "constexpr" in str(param.annotation) or (name in kwargs and i >= len(args)):
-                sig[name], ce[name] = "constexpr", v
+                ce[name] = v
             elif isinstance(v, torch.Tensor):
-                sig[name], attrs[(i,)] = "*" + types[v.dtype], [["tt.divisibility", 16]]
-            elif isinstance(v, int) and v == 1:
-                sig[name], ce[name] = "constexpr", 1
-            elif isinstance(v, int):
-                sig[name] = "i32"
-                if v % 16 == 0:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
+                pointers[name] = "*" + types[v.dtype]
             else:
-                sig[name] = "fp32"
+                scalars[name] = v if isinstance(v, int) else float(v)
         label = fn.fn.__name__ + (f" side {ce['SIDE']}" if "SIDE" in ce else "")
         if label in seen:
             continue
         seen.add(label)
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
-                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
-        with tempfile.TemporaryDirectory() as tmp:
-            ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
-            with open(ptx, "w") as f:
-                f.write(k.asm["ptx"])
-            info = subprocess.run([os.path.join(binary, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o", cubin],
-                                  capture_output=True, text=True, check=True).stderr
-        regs = int(re.search(r"Used (\d+) registers", info).group(1))
-        spill = tuple(int(re.search(rf"(\d+) bytes spill {w}", info).group(1)) for w in ("stores", "loads"))
+        sig, ce, attrs = sm90.signature(fn, ce, pointers, scalars)
+        k, regs, spill, _ = sm90.compile_sm90(fn, sig, ce, attrs, warps, stages, sass=False)
         out.append(dict(kernel=label, grid=list(grid), warps=warps, stages=stages, registers=regs,
                         spill_stores=spill[0], spill_loads=spill[1], shared_bytes=k.metadata.shared))
     return out
