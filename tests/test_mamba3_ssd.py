@@ -15,7 +15,8 @@ from ssm_edu.mamba3 import cumulative_angle, rotate_pairs
 from ssm_edu.numerics import rel_error, tolerance
 
 from test_mamba3 import assert_states_close, inputs
-from test_mamba3_triton import CASES, DTYPES, NAMES, check_gradients, dev, grad_error, grads, ids, rounded
+from test_mamba3_triton import (CASES, DTYPES, NAMES, check_bfloat16_gradients, check_gradients, dev,
+                                grad_error, grads, ids, rounded)
 
 DEVICE = ssm_edu.default_device()
 ON_GPU = DEVICE.type == "cuda"
@@ -122,14 +123,7 @@ def test_gradients_float32_against_float64(case, state, gen, ssd_path):
 @pytest.mark.skipif(not ON_GPU, reason="bfloat16 arithmetic needs a GPU (the interpreter computes in float32)")
 def test_gradients_bfloat16_against_float32(gen, ssd_path):
     """bfloat16 inputs against float32 gradients of the same rounded inputs, at the benchmark's N and P."""
-    args, kw = inputs(gen, b=2, L=300, H=4, P=64, G=1, N=128, state=True)
-    args, kw = rounded(args, kw, torch.bfloat16)
-    wy = torch.randn(args[0].shape, generator=gen)
-    ref = grads("triton", args, kw, wy, torch.float32, 64)
-    got = grads("triton", args, kw, wy, torch.bfloat16, 64)
-    for name, g, r in zip(NAMES, got, ref):
-        err = grad_error(g.float(), r)
-        assert err < tolerance(torch.bfloat16), f"d{name}: relative error {err:.3g}"
+    check_bfloat16_gradients(None, gen)
 
 
 def test_ssd_gradient_of_dt_through_the_decays_alone(gen):

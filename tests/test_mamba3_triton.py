@@ -201,6 +201,11 @@ def check_gradients(case, state, gen):
 @pytest.mark.parametrize("R", [None, 4], ids=["siso", "R4"])
 def test_gradients_bfloat16_against_float32(R, gen):
     """bfloat16 inputs (bf16 tensor-core products) against float32 gradients of the same rounded inputs."""
+    check_bfloat16_gradients(R, gen)
+
+
+def check_bfloat16_gradients(R, gen):
+    """The bfloat16 Triton gradients against the float32 ones at the benchmark's N and P (rank R or SISO)."""
     args, kw = inputs(gen, b=2, L=300, H=4, P=64, G=1, N=128, R=R, state=True)
     args, kw = rounded(args, kw, torch.bfloat16)
     wy = torch.randn(args[0].shape, generator=gen)
