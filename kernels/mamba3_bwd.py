@@ -64,7 +64,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreting, next_pow2
-from .mamba3 import _angles, _dot, _pairs, _rows, _scalars, _turn, precision
+from .mamba3 import _angles, _dot, _pairs, _scalars, _turn, launch_config
 
 __all__ = ["mamba3_bwd", "bwd_launch_config", "training_knobs"]
 
@@ -351,13 +351,12 @@ def bwd_launch_config(x, N, chunk_size, R, max_rows=None, state_block_p=None, st
     """Block sizes of the two backward kernels (and the rows per chunk of the forward pass that saves the
     states). Returns (meta shared by both, n_chunks, state-kernel extras, chunk launches: a list of
     (PART, extras) for the chunk kernel)."""
-    b, L, H, _, P = x.shape
+    P, H = x.shape[-1], x.shape[2]
     interp = interpreting()
-    RP = next_pow2(R)
-    BLOCK_T = _rows(chunk_size, RP, max_rows or MAX_ROWS)
-    f32, prec = precision(x, lowp, f32_precision)
-    meta = dict(BLOCK_T=BLOCK_T, RP=RP, BLOCK_N2=max(16, next_pow2(N // 2)), F32=f32, PREC=prec,
-                FAST=bool((not f32) if fast_trig is None else fast_trig) and not interp)
+    # the forward's meta (rows per chunk, precision, trig); each backward kernel picks its own BLOCK_P
+    meta, n_chunks, _ = launch_config(x, N, chunk_size, R, max_rows=max_rows or MAX_ROWS, fast_trig=fast_trig,
+                                      lowp=lowp, f32_precision=f32_precision)
+    del meta["BLOCK_P"]
     hpg = H // (G or 1)
     q_heads = _divisor(hpg, HEADS if heads is None else heads)
     x_heads = _divisor(hpg, X_HEADS if x_heads is None else x_heads)
@@ -370,7 +369,7 @@ def bwd_launch_config(x, N, chunk_size, R, max_rows=None, state_block_p=None, st
         state.update(num_warps=state_warps or STATE_WARPS, num_stages=stages)
         for _, ck in chunk:
             ck.update(num_warps=chunk_warps or CHUNK_WARPS, num_stages=stages)
-    return meta, triton.cdiv(L, BLOCK_T), state, chunk
+    return meta, n_chunks, state, chunk
 
 
 TRAIN_WARPS = 8  # the forward pass of training (it also stores a state per chunk): 8 warps spill least
