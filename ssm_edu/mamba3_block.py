@@ -154,8 +154,10 @@ class Mamba3(nn.Module):
 
     # ------------------------------------------------------------------ the per-token quantities
 
-    def ssm_inputs(self, u: torch.Tensor) -> dict:
+    def ssm_inputs(self, u: torch.Tensor, proj: torch.Tensor | None = None) -> dict:
         """What the block hands to ``mamba3`` for u (b, L, d_model) or one token (b, d_model).
+
+        ``proj``: ``in_proj(u)``, where the caller has computed it already.
 
         Returns a dict with a leading (b, L) or (b,) written "...":
         x, z (..., H, P) SISO or (..., H, R, P) MIMO; dt, A, lam (..., H);
@@ -164,7 +166,8 @@ class Mamba3(nn.Module):
         pairs that do not rotate); angle (..., S) the raw θ.
         """
         H, P, R, G, N = self.nheads, self.headdim, self.rank, self.ngroups, self.d_state
-        z, x, B, C, dd_dt, dd_A, trap, angle = torch.split(self.in_proj(u), self.sizes, dim=-1)
+        proj = self.in_proj(u) if proj is None else proj
+        z, x, B, C, dd_dt, dd_A, trap, angle = torch.split(proj, self.sizes, dim=-1)
         x, z = x.unflatten(-1, (H, P)), z.unflatten(-1, (H, P))  # (..., H, P)
         dt = F.softplus(dd_dt + self.dt_bias)  # (..., H)
         A = -A_ACTIVATIONS[self.A_activation](dd_A).clamp(min=self.A_floor)  # (..., H), A <= -A_floor
@@ -225,13 +228,13 @@ class Mamba3(nn.Module):
         cache), else the PyTorch step; None follows the block's ``fused_step``.
         """
         Shapes("Mamba3.step").check("u", u, f"batch {self.d_model}")
+        proj = self.in_proj(u)
         if fused if fused is not None else self.fused_step:
             from .kernels import mamba3_block_step as kernel
 
-            proj = self.in_proj(u)
             if kernel.supported(self, proj, cache["state"]):
                 return self.out_proj(kernel.mamba3_block_step(self, proj, cache["state"]).flatten(-2))
-        s = self.ssm_inputs(u)
+        s = self.ssm_inputs(u, proj)
         y, new = mamba3_step(cache["state"], s["x"], s["dt"], s["A"], s["B"], s["C"], s["lam"], s["theta"],
                              D=self.D, z=s["z"])  # y (b, H, [R,] P)
         _write(cache["state"], new)
