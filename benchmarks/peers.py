@@ -64,11 +64,15 @@ def mamba_ssm(module: str):
 
 
 def prebuilt_path() -> pathlib.Path:
-    """Where the compiled ``selective_scan_cuda`` of this torch build and GPU architecture is kept."""
+    """Where the compiled ``selective_scan_cuda`` of this torch build and GPU architecture is kept.
+
+    No '+' in the name (``2.11.0+cu130`` becomes ``2.11.0_cu130``): the lent machine's output folder
+    refuses such names, and the module comes back from there.
+    """
     import torch
 
     major, minor = torch.cuda.get_device_capability()
-    return PEERS / "prebuilt" / f"selective_scan_cuda-{torch.__version__}-sm{major}{minor}.so"
+    return PEERS / "prebuilt" / f"selective_scan_cuda-{torch.__version__.replace('+', '_')}-sm{major}{minor}.so"
 
 
 def _load_prebuilt(path: pathlib.Path):

@@ -107,10 +107,11 @@ def _gated_norm(g_ptr, ss_ptr, wt_ptr, out_ptr, H, HPG, G, d_inner, eps,
 
 
 def supported(block, proj, cache) -> bool:
-    """Whether the fused step takes this block and cache: a float32 state, contiguous caches, a projection
+    """Whether the fused step takes this block and cache: CUDA tensors (or the interpreter), a float32 state, contiguous caches, a projection
     in float32 / bfloat16 / float16, and a state tile the one-program-per-head kernel holds."""
     conv, ssm = cache["conv"], cache["ssm"]
-    return (proj.dtype in (torch.float32, torch.bfloat16, torch.float16) and ssm.dtype == torch.float32
+    return ((proj.is_cuda or interpreting())  # compiled kernels read CUDA memory only
+            and proj.dtype in (torch.float32, torch.bfloat16, torch.float16) and ssm.dtype == torch.float32
             and conv.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and conv.is_contiguous() and ssm.is_contiguous() and block.headdim * block.d_state <= 128 * 256)
 

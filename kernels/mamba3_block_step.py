@@ -127,9 +127,10 @@ def _mamba3_block_step(
 
 
 def supported(block, proj, state) -> bool:
-    """Whether the fused step takes this block and cache: SISO, a float32 cache with contiguous tensors, a
+    """Whether the fused step takes this block and cache: CUDA tensors (or the interpreter), SISO, a float32 cache with contiguous tensors, a
     projection in float32 / bfloat16 / float16, and the state size the kernel's one-program tiles allow."""
-    return (not block.mimo and proj.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return ((proj.is_cuda or interpreting())  # compiled kernels read CUDA memory only
+            and not block.mimo and proj.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and all(t.dtype == torch.float32 and t.is_contiguous() for t in state)
             and block.headdim * block.d_state <= 128 * 256)
 

@@ -186,6 +186,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Differentiable in every tensor argument, with every impl.
     """
     op = "selective_scan"
+    # shapes and dtypes first: a wrong shape is named before dispatch asks for CUDA tensors
+    _check_scan(op, u, delta, A, B, C, D, z, delta_bias)
     fn = dispatch(op, impl, (u, delta, A, B, C), naive=selective_scan_naive, vectorized=selective_scan_vectorized,
                   chunked=_chunked, triton="selective:selective_scan_triton")
     return _run(op, fn, impl, (u, delta, A, B, C, D, z, delta_bias), delta_softplus, return_last_state)
