@@ -123,17 +123,21 @@ def first_config():
 
 
 def rotate_config(kernel="fwd", dtype=torch.bfloat16):
-    """The rotation kernels of the path through SSD (kernels/mamba3_ssd.py) at the goal shape."""
+    """The rotation kernels of the path through SSD (kernels/mamba3_ssd.py) at the goal shape, as the path
+    launches them: tiles that divide SSD's backward chunk; the backward reads float32 dL/dk̃, dL/dq and
+    restarts its sums at every chunk boundary."""
     rot = _mod("mamba3_ssd")
     s = GOAL
-    BLOCK_L, BLOCK_I = rot._blocks(s["N"] // 2)
+    Q = _mod("ssd").bwd_chunk_len(64, dtype, s["N"])
+    BLOCK_L, BLOCK_I = rot._blocks(s["N"] // 2, Q)
     fn = rot._rotate_fwd if kernel == "fwd" else rot._rotate_bwd
-    low = ("B_ptr", "C_ptr", "k_ptr", "q_ptr", "dk_ptr", "dq_ptr")
+    low = ("B_ptr", "C_ptr", "k_ptr", "q_ptr")
     pointers = {name: (f"*{TY[dtype]}" if name in low else "*fp32")
                 for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
     n_iblk = -(-(s["N"] // 2) // BLOCK_I)
-    ints = dict(L=s["L"], H=s["H"], G=s["G"], N2=s["N"] // 2, n_tiles=-(-s["L"] // BLOCK_L), n_iblk=n_iblk)
-    ce = dict(BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **({"HAS_PSI0": False} if kernel == "fwd" else {"HAS_GPSI": False}))
+    ints = dict(L=s["L"], H=s["H"], G=s["G"], N2=s["N"] // 2, n_tiles=-(-s["L"] // BLOCK_L), n_iblk=n_iblk, Q=Q)
+    ce = dict(BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I,
+              **({"HAS_PSI0": False} if kernel == "fwd" else {"HAS_GPSI": False, "HAS_BOUNDS": True}))
     ints = {k: v for k, v in ints.items() if k in inspect.signature(fn.fn).parameters}
     return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), s["b"] * s["H"] * n_iblk
 

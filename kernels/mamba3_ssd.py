@@ -22,16 +22,42 @@ the weight is Δ̃_s; the ratio r_s = w_s / Δ̃_s goes into the keys, k̃_s = r
 The keys and queries depend on the head (through Φ), so SSD runs with one group
 per head.
 
-Three steps, each differentiable:
+Three steps. The first two are one autograd function (``_Scan``), so that the
+backward can hand SSD's float32 gradients and states to the rotation:
 
-1. ``rotate`` (a Triton kernel, below): Φ_t = Φ_{-1} + Σ_{r<=t} θ_r Δ_r walked
-   along L per (batch, head, block of angle pairs), k̃ = r Rot(Φ) B and
-   q = Rot(Φ) C written in x's dtype. Its backward walks the tiles in reverse:
-   dB, dC (turned back by -Φ, summed over the group's heads), dΦ from the
-   rotations' derivatives, dθ_t = Δ_t Σ_{s>=t} dΦ_s and the same sum for dΔ.
-2. ``kernels/ssd.py``: forward and backward as for Mamba-2.
-3. The correction in PyTorch (``addcmul``: one pass over y in x's dtype), D
-   inside SSD's kernel, then the gate.
+1. The rotation (``_rotate_fwd``, a Triton kernel, below): Φ_t = Φ_{-1} +
+   Σ_{r<=t} θ_r Δ_r walked along L per (batch, head, block of angle pairs),
+   k̃ = r Rot(Φ) B and q = Rot(Φ) C written in x's dtype.
+2. ``kernels/ssd.py``'s forward, z-free, with D and the initial state.
+3. The correction in PyTorch (``addcmul``: one pass over y in x's dtype), then
+   the gate.
+
+The backward runs SSD's backward, then the rotation's (``_rotate_bwd``), which
+walks the tiles in reverse: dB, dC from dL/dk̃, dL/dq (float32, as SSD's kernels
+summed them; turned back by -Φ, summed over the group's heads), dΦ_s from the
+rotations' derivatives, and dθ_t = Δ_t (Σ_{s>=t} dΦ_s + dΦ_T), the same sum for
+dΔ (dΦ_T: the returned last angle's gradient). That sum over every later token
+is long, and it cancels: its exact value is small next to its terms, while their
+rounding errors (k̃, q in bfloat16) do not cancel, so a running sum over all of L
+lost digits as L grew (dθ erred by 0.0235 at L = 300 on an H100, against a 0.02
+tolerance). SSD's states give it in a short form at every chunk boundary u.
+Turning every key and query from u on by one angle ε, pair i, leaves the
+products q_tᵀ k_s with s, t >= u alone; it is the same as turning the state S_u
+entering u by -ε and the final state h_T by +ε. So, with J(e, o) = (-o, e) the
+generator of the turn (u, v) -> (u cos - v sin, u sin + v cos),
+
+    G_u = Σ_{s>=u} dΦ_s = -<dS_u, J S_u> + <dh_T, J h_T>      (per pair, summed over P),
+
+dS_u the loss's gradient with respect to S_u and dh_T that of the final state (0
+when it is not returned): P · 2 products per pair, no long sum. SSD's reverse
+walk holds dS_u in float32 and loads S_u anyway (``ssd_bwd(..., turns=True)``);
+the rotation's walk restarts its running sum at every boundary from G_u + dΦ_T,
+so it sums over one chunk of Q tokens at most (its tiles divide Q). dΦ_{-1},
+the initial angle's gradient, is the running sum after the first chunk (dθ_0 /
+Δ_0), no less accurate than dθ in that chunk; G_0 from the initial state, which
+SSD's backward stores in x's dtype, would be no better.
+Emulated in the interpreter (k̃, q and the stored states rounded to bfloat16):
+dθ's error 0.021 at L = 300, 0.042 at L = 1000 before; 0.0072 and 0.0076 now.
 
 Traffic (forward, B4 L4096 H32 P64 N128, bf16): the rotation reads θ (134 MB,
 float32) and writes k̃, q (2 x 134 MB); SSD reads them with x (67 MB) and
@@ -40,7 +66,9 @@ about 1.0 GB, 335 us at 3 TB/s, against 283 MB for the fused kernel, which
 never writes k̃ and q (benchmarks/notes/mamba3.md). This path buys SSD's
 kernels at the price of that traffic. Compiled for sm_90 (Triton 3.7.1) at
 that shape SSD's forward runs 256 programs (one segment), its backward's chunk
-kernel 8192 per side, the rotation 512 (benchmarks/compile_mamba3.py).
+kernel 8192 per side, the rotation 512 (benchmarks/compile_mamba3.py); the
+rotation's backward, with its restarts at the chunk boundaries, takes 188
+registers and spills nothing (168 before them).
 
 Not covered (the fused kernel takes them): MIMO, and float16, where r (about
 1 / |A|) can push k̃ past float16's range.
@@ -108,10 +136,10 @@ def _rotate_fwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi0_ptr, k_ptr, q_ptr, 
 
 
 @triton.jit
-def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, dq_ptr, gpsi_ptr,
+def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, dq_ptr, gpsi_ptr, bounds_ptr,
                 dB_ptr, dC_ptr, dtheta_ptr, ddt_ptr, dr_ptr, dpsi0_ptr,
-                L, H, G, N2, n_tiles, n_iblk,
-                HAS_GPSI: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+                L, H, G, N2, n_tiles, n_iblk, Q,
+                HAS_GPSI: tl.constexpr, HAS_BOUNDS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)
     pi = tl.program_id(1)
     bi, h = pid // H, pid % H
@@ -125,6 +153,12 @@ def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, d
         carry = tl.zeros([BLOCK_I], dtype=tl.float32)
     for cc in range(0, n_tiles):  # tiles in reverse: carry = Σ of dΦ over the later tiles
         c = n_tiles - 1 - cc
+        if HAS_BOUNDS:  # the tile ends at a chunk boundary u < L: the carry is the sum at u, from SSD's states
+            u = (c + 1) * BLOCK_L
+            at = (u % Q == 0) & (u < L)
+            # other=carry, not a tl.where after the load: compiled for sm_90 the where spilled 8 bytes
+            carry = tl.load(bounds_ptr + (pid * tl.cdiv(L, Q) + u // Q).to(tl.int64) * N2 + i, mask=i_ok & at,
+                            other=carry)
         psi = tl.load(psi_tiles_ptr + (pid * n_tiles + c).to(tl.int64) * N2 + i, mask=i_ok, other=0.0)
         t = c * BLOCK_L + tl.arange(0, BLOCK_L)
         t_ok = t < L
@@ -161,30 +195,59 @@ def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, d
     tl.store(dpsi0_ptr + pid * N2 + i, carry, mask=i_ok)
 
 
-def _blocks(N2):
-    """Rows of a tile and angle pairs per program: small tiles, several programs per head on a GPU."""
-    if interpreting():
-        return 16, max(2, min(next_pow2(N2), 32))
-    return 64, max(2, min(next_pow2(N2), 16))
+def _blocks(N2, Q=None):
+    """Rows of a tile and angle pairs per program: small tiles, several programs per head on a GPU. With Q
+    (the SSD backward's chunk length, a power of two >= 16) the tiles divide the chunks."""
+    rows, pairs = (16, 32) if interpreting() else (64, 16)
+    return (rows if Q is None else min(rows, Q)), max(2, min(next_pow2(N2), pairs))
+
+
+def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I):
+    """Launch ``_rotate_fwd`` (inputs contiguous): k̃, q, the last angle, and the angle entering every tile."""
+    b, L, G, N = B.shape
+    H, N2 = theta.shape[2], N // 2
+    n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
+    k = torch.empty(b, L, H, N, device=B.device, dtype=out_dtype)
+    q = torch.empty_like(k)
+    f32 = dict(device=B.device, dtype=torch.float32)
+    psi_tiles = torch.empty(b, H, n_tiles, N2, **f32)
+    psiT = torch.empty(b, H, N2, **f32)
+    extra = {} if interpreting() else dict(num_warps=4)
+    _rotate_fwd[(b * H, n_iblk)](B, C, theta, dt, r, k if psi0 is None else psi0.contiguous(), k, q, psi_tiles,
+                                 psiT, L, H, G, N2, n_tiles, HAS_PSI0=psi0 is not None,
+                                 BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **extra)
+    return k, q, psiT, psi_tiles
+
+
+def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK_I, bounds=None, Q=0):
+    """Launch ``_rotate_bwd``: float32 dB, dC, dθ, dΔ, dr and dΦ_{-1}. With ``bounds`` (b, H, cdiv(L, Q), N/2),
+    the sums of dΦ from every chunk boundary on (dΦ_T included), the walk restarts from them at each boundary."""
+    b, L, G, N = B.shape
+    H, N2 = theta.shape[2], N // 2
+    n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
+    assert bounds is None or Q % BLOCK_L == 0, (Q, BLOCK_L)
+    f32 = dict(device=B.device, dtype=torch.float32)
+    gk = torch.zeros(b, L, H, N, **f32) if gk is None else gk.contiguous()
+    gq = torch.zeros(b, L, H, N, **f32) if gq is None else gq.contiguous()
+    dB, dC = torch.zeros(b, L, G, N, **f32), torch.zeros(b, L, G, N, **f32)
+    dtheta = torch.empty(b, L, H, N2, **f32)
+    ddt, dr = torch.empty(b, L, H, n_iblk, **f32), torch.empty(b, L, H, n_iblk, **f32)
+    dpsi0 = torch.empty(b, H, N2, **f32)
+    extra = {} if interpreting() else dict(num_warps=4)
+    _rotate_bwd[(b * H, n_iblk)](B, C, theta, dt, r, psi_tiles, gk, gq, gk if gpsi is None else gpsi.contiguous(),
+                                 gk if bounds is None else bounds.contiguous(), dB, dC, dtheta, ddt, dr, dpsi0,
+                                 L, H, G, N2, n_tiles, n_iblk, Q, HAS_GPSI=gpsi is not None,
+                                 HAS_BOUNDS=bounds is not None, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **extra)
+    return dB, dC, dtheta, ddt.sum(-1), dr.sum(-1), dpsi0
 
 
 class _Rotate(torch.autograd.Function):
+    """The rotation alone (``rotate``): its backward sums dΦ over all the later tiles."""
+
     @staticmethod
     def forward(ctx, out_dtype, B, C, theta, dt, r, psi0):
-        b, L, G, N = B.shape
-        H, N2 = theta.shape[2], N // 2
-        BLOCK_L, BLOCK_I = _blocks(N2)
-        n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
         B, C, theta, dt, r = (t.contiguous() for t in (B, C, theta, dt, r))
-        k = torch.empty(b, L, H, N, device=B.device, dtype=out_dtype)
-        q = torch.empty_like(k)
-        f32 = dict(device=B.device, dtype=torch.float32)
-        psi_tiles = torch.empty(b, H, n_tiles, N2, **f32)
-        psiT = torch.empty(b, H, N2, **f32)
-        extra = {} if interpreting() else dict(num_warps=4)
-        _rotate_fwd[(b * H, n_iblk)](B, C, theta, dt, r, k if psi0 is None else psi0.contiguous(), k, q, psi_tiles,
-                                     psiT, L, H, G, N2, n_tiles, HAS_PSI0=psi0 is not None,
-                                     BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **extra)
+        k, q, psiT, psi_tiles = _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, *_blocks(B.shape[-1] // 2))
         ctx.save_for_backward(B, C, theta, dt, r, psi_tiles)
         ctx.has_psi0 = psi0 is not None
         ctx.set_materialize_grads(False)
@@ -193,23 +256,56 @@ class _Rotate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gk, gq, gpsi):
         B, C, theta, dt, r, psi_tiles = ctx.saved_tensors
-        b, L, G, N = B.shape
-        H, N2 = theta.shape[2], N // 2
-        BLOCK_L, BLOCK_I = _blocks(N2)
-        n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
-        f32 = dict(device=B.device, dtype=torch.float32)
-        gk = torch.zeros(b, L, H, N, **f32) if gk is None else gk.contiguous()
-        gq = torch.zeros(b, L, H, N, **f32) if gq is None else gq.contiguous()
-        dB, dC = torch.zeros(b, L, G, N, **f32), torch.zeros(b, L, G, N, **f32)
-        dtheta = torch.empty(b, L, H, N2, **f32)
-        ddt, dr = torch.empty(b, L, H, n_iblk, **f32), torch.empty(b, L, H, n_iblk, **f32)
-        dpsi0 = torch.empty(b, H, N2, **f32)
-        extra = {} if interpreting() else dict(num_warps=4)
-        _rotate_bwd[(b * H, n_iblk)](B, C, theta, dt, r, psi_tiles, gk, gq, gk if gpsi is None else gpsi.contiguous(),
-                                     dB, dC, dtheta, ddt, dr, dpsi0, L, H, G, N2, n_tiles, n_iblk,
-                                     HAS_GPSI=gpsi is not None, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **extra)
-        return (None, dB.to(B.dtype), dC.to(C.dtype), dtheta.to(theta.dtype), ddt.sum(-1).to(dt.dtype),
-                dr.sum(-1).to(r.dtype), dpsi0 if ctx.has_psi0 else None)
+        dB, dC, dtheta, ddt, dr, dpsi0 = _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi,
+                                                          *_blocks(B.shape[-1] // 2))
+        return (None, dB.to(B.dtype), dC.to(C.dtype), dtheta.to(theta.dtype), ddt.to(dt.dtype), dr.to(r.dtype),
+                dpsi0 if ctx.has_psi0 else None)
+
+
+def _turn(dh, h):
+    """<dh, J h> per angle pair, summed over P: (b, H, P, N) -> (b, H, N/2) float32; J(e, o) = (-o, e)."""
+    dh, h = dh.float(), h.float()
+    return (dh[..., 1::2] * h[..., 0::2] - dh[..., 0::2] * h[..., 1::2]).sum(2)
+
+
+class _Scan(torch.autograd.Function):
+    """The rotation, then SSD's forward (z-free), as one function: its backward hands the rotation SSD's
+    float32 gradients of k̃ and q and the sums of dΦ at the chunk boundaries, from SSD's states."""
+
+    @staticmethod
+    def forward(ctx, chunk_size, return_final_state, B, C, theta, dt, r, psi0, x, dts, D, h0):
+        from .ssd import bwd_chunk_len, ssd_fwd
+
+        B, C, theta, dt, r = (t.contiguous() for t in (B, C, theta, dt, r))
+        blocks = _blocks(B.shape[-1] // 2, bwd_chunk_len(chunk_size, x.dtype, B.shape[-1]))
+        k, q, psiT, psi_tiles = _rotate_forward(B, C, theta, dt, r, psi0, x.dtype, *blocks)
+        minus_one = torch.full((x.shape[2],), -1.0, device=x.device, dtype=torch.float32)
+        y, hT = ssd_fwd(x, dts, minus_one, k, q, chunk_size, D=D, initial_states=h0,
+                        return_final_states=return_final_state, final_dtype=torch.float32)
+        ctx.save_for_backward(B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT)
+        ctx.chunk_size, ctx.blocks, ctx.has_psi0 = chunk_size, blocks, psi0 is not None
+        ctx.set_materialize_grads(False)
+        return y, hT, psiT
+
+    @staticmethod
+    def backward(ctx, gy, ghT, gpsi):
+        from .ssd import ssd_bwd
+
+        B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT = ctx.saved_tensors
+        minus_one = torch.full((x.shape[2],), -1.0, device=x.device, dtype=torch.float32)
+        g = ssd_bwd(gy, ghT, x, dts, minus_one, k, q, ctx.chunk_size, D=D, initial_states=h0, ddt_decay_only=True,
+                    turns=True)
+        # G_u = Σ_{s>=u} dΦ_s = -<dS_u, J S_u> + <dh_T, J h_T> at every chunk's start u, plus dΦ_T
+        bounds = g["turns"]
+        if ghT is not None:
+            bounds = bounds + _turn(ghT, hT)[:, :, None]
+        if gpsi is not None:
+            bounds = bounds + gpsi[:, :, None]
+        dB, dC, dtheta, ddt, dr, dpsi0 = _rotate_backward(B, C, theta, dt, r, psi_tiles, g["dB"], g["dC"], gpsi,
+                                                          *ctx.blocks, bounds=bounds, Q=g["chunk"])
+        return (None, None, dB.to(B.dtype), dC.to(C.dtype), dtheta.to(theta.dtype), ddt.to(dt.dtype),
+                dr.to(r.dtype), dpsi0 if ctx.has_psi0 else None, g["dx"], g["ddt"], g.get("dD"),
+                g.get("dinitial_states"))
 
 
 def rotate(B, C, theta, dt, r, psi0=None, out_dtype=None):
@@ -230,13 +326,12 @@ def supported(x):
 
 def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initial_state=None,
                return_final_state=False):
-    """The SISO scan through ``rotate`` and the SSD kernels; arguments and results as ``kernels.mamba3.mamba3_triton``.
+    """The SISO scan through the rotation and the SSD kernels; arguments and results as
+    ``kernels.mamba3.mamba3_triton``.
 
     Differentiable in every tensor argument (the initial state included).
     """
     from ssm_edu.mamba3 import Mamba3State, _carried_in, _gamma_scale, _heads, _start, rotate_pairs
-
-    from .ssd import ssd_triton
 
     if not supported(x):
         raise ValueError(f"mamba3 through SSD takes SISO float32 or bfloat16 x (b, L, H, P); got {tuple(x.shape)} "
@@ -255,11 +350,8 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
     # backward leaves the weight's part out (ddt_decay_only), and r sees a constant Δ̃; autograd through
     # r = w / Δ̃ would add that part and SSD's subtract it again, a cancellation that cost float32 dA
     # digits wherever |A| is small.
-    k, q, psiT = rotate(B, C, theta, dtf, w / dts.detach(), psi0, out_dtype=x.dtype)
-    minus_one = torch.full((H,), -1.0, device=x.device, dtype=torch.float32)
-    out = ssd_triton(x, dts, minus_one, k, q, chunk_size=chunk_size, D=D, initial_states=h0,
-                     return_final_states=return_final_state, final_dtype=torch.float32, ddt_decay_only=True)
-    y, hT = out if return_final_state else (out, None)
+    y, hT, psiT = _Scan.apply(chunk_size, bool(return_final_state), B, C, theta, dtf, w / dts.detach(), psi0, x,
+                              dts, D, h0)
     qk = _heads((B.float() * C.float()).sum(-1, keepdim=True), H)[..., 0]  # q_tᵀ k_t = C_tᵀ B_t, (b, L, H)
     # the diagonal's correction in x's dtype, one pass over y (and one more for the gate)
     y = torch.addcmul(y, x, ((gamma - w) * qk).to(x.dtype)[..., None])

@@ -74,7 +74,9 @@ reverse in four launches:
        dS_{k-1} = exp(α_k) dS_k + Σ_{t in k} exp(a⁺_t) dy_t C_tᵀ
    from the final state's gradient; it stores dS_k for every chunk, the initial
    state's gradient, exp(α_k) <dS_k, S_{k-1}> (the part of dL/dα_k that needs
-   both, α_k the chunk's total log-decay) and, with a gate, dz.
+   both, α_k the chunk's total log-decay) and, with a gate, dz. For Mamba-3's
+   rotated keys and queries (``turns``) also -<dS, J S> per angle pair at
+   every chunk's start: see kernels/mamba3_ssd.py.
 3. ``_ssd_bwd_chunk``, output side, one program per (batch, chunk, group, split
    of the group's heads), heads in turn: Σ_h M ∘ (dY X̄ᵀ), the gradient of C Bᵀ,
    and with it dC and the diagonal part of dB; dC's part from S_{k-1}.
@@ -511,10 +513,10 @@ def _ssd_bwd_states(
 @triton.jit
 def _ssd_bwd_dstates(
     dout_ptr, z_ptr, ypre_ptr, dz_ptr, dt_ptr, A_ptr, C_ptr, dt_bias_ptr, dhT_ptr, st_ptr, dst_ptr, dh0_ptr, g_ptr,
-    L, H, G, P, N, n_chunks,
+    turn_ptr, L, H, G, P, N, n_chunks,
     HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr,
     STORE_DH0: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, TURN: tl.constexpr = False,
 ):
     """Reverse walk (step 3 backwards): store dS_k, the gradient of the state leaving every chunk k.
 
@@ -522,6 +524,12 @@ def _ssd_bwd_dstates(
     gradient (or zero); dS_{-1} is the initial state's gradient. Also the part of dL/dα_k (α_k the
     chunk's total log-decay) that needs both states, exp(α_k) <dS_k, S_{k-1}>, in g (this block of P);
     and with z, dz from the output before the gate (ypre, stored by the forward pass).
+    With TURN (Mamba-3's rotated keys and queries), also -<dS, J S> per pair (2i, 2i+1) of the N axis
+    for the state S entering every chunk and its gradient dS (float32, from the registers), summed over
+    this block of P, in turn (n_walk, b, H, n_chunks, N/2); J(e, o) = (-o, e), the rotations' generator.
+    Compiled for sm_90 at Mamba-3's goal shape (bf16, B4 L4096 H32 P64 N128, one group per head), TURN
+    takes this walk from 186 to 245 registers, no spill (swapping each pair by a second load of S instead
+    of tl.split took 254).
     """
     pid = tl.program_id(0)  # batch * H + head
     bi = pid // H
@@ -565,7 +573,13 @@ def _ssd_bwd_dstates(
         Cc = tl.load(C_ptr + (row[:, None] * G + g) * N + n[None, :], mask=t_ok[:, None] & (n < N)[None, :],
                      other=0.0)  # (Q, N)
         dyT = dyT * tl.exp2(a_cum)[None, :]
-        dS = dS * tl.exp2(a_end) + _mm(dyT.to(Cc.dtype), Cc, IEEE)
+        dS = dS * tl.exp2(a_end) + _mm(dyT.to(Cc.dtype), Cc, IEEE)  # now the gradient of S_prev
+        if TURN:  # -<dS, J S_prev> = Σ_p (dS_e S_o - dS_o S_e) per pair (e, o) = (2i, 2i + 1)
+            s_e, s_o = tl.split(tl.reshape(S_prev, (BLOCK_P, BLOCK_N // 2, 2)))
+            d_e, d_o = tl.split(tl.reshape(dS, (BLOCK_P, BLOCK_N // 2, 2)))
+            i = tl.arange(0, BLOCK_N // 2)
+            turn_offs = ((tl.program_id(1) * tl.num_programs(0) + pid) * n_chunks + c).to(tl.int64) * (N // 2) + i
+            tl.store(turn_ptr + turn_offs, tl.sum(d_e * s_o - d_o * s_e, axis=0), mask=i < N // 2)
     if STORE_DH0:
         tl.store(dh0_ptr + fin_offs, dS, mask=st_mask)
 
@@ -704,9 +718,20 @@ def _ssd_bwd_chunk(
     tl.store(dB_ptr + offs, dB, mask=mask_bc)
 
 
+def _bwd_q_max(ieee, BLOCK_N):
+    """The backward's longest chunk. Registers of the chunk kernel (offline sm_90 compile): float32 products
+    and N = 256 take Q <= 32."""
+    return 32 if (ieee or BLOCK_N > 128) and not interpreting() else 64
+
+
+def bwd_chunk_len(chunk_size, dtype, N):
+    """Q, the chunk length ``ssd_bwd`` uses for x of this dtype and a state of size N."""
+    return min(max(next_pow2(chunk_size), 16), _bwd_q_max(dtype == torch.float32, max(16, next_pow2(N))))
+
+
 def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
             initial_states=None, y_pre=None, block_q=None, block_p=None, n_split=None, sides=None,
-            num_warps=None, num_stages=None, stop_after=None, ddt_decay_only=False):
+            num_warps=None, num_stages=None, stop_after=None, ddt_decay_only=False, turns=False):
     """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
 
     dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
@@ -717,6 +742,12 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     ``stop_after`` ("states", "dstates" or "side1") returns None after that launch (to time the kernels).
     ``ddt_decay_only``: ddt holds Δ's part through the decays alone, not its part as the input's
     weight (Mamba-3's path through these kernels accounts for that part itself; see kernels/mamba3_ssd.py).
+    ``turns`` (Mamba-3's path, where B and C are keys and queries turned pair by pair): the dict also holds
+    "turns", (b, H, n_chunks, N/2) float32: -<dS_k, J S_k> per pair (2i, 2i + 1) of the N axis, summed
+    over P, for S_k the state entering chunk k (S_0 the initial state) and dS_k its gradient, J(e, o) =
+    (-o, e); "chunk", Q; and dB, dC in float32, before any rounding. Turning every key and query from
+    chunk k on by one angle turns S_k by minus that angle and the final state by plus it, so the loss's
+    derivative in that angle is "turns" + <dhT, J hT> (see kernels/mamba3_ssd.py).
     """
     given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, sides=sides, num_warps=num_warps,
@@ -724,8 +755,9 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         grads = ssd_bwd(f(dy), f(dhT), chunk_size=chunk_size, dt_softplus=dt_softplus, y_pre=f(y_pre),
-                        **{k: f(t) for k, t in given.items()}, **knobs, ddt_decay_only=ddt_decay_only)
-        return None if grads is None else {k: v.to(given[k[1:]].dtype) for k, v in grads.items()}
+                        **{k: f(t) for k, t in given.items()}, **knobs, ddt_decay_only=ddt_decay_only, turns=turns)
+        keep = ("turns", "chunk", "dB", "dC") if turns else ()  # float32, or not a tensor
+        return None if grads is None else {k: v if k in keep else v.to(given[k[1:]].dtype) for k, v in grads.items()}
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     dtypes = {k: t.dtype for k, t in given.items() if t is not None}
@@ -738,8 +770,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     ieee = x.dtype == torch.float32
     BLOCK_N = max(16, next_pow2(N))
     BLOCK_P = max(16, next_pow2(P))
-    # registers of the chunk kernel (offline sm_90 compile): float32 products and N = 256 take Q <= 32
-    q_max = 32 if (ieee or BLOCK_N > 128) and not interpreting() else 64
+    q_max = _bwd_q_max(ieee, BLOCK_N)
     Q = block_q or min(max(next_pow2(chunk_size), 16), q_max)
     n_chunks = triton.cdiv(L, Q)
     dev = x.device
@@ -775,6 +806,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     f32 = dict(device=dev, dtype=torch.float32)
     dh0 = torch.empty(b, H, P, N, **f32) if initial_states is not None else states
     g_alpha = torch.empty(b, n_chunks, H, n_walk, **f32)  # exp(α_k) <dS_k, S_{k-1}>, per block of P
+    turn = torch.empty(n_walk, b, H, n_chunks, N // 2, **f32) if turns else g_alpha  # -<dS_k, J S_k>, per block
     dummy = x
     bias_ = dummy if dt_bias is None else dt_bias.contiguous()
     z_ = dummy if z is None else z.contiguous()
@@ -788,9 +820,10 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
         return None
     dz = torch.empty_like(x) if z is not None else dummy
     _ssd_bwd_dstates[grid](
-        dy, z_, dummy if z is None else y_pre.to(x.dtype).contiguous(), dz, dt, A, C, bias_, dummy if dhT is None else dhT.contiguous(), states, dstates, dh0, g_alpha,
+        dy, z_, dummy if z is None else y_pre.to(x.dtype).contiguous(), dz, dt, A, C, bias_,
+        dummy if dhT is None else dhT.contiguous(), states, dstates, dh0, g_alpha, turn,
         L, H, G, P, N, n_chunks, HAS_Z=z is not None, HAS_DHT=dhT is not None,
-        STORE_DH0=initial_states is not None, **walk)
+        STORE_DH0=initial_states is not None, TURN=bool(turns), **walk)
     if stop_after == "dstates":
         return None
     g_alpha = g_alpha.sum(-1)  # (b, c, H)
@@ -821,8 +854,12 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     ddt = sum(part.sum(0) for part in ddt)
     dA = sum(part.sum((0, 1)) for part in dA)
     dB = sum(part.sum(2) for part in dB)
-    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.to(dtypes["A"]), dB=dB.to(dtypes["B"]),
-               dC=dC.sum(2).to(dtypes["C"]))
+    dC = dC.sum(2)
+    if not turns:
+        dB, dC = dB.to(dtypes["B"]), dC.to(dtypes["C"])
+    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.to(dtypes["A"]), dB=dB, dC=dC)
+    if turns:
+        out.update(turns=turn.sum(0), chunk=Q)
     if D is not None:
         dD = dD.sum((0, 1))
         out["dD"] = (dD if D.dim() == 2 else dD.sum(-1)).to(dtypes["D"])

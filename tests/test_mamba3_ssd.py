@@ -161,3 +161,74 @@ def test_gradients_where_the_decays_are_slow(ssd_path):
     for name, g, r in zip(NAMES, got, ref):
         err = grad_error(g, r)
         assert err < tolerance(torch.float32), f"d{name}: relative error {err:.3g}"
+
+
+def test_boundary_sums_of_the_angle_gradient(gen, ssd_path, monkeypatch):
+    """The backward's sums of dΦ from every chunk boundary u on come from SSD's states, not from a walk over
+    the tokens: G_u = -<dS_u, J S_u> + <dh_T, J h_T> (+ dΦ_T, the returned angle's gradient), J(e, o) = (-o, e).
+    Against the float64 loop, where G_u = dθ_u / Δ_u; and dθ against the walk over all the tiles (the rotation's
+    backward without the boundary sums) in float32."""
+    from ssm_edu.kernels import mamba3_ssd
+
+    seen = {}
+    plain = mamba3_ssd._rotate_backward
+
+    def spy(*a, bounds=None, Q=0):
+        seen.update(bounds=bounds, Q=Q, walked=plain(*a))
+        return plain(*a, bounds=bounds, Q=Q)
+
+    monkeypatch.setattr(mamba3_ssd, "_rotate_backward", spy)
+    args, kw = inputs(gen, b=2, L=70, H=2, P=8, G=1, N=16, state=True)
+    wy = torch.randn(args[0].shape, generator=gen)
+    ref = grads("naive", args, kw, wy, F64, 16)
+    got = grads("triton", args, kw, wy, torch.float32, 16)
+    Q, bounds, dt = seen["Q"], seen["bounds"], args[1]
+    assert bounds.shape == (2, 2, 5, 8) and Q == 16  # boundaries 0, 16, 32, 48, 64 (chunk 0's is not used)
+    expected = (ref[6] / dt[..., None])[:, ::Q].transpose(1, 2)  # dθ_u / Δ_u: (b, H, chunks, N/2)
+    err = rel_error(bounds[:, :, 1:], expected[:, :, 1:])
+    assert err < tolerance(torch.float32), f"boundary sums: relative error {err:.3g}"
+    assert rel_error(got[6], seen["walked"][2]) < tolerance(torch.float32)
+    assert grad_error(got[6], ref[6]) < tolerance(torch.float32)
+
+
+@pytest.mark.parametrize("L,H", [(300, 4), (1000, 2)], ids=["L300", "L1000"])
+def test_angle_gradient_with_bfloat16_roundings_emulated(L, H, ssd_path, monkeypatch):
+    """dθ where a GPU rounds to bfloat16, emulated in the interpreter's float32: k̃ and q (SSD's keys and
+    queries) and the states SSD's backward stores. Its error against float32 must not grow with L.
+
+    dθ_t = Δ_t Σ_{s>=t} dΦ_s is a long sum that cancels, while the rounding errors of its terms do not.
+    Summed over every later token, as before the boundary sums, with the gradients of k̃ and q rounded too
+    (SSD handed them on in bfloat16), it erred by 0.021 at L = 300 and 0.042 at L = 1000 (measured here);
+    the bfloat16 tolerance is 0.02. Restarted at every chunk from SSD's states: 0.0072 and 0.0076; the same
+    emulation without the restarts (the walk over all the tiles, float32 gradients of k̃ and q) 0.015 and
+    0.030, and it must still err more."""
+    from ssm_edu.kernels import mamba3_ssd
+    from ssm_edu.kernels import ssd
+
+    gen = torch.Generator().manual_seed(0)
+    args, kw = inputs(gen, b=2, L=L, H=H, P=64, G=1, N=128, state=True)
+    args, kw = rounded(args, kw, torch.bfloat16)
+    wy = torch.randn(args[0].shape, generator=gen)
+    ref = grads("triton", args, kw, wy, torch.float32, 64)[6]
+
+    bf16 = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
+    rotate_fwd, rotate_bwd, states = mamba3_ssd._rotate_forward, mamba3_ssd._rotate_backward, ssd._ssd_bwd_states
+
+    def rounded_fwd(*a):
+        k, q, *rest = rotate_fwd(*a)
+        return (bf16(k), bf16(q), *rest)
+
+    class RoundedStates:  # _ssd_bwd_states[grid](...), then its states (argument 6) rounded
+        def __getitem__(self, grid):
+            def launch(*a, **k):
+                states[grid](*a, **k)
+                a[6].copy_(bf16(a[6]))
+            return launch
+
+    monkeypatch.setattr(mamba3_ssd, "_rotate_forward", rounded_fwd)
+    monkeypatch.setattr(ssd, "_ssd_bwd_states", RoundedStates())
+    err = grad_error(grads("triton", args, kw, wy, torch.float32, 64)[6], ref)
+    assert err < 0.01, f"dθ: relative error {err:.3g}"
+    monkeypatch.setattr(mamba3_ssd, "_rotate_backward", lambda *a, bounds=None, Q=0: rotate_bwd(*a))
+    walked = grad_error(grads("triton", args, kw, wy, torch.float32, 64)[6], ref)
+    assert walked > 1.5 * err, f"dθ without the boundary sums: relative error {walked:.3g}, with them {err:.3g}"

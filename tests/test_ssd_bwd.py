@@ -191,3 +191,35 @@ def test_ssd_triton_gradients_mixed_dtypes_on_gpu():
     for k, v in leaves.items():
         assert v.grad.dtype == v.dtype, k
         assert rel_error(v.grad, ref[k].grad) < 2e-2, k
+
+
+def test_ssd_bwd_turns():
+    """``ssd_bwd(..., turns=True)`` (Mamba-3's path): -<dS_k, J S_k> per angle pair at every chunk's start.
+
+    Against the float64 loop: turning the keys B_s and queries C_s of every s >= k Q by one angle (per head
+    and pair) turns the state entering chunk k by minus that angle and the final state by plus it, so the
+    loss's derivative in that angle, a suffix sum of per-step derivatives, is "turns" + <dhT, J hT>. One
+    group per head (each head turns its own keys); N/2 = 3 pairs, L not a multiple of Q, every option."""
+    from ssm_edu.kernels.ssd import ssd_bwd
+    from ssm_edu.mamba3 import rotate_pairs
+
+    b, L, H, P, N, Q = 2, 45, 2, 5, 6, 16
+    args, kw = make(b, L, H, P, H, N, seed=3, chunk=Q, **ALL)
+    gen = torch.Generator().manual_seed(4)
+    wy, wh = torch.randn(b, L, H, P, generator=gen, dtype=F64), torch.randn(b, H, P, N, generator=gen, dtype=F64)
+    opts = {k: v for k, v in kw.items() if isinstance(v, torch.Tensor)}
+    x, dt, A, B, C = args
+    phi = torch.zeros(b, L, H, N // 2, dtype=F64, requires_grad=True)
+    y, hT = ssd(x, dt, A, rotate_pairs(B, phi), rotate_pairs(C, phi), chunk_size=Q, dt_softplus=True,
+                return_final_states=True, **opts, impl="naive")
+    ((y * wy).sum() + (hT * wh).sum()).backward()
+    suffix = phi.grad.flip(1).cumsum(1).flip(1)[:, ::Q].transpose(1, 2)  # (b, H, chunks, N/2)
+    e, o = hT.detach()[..., 0::2], hT.detach()[..., 1::2]
+    final = (wh[..., 0::2] * -o + wh[..., 1::2] * e).sum(2)  # <dhT, J hT>, J(e, o) = (-o, e): (b, H, N/2)
+    f32 = lambda t: t.to(DEVICE, torch.float32)  # noqa: E731
+    got = ssd_bwd(f32(wy), f32(wh), *(f32(t) for t in args), chunk_size=Q, dt_softplus=True,
+                  **{k: f32(v) for k, v in opts.items()}, turns=True)
+    assert got["chunk"] == Q and got["dB"].dtype == got["dC"].dtype == torch.float32
+    err = rel_error(got["turns"], suffix - final[:, :, None])
+    assert err < tolerance(torch.float32), f"relative error {err:.3g}"
+    assert "turns" not in ssd_bwd(f32(wy), None, *(f32(t) for t in args), chunk_size=Q, dt_softplus=True)  # off
