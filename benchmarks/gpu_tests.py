@@ -37,6 +37,22 @@ NOT_ON_GPU = {"test_book.py", "test_browser.py", "test_student_build.py", "test_
               "test_notebooks.py", "test_packaging.py"}
 
 
+# The files that test the Triton kernels, newest first: pytest-xdist hands out tests in this order, so a run cut
+# by its limit has covered the compiled kernels before the model- and book-level files (those spend most of
+# their time on the CPU: training loops, tables). The rest follow alphabetically.
+KERNELS_FIRST = ["test_mamba3_ssd.py", "test_fused_steps.py", "test_ssd_bwd.py", "test_selective_bwd.py",
+                 "test_mamba3_triton.py", "test_ssd.py", "test_selective.py", "test_state_update.py",
+                 "test_ssd_first.py", "test_selective_first.py", "test_ssd_compile.py", "test_selective_compile.py",
+                 "test_selective_ladder.py", "test_mamba3_block.py", "test_scan.py", "test_convolution.py",
+                 "test_diagonal.py", "test_s4.py"]
+
+
+def ordered(paths) -> list[pathlib.Path]:
+    """Test files in the order the GPU phase runs them: KERNELS_FIRST, then the others by name."""
+    rank = {name: i for i, name in enumerate(KERNELS_FIRST)}
+    return sorted(paths, key=lambda p: (rank.get(p.name, len(rank)), p.name))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_tests")
     parser.add_argument("files", nargs="*", type=pathlib.Path)
@@ -45,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=int, default=300, help="seconds per test")
     parser.add_argument("--limit", type=float, default=None, help="seconds for the whole run; then it is stopped")
     args = parser.parse_args(argv)
-    files = args.files or sorted(p for p in (ROOT / "tests").glob("test_*.py") if p.name not in NOT_ON_GPU)
+    files = args.files or ordered(p for p in (ROOT / "tests").glob("test_*.py") if p.name not in NOT_ON_GPU)
     args.out.mkdir(parents=True, exist_ok=True)
     xml = args.out / "pytest.xml"
     # -v: xdist prints each result as it comes, so a run cut short by its time limit still shows what passed
