@@ -5,7 +5,8 @@
 # Phases: build (mamba_ssm's CUDA selective scan, in the background), tests, notebooks, check (= tests and
 # notebooks at once), bench (waits for the build when selective_scan is timed), sweeps. Each has a time limit in seconds from the environment
 # (TESTS_T, NB_T, BENCH_T, SWEEP_T); TEST_JOBS and NB_JOBS set how many run side by side; NOTEBOOKS, BENCH_ARGS
-# and SWEEPS narrow a phase. Logs, JSON and the executed notebooks go to gpu-session/; when $OUT is set (the lent
+# and SWEEPS narrow a phase; RESUME=1 makes the tests phase go on from gpu-session/tests.jsonl (a cut run's log:
+# carry gpu-session to a fresh machine) instead of starting again. Logs, JSON and the executed notebooks go to gpu-session/; when $OUT is set (the lent
 # machine's output folder, which brings back at most 8 files) they are packed after every phase into
 # $OUT/session.tar.xz, so that a command cut short still returns what it finished.
 set -u
@@ -52,7 +53,8 @@ EOF
 }
 
 run_tests() {
-    python3 -m benchmarks.gpu_tests --jobs "${TEST_JOBS:-8}" --out "$OUTDIR" --limit "${TESTS_T:-540}" ${TESTS:-} \
+    python3 -m benchmarks.gpu_tests --jobs "${TEST_JOBS:-8}" --out "$OUTDIR" --limit "${TESTS_T:-540}" \
+        ${RESUME:+--resume "$OUTDIR/tests.jsonl"} ${TESTS:-} \
         > "$OUTDIR/tests.stdout" 2>&1
     echo "tests: rc $?"; cat "$OUTDIR/tests.log" 2>/dev/null | head -80
 }

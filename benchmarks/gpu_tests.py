@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "gpu-session")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per test")
     parser.add_argument("--limit", type=float, default=None, help="seconds for the whole run; then it is stopped")
+    parser.add_argument("--resume", type=pathlib.Path, default=None,
+                        help="an earlier run's tests.jsonl: run only what it does not record as passed or skipped, "
+                             "and count both runs in the summary")
     args = parser.parse_args(argv)
     files = args.files or ordered(p for p in (ROOT / "tests").glob("test_*.py") if p.name not in NOT_ON_GPU)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -70,9 +73,15 @@ def main(argv=None) -> int:
            *map(str, files)]
     log = args.out / "pytest.out"
     jsonl = args.out / "tests.jsonl"
+    earlier = args.resume.read_text() if args.resume and args.resume.exists() else ""
     jsonl.unlink(missing_ok=True)
     env = os.environ | {"SSM_EDU_TEST_LOG": str(jsonl.resolve()),
                         "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}  # freed memory goes back to the GPU
+    if earlier:  # the earlier lines open the new log, so that the summary counts both runs
+        skip = args.out / "tests.earlier.jsonl"
+        skip.write_text(earlier)
+        jsonl.write_text(earlier)
+        env["SSM_EDU_TEST_SKIP"] = str(skip.resolve())
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
@@ -82,7 +91,11 @@ def main(argv=None) -> int:
             proc.wait()
             rc = 124
             xml.unlink(missing_ok=True)
-    table, failures = summarise(xml) if xml.exists() else summarise_verbose(log)
+    if earlier:
+        table, failures = summarise_jsonl(jsonl, len([x for x in earlier.splitlines() if x.strip()]))
+        table.insert(0, f"(resumed: {len(earlier.splitlines())} results from {args.resume}, then this run)")
+    else:
+        table, failures = summarise(xml) if xml.exists() else summarise_verbose(log)
     text = "\n".join(table + [""] + costs(jsonl) + [""] + failures + [""] + reports(jsonl)) + "\n"
     (args.out / "tests.log").write_text(text)
     print("\n".join(table))
@@ -128,6 +141,40 @@ def summarise_verbose(log: pathlib.Path) -> tuple[list[str], list[str]]:
     for file in sorted(counts):
         c = counts[file]
         table.append(f"{file:32s} {c['passed']:7d} {c['failed']:7d} {c['errors']:7d} {c['skipped']:8d}")
+    return table, failures
+
+
+def summarise_jsonl(jsonl: pathlib.Path, n_earlier: int = 0) -> tuple[list[str], list[str]]:
+    """Per-file counts from the one-line-per-test log of a resumed run: its first ``n_earlier`` lines come from
+    the earlier run. Each test is counted once: by this run's records where it ran again (a failure in any
+    of them, setup or teardown included, counts), else by the earlier run's."""
+    records = _lines(jsonl)
+    rerun = {r["test"] for r in records[n_earlier:]}
+    last = {}
+    for i, r in enumerate(records):
+        if (i < n_earlier) == (r["test"] in rerun):
+            continue  # an earlier record of a test that ran again
+        if r["test"] not in last or last[r["test"]]["outcome"] != "failed":
+            last[r["test"]] = r
+    counts = collections.defaultdict(collections.Counter)
+    seconds = collections.Counter()
+    failures = []
+    for test, r in last.items():
+        file = test.split("::")[0].split("/")[-1]
+        kind = {"passed": "passed", "skipped": "skipped"}.get(r["outcome"], "failed" if r["when"] == "call" else "errors")
+        counts[file][kind] += 1
+        seconds[file] += r.get("seconds") or 0
+        if kind in ("failed", "errors"):
+            failures.append(test)
+    table = [f"{'file':32s} {'passed':>7s} {'failed':>7s} {'errors':>7s} {'skipped':>8s} {'seconds':>8s}"]
+    total = collections.Counter()
+    for file in sorted(counts):
+        c = counts[file]
+        total.update(c)
+        table.append(f"{file:32s} {c['passed']:7d} {c['failed']:7d} {c['errors']:7d} {c['skipped']:8d} "
+                     f"{seconds[file]:8.1f}")
+    table.append(f"{'total':32s} {total['passed']:7d} {total['failed']:7d} {total['errors']:7d} {total['skipped']:8d} "
+                 f"{sum(seconds.values()):8.1f}")
     return table, failures
 
 

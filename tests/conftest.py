@@ -4,7 +4,9 @@ On a GPU the caching allocator of each test process keeps the peak of every test
 processes and notebooks sharing one GPU, that cache once held 64 GiB while notebooks ran out of memory. So each
 test hands its cached blocks back when it ends. With ``SSM_EDU_TEST_LOG`` set (``benchmarks/gpu_tests.py`` sets
 it), each test also appends one line to that file as it finishes: its outcome, seconds, peak GPU memory and, for
-a failure, the report, so that a run cut short by its time limit still tells what failed and why.
+a failure, the report, so that a run cut short by its time limit still tells what failed and why. With
+``SSM_EDU_TEST_SKIP`` naming such a file from an earlier run, the tests it records as passed or skipped (and
+never as failed) are deselected: a cut run goes on where it stopped (``gpu_tests.py --resume``).
 """
 
 import json
@@ -70,3 +72,21 @@ def pytest_collection_modifyitems(config, items):
     the rest of the suite meanwhile instead of leaving the build for the end.
     """
     items.sort(key=lambda item: 0 if item.get_closest_marker("book") else 1)
+    done = _done_earlier(os.environ.get("SSM_EDU_TEST_SKIP"))
+    if done:
+        drop = [item for item in items if item.nodeid in done]
+        items[:] = [item for item in items if item.nodeid not in done]
+        config.hook.pytest_deselected(items=drop)
+
+
+def _done_earlier(path: str | None) -> set[str]:
+    """The tests an earlier run's log (``SSM_EDU_TEST_LOG`` lines) records as passed or skipped, never failed."""
+    if not path or not os.path.exists(path):
+        return set()
+    ok, failed = set(), set()
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                (failed if r["outcome"] == "failed" else ok).add(r["test"])
+    return ok - failed

@@ -36,3 +36,30 @@ def test_offline_compile_of_the_default_selective_scan():
     instr, mufu = int(fields[9]), int(fields[10].split("(")[0])
     assert 0 < regs <= 255 and spill == "0/0", line
     assert instr > 100 and mufu > 0, line
+
+
+def test_a_cut_gpu_test_run_resumes_where_it_stopped(tmp_path):
+    """gpu_tests --resume: what passed or was skipped is deselected, a failure runs again, and the summary
+    counts each test once (by the later run where it ran again)."""
+    import json
+
+    from benchmarks.gpu_tests import summarise_jsonl
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    ids = ["tests/test_import.py::test_import_prints_nothing_and_stays_offline",
+           "tests/test_import.py::test_the_guard_can_fail"]
+    earlier = [{"test": ids[0], "when": "call", "outcome": "passed", "seconds": 1.0},
+               {"test": ids[1], "when": "call", "outcome": "failed", "seconds": 2.0, "report": "E"}]
+    log = tmp_path / "earlier.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in earlier))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider", "-q",
+                          "--collect-only", "tests/test_import.py"], cwd=root, capture_output=True, text=True,
+                         env={**__import__("os").environ, "SSM_EDU_TEST_SKIP": str(log)})
+    assert ids[0] not in out.stdout and ids[1] in out.stdout and "1 deselected" in out.stdout, out.stdout[-800:]
+    both = tmp_path / "tests.jsonl"  # the earlier lines, then the failed test passing when run again
+    both.write_text(log.read_text() + json.dumps({"test": ids[1], "when": "call", "outcome": "passed",
+                                                  "seconds": 3.0}) + "\n")
+    table, failures = summarise_jsonl(both, n_earlier=2)
+    assert failures == [] and table[1].split()[:5] == ["test_import.py", "2", "0", "0", "0"], table
+    table, failures = summarise_jsonl(both, n_earlier=3)  # all earlier: the failure stands
+    assert failures == [ids[1]] and table[1].split()[:3] == ["test_import.py", "1", "1"], table
