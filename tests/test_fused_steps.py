@@ -37,6 +37,17 @@ def perturbed(m, gen):
     return m
 
 
+def takes(m, u, cache) -> bool:
+    """Whether ``m.step(u, cache, fused=True)`` runs the block's fused kernel (else it takes the PyTorch step)."""
+    from ssm_edu.kernels import mamba2_block_step, mamba3_block_step
+
+    with torch.no_grad():
+        proj = m.in_proj(u)
+    if isinstance(m, Mamba2):
+        return mamba2_block_step.supported(m, proj, cache)
+    return mamba3_block_step.supported(m, proj, cache["state"])
+
+
 def tensors(cache):
     """Every tensor of a block's cache, in a fixed order."""
     out = []
@@ -53,6 +64,7 @@ def test_fused_step_matches_the_pytorch_step(cls, kw):
     addresses = [t.data_ptr() for t in tensors(cache)]
     for _ in range(6):
         u = torch.randn(3, kw["d_model"], generator=gen).to(DEVICE)
+        assert takes(m, u, cache)  # the kernel runs: not the PyTorch step checked against itself
         with torch.no_grad():
             ref = m.step(u, ref_cache, fused=False)
             out = m.step(u, cache, fused=True)
@@ -75,6 +87,21 @@ def test_off_by_default_and_what_the_kernels_do_not_take():
     c1, c2 = m.allocate_cache(2), m.allocate_cache(2)
     with torch.no_grad():
         assert torch.equal(m.step(u.double(), c1, fused=True), m.step(u.double(), c2, fused=False))
+
+
+@pytest.mark.parametrize("cls", [Mamba2, Mamba3])
+def test_compiled_kernels_take_gpu_tensors_only(cls, monkeypatch):
+    """Compiled Triton (a GPU machine, interpreter off) reads CUDA memory only: a block on the CPU there takes
+    the PyTorch step instead of handing CPU tensors to the kernel."""
+    from ssm_edu.kernels import mamba2_block_step, mamba3_block_step
+
+    m = cls(d_model=16, d_state=8, headdim=8)
+    cache, u = m.allocate_cache(2), torch.randn(2, 16)
+    for module in (mamba2_block_step, mamba3_block_step):
+        monkeypatch.setattr(module, "interpreting", lambda: False)
+    assert not takes(m, u, cache)
+    monkeypatch.undo()
+    assert takes(m, u, cache) == (not torch.cuda.is_available())  # in the interpreter on a CPU machine
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
