@@ -876,13 +876,12 @@ _NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 class _SSD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, chunk_size, dt_softplus, return_final_states, final_dtype, ddt_decay_only, *tensors):
+    def forward(ctx, chunk_size, dt_softplus, return_final_states, *tensors):
         kw = dict(zip(_NAMES, tensors))
         y, hT, y_pre = ssd_fwd(chunk_size=chunk_size, dt_softplus=dt_softplus,
-                               return_final_states=return_final_states, return_pre_gate=True,
-                               final_dtype=final_dtype, **kw)
+                               return_final_states=return_final_states, return_pre_gate=True, **kw)
         ctx.save_for_backward(*tensors, y_pre if kw["z"] is not None else None)
-        ctx.chunk_size, ctx.dt_softplus, ctx.ddt_decay_only = chunk_size, dt_softplus, ddt_decay_only
+        ctx.chunk_size, ctx.dt_softplus = chunk_size, dt_softplus
         ctx.set_materialize_grads(False)
         return (y, hT) if return_final_states else y
 
@@ -890,9 +889,9 @@ class _SSD(torch.autograd.Function):
     def backward(ctx, gy, ghT=None):
         *tensors, y_pre = ctx.saved_tensors
         grads = ssd_bwd(gy, ghT, chunk_size=ctx.chunk_size, dt_softplus=ctx.dt_softplus, y_pre=y_pre,
-                        ddt_decay_only=ctx.ddt_decay_only, **dict(zip(_NAMES, tensors)))
-        needs = ctx.needs_input_grad[5:]
-        return (None, None, None, None, None, *(grads.get(_GRAD[k]) if nd else None for k, nd in zip(_NAMES, needs)))
+                        **dict(zip(_NAMES, tensors)))
+        needs = ctx.needs_input_grad[3:]
+        return (None, None, None, *(grads.get(_GRAD[k]) if nd else None for k, nd in zip(_NAMES, needs)))
 
 
 _GRAD = {"x": "dx", "dt": "ddt", "A": "dA", "B": "dB", "C": "dC", "D": "dD", "z": "dz", "dt_bias": "ddt_bias",
@@ -900,19 +899,14 @@ _GRAD = {"x": "dx", "dt": "ddt", "A": "dA", "B": "dB", "C": "dC", "D": "dD", "z"
 
 
 def ssd_triton(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-               initial_states=None, return_final_states=False, final_dtype=None, ddt_decay_only=False):
+               initial_states=None, return_final_states=False):
     """SSD in Triton (see the module docstring); differentiable in every tensor argument.
 
     Arguments as in ``ssm_edu.ssd``; x float32, bfloat16 or float16. Returns y
-    (and the final state) in x's dtype; ``final_dtype`` (not part of
-    ``ssm_edu.ssd``) keeps the final state in another dtype, float32, say.
-    ``ddt_decay_only`` (not part of ``ssm_edu.ssd`` either): the gradient of dt
-    leaves out dt's part as the input's weight (see ``ssd_bwd``).
+    (and the final state) in x's dtype.
     """
     tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _SSD.apply(chunk_size, bool(dt_softplus), bool(return_final_states), final_dtype,
-                          bool(ddt_decay_only), *tensors)
-    y, hT = ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states,
-                    final_dtype=final_dtype)
+        return _SSD.apply(chunk_size, bool(dt_softplus), bool(return_final_states), *tensors)
+    y, hT = ssd_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_states, return_final_states)
     return (y, hT) if return_final_states else y
