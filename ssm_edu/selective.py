@@ -205,13 +205,13 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     op = "selective_scan_chunked"
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"{op}: chunk must be an int >= 1; got {chunk!r}")
+    _check_scan(op, u, delta, A, B, C, D, z, delta_bias)
     return _run(op, lambda *a, **k: _chunked(*a, **k, chunk=chunk), "chunked", (u, delta, A, B, C, D, z, delta_bias),
                 delta_softplus, return_last_state)
 
 
 def _run(op, fn, impl, args, delta_softplus, return_last_state):
-    """Check the inputs, pick the working dtype, run ``fn``, return in u's dtype."""
-    _check_scan(op, *args)
+    """Inputs already checked (``_check_scan``): pick the working dtype, run ``fn``, return in u's dtype."""
     double = any(x is not None and x.dtype == torch.float64 for x in args)
     fn = float32_kernel(op, impl, fn, double=double, what="float64 inputs", fallback=selective_scan_vectorized)
     if getattr(fn, "__name__", "") == "selective_scan_triton":
