@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreting, next_pow2
+from .selective import _softplus
 
 __all__ = ["mamba2_block_step", "supported"]
 
@@ -68,10 +69,7 @@ def _ssm_step(proj_ptr, act_ptr, dt_bias_ptr, A_log_ptr, D_ptr, h_ptr, g_ptr, ss
     n = tl.arange(0, BLOCK_N)
     p_ok, n_ok = p < P, n < N
     row = proj_ptr + bi * stride_b  # [z, xBC, dt]
-    raw = tl.load(row + d_inner + conv_dim + h).to(tl.float32) + tl.load(dt_bias_ptr + h).to(tl.float32)
-    u = tl.exp(tl.minimum(raw, 20.0))
-    w = 1.0 + u
-    dt = tl.where(raw > 20.0, raw, tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0))))  # softplus
+    dt = _softplus(tl.load(row + d_inner + conv_dim + h).to(tl.float32) + tl.load(dt_bias_ptr + h).to(tl.float32))
     decay = tl.exp(-dt * tl.exp(tl.load(A_log_ptr + h).to(tl.float32)))
     act = act_ptr + bi * conv_dim
     x = tl.load(act + h * P + p, mask=p_ok, other=0.0)

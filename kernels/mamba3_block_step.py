@@ -30,16 +30,9 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreting, next_pow2
+from .selective import _softplus
 
 __all__ = ["mamba3_block_step", "supported"]
-
-
-@triton.jit
-def _softplus(v):
-    """log(1 + e^v) as torch's softplus (threshold 20), with log1p's accuracy for small e^v."""
-    u = tl.exp(tl.minimum(v, 20.0))
-    w = 1.0 + u
-    return tl.where(v > 20.0, v, tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0))))
 
 
 @triton.jit
