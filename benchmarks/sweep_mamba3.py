@@ -32,13 +32,13 @@ if os.environ.get("SWEEP_SMALL"):  # a dry run of the whole script on a CPU (int
 # CORE of them run by default (about 90 s on an H100); name others by label to run them too.
 # Variants with knobs are the fused kernel's; path "ssd" is kernels/mamba3_ssd.py (the SISO default).
 VARIANTS = [
-    ("fwd default", "fwd", dict(path="fused")),
+    ("fwd fused kernel", "fwd", dict(path="fused")),
     ("fwd through SSD", "fwd", dict(path="ssd")),
     ("fwd bp64", "fwd", dict(block_p=64)),
     ("fwd rows16", "fwd", dict(max_rows=16)),
     ("fwd rows64 w8", "fwd", dict(max_rows=64, num_warps=8)),
     ("fwd exact trig", "fwd", dict(fast_trig=False)),
-    ("fwd+bwd default", "fwd+bwd", dict(path="fused")),
+    ("fwd+bwd fused kernel", "fwd+bwd", dict(path="fused")),
     ("fwd+bwd through SSD", "fwd+bwd", dict(path="ssd")),
     ("fwd+bwd group heads (no atomics)", "fwd+bwd", dict(bwd_heads=0)),
     ("fwd+bwd one chunk launch", "fwd+bwd", dict(bwd_split=False)),
