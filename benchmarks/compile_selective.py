@@ -178,13 +178,13 @@ def row(label, knobs, shape=SHAPE, dump=None):
 
 
 BWD_CONFIGS = [  # (label, knobs of selective_scan_bwd), as in benchmarks/sweep_selective.py's BWD
-    ("bwd tn4 w4 (the default)", {}),
+    ("bwd tn4 w1 (the default)", {}),
+    ("bwd tn4 w4", dict(tn=4, num_warps=4)),
     ("bwd tn4 w2", dict(tn=4, num_warps=2)),
-    ("bwd tn4 w1", dict(tn=4, num_warps=1)),
     ("bwd tn8 w4", dict(tn=8, num_warps=4)),
     ("bwd tn8 w2", dict(tn=8, num_warps=2)),
     ("bwd tn8 w1", dict(tn=8, num_warps=1)),
-    ("bwd tn4 w4 share0", dict(share=0)),
+    ("bwd tn4 w1 share0", dict(share=0)),
 ]
 
 

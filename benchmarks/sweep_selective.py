@@ -92,13 +92,13 @@ FWD = [  # (label, knobs, fp32 check): the goal shape's forward variants
     ("nsplit tn4 pf1", dict(NS, tn=4), False),
 ]
 BWD = [  # (label, knobs of selective_scan_bwd): forward plus backward at the goal shape
-    ("bwd tn4 w4 (default)", {}),
+    ("bwd tn4 w1 (default)", {}),
+    ("bwd tn4 w4", dict(tn=4, num_warps=4)),
     ("bwd tn4 w2", dict(tn=4, num_warps=2)),
-    ("bwd tn4 w1", dict(tn=4, num_warps=1)),
     ("bwd tn8 w4", dict(tn=8, num_warps=4)),
     ("bwd tn8 w2", dict(tn=8, num_warps=2)),
     ("bwd tn8 w1", dict(tn=8, num_warps=1)),
-    ("bwd tn4 w4 share0", dict(share=0)),
+    ("bwd tn4 w1 share0", dict(share=0)),
 ]
 
 

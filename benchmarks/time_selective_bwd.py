@@ -25,7 +25,7 @@ from ssm_edu.kernels.selective import selective_scan_bwd, selective_scan_fwd  # 
 GPU = torch.cuda.is_available()
 SHAPES = [((8, 2048, 2048, 16), torch.bfloat16), ((1, 256, 512, 16), torch.float32)] if GPU else \
     [((1, 8, 16, 8), torch.float32)]
-CONFIGS = [("tn4 w4 (default)", {}), ("tn4 w2", dict(tn=4, num_warps=2)), ("tn4 w1", dict(tn=4, num_warps=1)),
+CONFIGS = [("tn4 w1 (default)", {}), ("tn4 w4", dict(tn=4, num_warps=4)), ("tn4 w2", dict(tn=4, num_warps=2)),
            ("tn8 w4", dict(tn=8, num_warps=4)), ("tn8 w2", dict(tn=8, num_warps=2)),
            ("tn8 w1", dict(tn=8, num_warps=1))]
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]

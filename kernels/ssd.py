@@ -636,6 +636,9 @@ def _ssd_bwd_chunk(
     st_tile = p[:, None] * N + n[None, :]  # (BLOCK_P, N) offsets in (b, c, H, P, N)
     row0 = (bi * L + c * BLOCK_Q).to(tl.int64)  # the chunk's first (batch, time) row
     part_offs = pb * tl.num_programs(0) + pid  # this block of head dims' (b, c) slot of dA
+    # one block of head dims' part of ddt, (b, L, H): b L H in int64 (b = programs / chunks); L H (b c) in int32
+    # overflowed past 2^31 (float32 at L = 65536, H = 24: Q = 32, 2048 chunks) and wrote far outside ddt
+    ddt_part = (tl.num_programs(0) // n_chunks).to(tl.int64) * L * H
     HG = H // G
     h_first = g * HG + split * heads_per_split
     for h in range(h_first, h_first + tl.minimum(heads_per_split, HG - split * heads_per_split)):
@@ -707,7 +710,7 @@ def _ssd_bwd_chunk(
         ddt += A * da  # dL/dΔ
         if DT_SOFTPLUS:
             ddt = tl.where(raw > 20.0, ddt, ddt * tl.sigmoid(raw))
-        tl.store(ddt_ptr + pb * (L * H * tl.num_programs(0) // n_chunks) + row0 * H + h + q * H, ddt, mask=t_ok)
+        tl.store(ddt_ptr + pb * ddt_part + row0 * H + h + q * H, ddt, mask=t_ok)
         tl.store(dA_ptr + part_offs * H + h, tl.sum(dt * da, axis=0))
 
     offs = ((row[:, None] * n_part + part) * G + g) * N + n[None, :]  # (b, L, n_part, G, N)

@@ -299,10 +299,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     ``selective_scan`` (and ``ssd``). Not differentiable (it writes in place).
     """
     op = "selective_state_update"
-    fn = dispatch(op, impl, (state, x), naive=selective_state_update_naive,
-                  vectorized=selective_state_update_vectorized,
-                  triton="state_update:selective_state_update_triton")
-    shapes = Shapes(op)
+    shapes = Shapes(op)  # shapes and dtypes first: a wrong shape is named before dispatch asks for CUDA tensors
     headed = shapes.check("state", state, "batch D N", "batch H P N") == "batch H P N"
     chan = "batch H P" if headed else "batch D"
     par = "H P" if headed else "D"
@@ -323,6 +320,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                     ("dt_bias", dt_bias)):
         if t is not None:
             check_dtype(op, name, t, _REAL)
+    fn = dispatch(op, impl, (state, x), naive=selective_state_update_naive,
+                  vectorized=selective_state_update_vectorized,
+                  triton="state_update:selective_state_update_triton")
     fn = float32_kernel(op, impl, fn, double=state.dtype == torch.float64, what="a float64 state",
                         fallback=selective_state_update_vectorized)
     if fn.__name__ == "selective_state_update_triton":

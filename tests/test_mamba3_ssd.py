@@ -181,9 +181,9 @@ def test_boundary_sums_of_the_angle_gradient(gen, ssd_path, monkeypatch):
     wy = torch.randn(args[0].shape, generator=gen)
     ref = grads("naive", args, kw, wy, F64, 16)
     got = grads("triton", args, kw, wy, torch.float32, 16)
-    Q, bounds, dt = seen["Q"], seen["bounds"], args[1]
+    Q, bounds, dt = seen["Q"], seen["bounds"].cpu(), args[1]  # on the CPU: ref and got are on the test device
     assert bounds.shape == (2, 2, 5, 8) and Q == 16  # boundaries 0, 16, 32, 48, 64 (chunk 0's is not used)
-    expected = (ref[6] / dt[..., None])[:, ::Q].transpose(1, 2)  # dθ_u / Δ_u: (b, H, chunks, N/2)
+    expected = (ref[6].cpu() / dt[..., None])[:, ::Q].transpose(1, 2)  # dθ_u / Δ_u: (b, H, chunks, N/2)
     err = rel_error(bounds[:, :, 1:], expected[:, :, 1:])
     assert err < tolerance(torch.float32), f"boundary sums: relative error {err:.3g}"
     assert rel_error(got[6], seen["walked"][2]) < tolerance(torch.float32)

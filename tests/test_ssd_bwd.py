@@ -93,6 +93,17 @@ def test_ssd_triton_gradients_float32(case):
     assert_close(got, ref, tolerance(torch.float32), str(case[:7]))
 
 
+@pytest.mark.skipif(not ON_GPU, reason="compiled only: the interpreter computes offsets in 64 bits")
+def test_ssd_triton_gradients_past_int32_offsets():
+    """b L H (b c) over 2^31: float32 takes chunks of Q = 32, so L = 2^18 + 37 with one head gives 2.15e9. The
+    chunk kernel's second block of head dims (P = 32 in blocks of 16) addressed its part of dL/dΔ with that
+    product in int32 and wrote outside the buffer (an illegal address at L = 65536, H = 24 on an H100)."""
+    args, kw = make(1, (1 << 18) + 37, 1, 32, 1, 16, seed=4, chunk=64)
+    ref, low, low_kw = reference(args, kw, torch.float32)
+    got = grads("triton", torch.float32, low, low_kw, DEVICE)
+    assert_close(got, ref, tolerance(torch.float32), "L = 2^18 + 37")
+
+
 HALF = [(c, torch.bfloat16) for c in [CASES[3]] + CASES[5:]] + ([(CASES[5], torch.float16)] if ON_GPU else [])
 
 
