@@ -231,6 +231,14 @@ def run(ops, out: str | None = None, shapes: list[str] | None = None) -> pathlib
     results = []
     path = pathlib.Path(out) if out else ROOT / "book" / "data" / "benchmarks" / f"{gpu_slug(name)}.json"
     failed = []
+
+    def write(incomplete=()):
+        # merging is idempotent: written after every row, so that a command cut by its time limit keeps
+        # every row it measured; rows of an operation still running replace only the rows they re-measure
+        doc = {"device": name, **stamp, "hbm_tb_s": ctx.hbm_bytes_s / 1e12, "results": results,
+               "incomplete_ops": list(incomplete)}
+        merge(doc, path, replace_shapes_only=bool(shapes), mark_incomplete=True)
+
     for op in ops:
         t0 = time.perf_counter()
         try:
@@ -239,6 +247,7 @@ def run(ops, out: str | None = None, shapes: list[str] | None = None) -> pathlib
                     row["fraction_of_floor"] = row["floor_us"] / row["median_us"]
                     print(f"{row['op']:>22} {row['impl']:>10} {row['pass']:>7} {row['shape']:>26} {row['median_us']:10.1f} us  floor {row['floor_us']:8.1f} us  ({100 * row['fraction_of_floor']:.0f}%)", flush=True)
                 results.append(row)
+                write(incomplete=[op])
         except Exception:  # one operation's failure must not cost the others their rows: report it and go on
             import traceback
 
@@ -247,37 +256,52 @@ def run(ops, out: str | None = None, shapes: list[str] | None = None) -> pathlib
             print(f"== {op}: FAILED after {time.perf_counter() - t0:.0f} s (rows before the failure are kept)", flush=True)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
-        # written after every operation (merging is idempotent), so that a run cut short keeps what it measured
-        doc = {"device": name, **stamp, "hbm_tb_s": ctx.hbm_bytes_s / 1e12, "results": results}
-        merge(doc, path, replace_shapes_only=bool(shapes))
+        write()  # the operation is complete (or failed): its rows replace all of its earlier ones
         print(f"== {op}: {time.perf_counter() - t0:.0f} s", flush=True)
     if failed:
         print(f"operations that failed: {', '.join(failed)}", flush=True)
     return path
 
 
-def merge(doc: dict, path: pathlib.Path, replace_shapes_only: bool = False) -> None:
+def row_key(r: dict) -> tuple:
+    """What identifies a measurement: operation, shape, pass, implementation."""
+    return r["op"], r["shape"], r.get("pass"), r.get("impl")
+
+
+def merge(doc: dict, path: pathlib.Path, replace_shapes_only: bool = False, mark_incomplete: bool = False) -> None:
     """Write ``doc``'s rows into the JSON at ``path``, replacing the rows they re-measure.
 
     A row is replaced when the new document has a row of the same operation
     (and the same shape, with ``replace_shapes_only``); the others are kept
     with their own date and versions, so the file can be refreshed one
-    operation at a time, or from a JSON measured on another machine.
+    operation at a time, or from a JSON measured on another machine. For the
+    operations that ``doc["incomplete_ops"]`` names (a run cut while timing
+    them), only the rows with the same operation, shape, pass and
+    implementation are replaced: the rows it did not reach are kept.
+    ``mark_incomplete`` (the suite's own output) keeps that list in the file
+    written, so that merging the file elsewhere later treats those rows alike.
     """
     stamp = {k: doc[k] for k in ("date", "torch", "triton") if k in doc}
     new = [stamp | r for r in doc["results"]]
-    ops = {r["op"] for r in new}
-    shapes = {(r["op"], r["shape"]) for r in new}
+    partial = set(doc.get("incomplete_ops", ()))
+    ops = {r["op"] for r in new} - partial
+    shapes = {(r["op"], r["shape"]) for r in new if r["op"] not in partial}
+    remeasured = {row_key(r) for r in new}
     kept = []
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("device") != doc["device"]:
             raise ValueError(f"{path} holds results of {old.get('device')!r}, not {doc['device']!r}")
         for r in old.get("results", []):
-            replaced = (r["op"], r["shape"]) in shapes if replace_shapes_only else r["op"] in ops
+            if r["op"] in partial:
+                replaced = row_key(r) in remeasured
+            else:
+                replaced = (r["op"], r["shape"]) in shapes if replace_shapes_only else r["op"] in ops
             if not replaced:
                 kept.append({k: old[k] for k in ("date", "torch", "triton") if k in old} | r)
     out = {k: doc[k] for k in ("device", "torch", "triton", "date", "hbm_tb_s")} | {"results": kept + new}
+    if mark_incomplete and partial:
+        out["incomplete_ops"] = sorted(partial)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
 

@@ -10,7 +10,8 @@ the book shows real measurements without a GPU at build time. Each row:
      "date": "YYYY-MM-DD", "torch": "...", "triton": "..."}
 
 ``median_us`` is ``None`` (with a ``missing`` reason) for a peer that was not
-available in that run. A copy of ``ssm_edu`` installed outside the repository
+available in that run. ``bwd_config`` names the backward kernel's launch
+configuration of a training row timed before the current default. A copy of ``ssm_edu`` installed outside the repository
 (Colab) has no data folder: every function then returns nothing, and the
 chapters say where the measurements are published instead.
 """

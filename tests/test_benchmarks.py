@@ -1,5 +1,6 @@
 """The benchmark entry point: it refuses clearly without a GPU, its registry is importable, the offline compile runs."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -63,3 +64,31 @@ def test_a_cut_gpu_test_run_resumes_where_it_stopped(tmp_path):
     assert failures == [] and table[1].split()[:5] == ["test_import.py", "2", "0", "0", "0"], table
     table, failures = summarise_jsonl(both, n_earlier=3)  # all earlier: the failure stands
     assert failures == [ids[1]] and table[1].split()[:3] == ["test_import.py", "1", "1"], table
+
+
+def test_merge_of_a_run_cut_inside_an_operation(tmp_path):
+    """A run stopped while timing an operation replaces only the rows it re-measured; a complete operation's
+    rows replace all of that operation's earlier rows."""
+    from benchmarks.suite import merge
+
+    def row(op, impl, pass_="fwd", us=1.0):
+        return {"op": op, "impl": impl, "pass": pass_, "shape": "S", "median_us": us}
+
+    head = {"device": "GPU X", "torch": "t", "triton": "tr", "date": "d0", "hbm_tb_s": 3.0}
+    path = tmp_path / "gpu.json"
+    merge(head | {"results": [row("a", "ours"), row("a", "peer"), row("a", "ours", "fwd+bwd"), row("b", "ours")]},
+          path)
+    cut = tmp_path / "cut.json"  # the suite's own file, written after a row of "a" and before the others
+    merge(head | {"date": "d1", "results": [row("a", "ours", us=2.0)], "incomplete_ops": ["a"]}, cut,
+          mark_incomplete=True)
+    doc = json.loads(cut.read_text())
+    assert doc["incomplete_ops"] == ["a"]
+    merge(doc, path)
+    rows = {(r["op"], r["impl"], r["pass"]): (r["median_us"], r["date"]) for r in
+            json.loads(path.read_text())["results"]}
+    assert rows == {("a", "ours", "fwd"): (2.0, "d1"), ("a", "peer", "fwd"): (1.0, "d0"),
+                    ("a", "ours", "fwd+bwd"): (1.0, "d0"), ("b", "ours", "fwd"): (1.0, "d0")}
+    merge(head | {"date": "d2", "results": [row("a", "ours", us=3.0)]}, path)  # "a" complete: its other rows go
+    rows = [(r["op"], r["impl"], r["pass"]) for r in json.loads(path.read_text())["results"]]
+    assert sorted(rows) == [("a", "ours", "fwd"), ("b", "ours", "fwd")]
+    assert "incomplete_ops" not in json.loads(path.read_text())
