@@ -1133,6 +1133,11 @@ class _SelectiveScan(torch.autograd.Function):
                                                save_checkpoints=True)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ck)
         ctx.meta, ctx.delta_softplus = meta, delta_softplus
+        # an output the loss does not use arrives as None, not as zeros: a last state that nothing reads then
+        # costs nothing. With its gradient (HAS_GLAST) the adjoint starts from a loaded tensor, whose layout
+        # Triton keeps through the loop: compiled for sm_90, 3257 instructions per warp-block instead of 1381
+        # (1018 shuffles instead of 250), and 4278 us instead of 1802 on an H100 at B8 D2048 L2048 N16.
+        ctx.set_materialize_grads(False)
         return y, last.to(u.dtype)
 
     @staticmethod
