@@ -130,16 +130,17 @@ def rotate_config(kernel="fwd", dtype=torch.bfloat16):
     s = GOAL
     Q = _mod("ssd").bwd_chunk_len(64, dtype, s["N"])
     BLOCK_L, BLOCK_I = rot._blocks(s["N"] // 2, Q)
-    fn = rot._rotate_fwd if kernel == "fwd" else rot._rotate_bwd
+    fn = dict(fwd=rot._rotate_fwd, bwd=rot._rotate_bwd, tiles=rot._rotate_tiles, sums=rot._tile_sums)[kernel]
     low = ("B_ptr", "C_ptr", "k_ptr", "q_ptr")
     pointers = {name: (f"*{TY[dtype]}" if name in low else "*fp32")
                 for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
     n_iblk = -(-(s["N"] // 2) // BLOCK_I)
     ints = dict(L=s["L"], H=s["H"], G=s["G"], N2=s["N"] // 2, n_tiles=-(-s["L"] // BLOCK_L), n_iblk=n_iblk, Q=Q)
-    ce = dict(BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I,
-              **({"HAS_PSI0": False} if kernel == "fwd" else {"HAS_GPSI": False, "HAS_BOUNDS": True}))
+    flags = dict(fwd={"HAS_PSI0": False}, bwd={"HAS_GPSI": False, "HAS_BOUNDS": True}).get(kernel, {})
+    ce = dict(BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **flags)
     ints = {k: v for k, v in ints.items() if k in inspect.signature(fn.fn).parameters}
-    return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), s["b"] * s["H"] * n_iblk
+    programs = s["b"] * s["H"] * n_iblk * (ints["n_tiles"] if kernel in ("tiles", "sums") else 1)
+    return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), programs
 
 
 def block_step_config(P=64, N=64, H=24, dtype=torch.bfloat16):
@@ -213,6 +214,8 @@ CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's varia
     ("first kernel (fp32)", first_config, {}),
     ("ssd path: rotate fwd", rotate_config, {}),
     ("ssd path: rotate bwd", rotate_config, dict(kernel="bwd")),
+    ("ssd path: rotate tiles", rotate_config, dict(kernel="tiles")),
+    ("ssd path: tile sums", rotate_config, dict(kernel="sums")),
     ("block step P64 N64 (decode)", block_step_config, {}),
     ("block step P64 N128", block_step_config, dict(N=128)),
     ("mamba2 step: conv", mamba2_step_config, dict(kernel="conv")),

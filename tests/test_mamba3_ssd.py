@@ -31,11 +31,16 @@ def ssd_path(monkeypatch):
     monkeypatch.setattr(kernel, "SISO_PATH", "ssd")
 
 
+@pytest.mark.parametrize("form", ["walk", "tiles"])
 @pytest.mark.parametrize("N", [4, 6, 128], ids=lambda n: f"N{n}")
-def test_rotate_against_pytorch(N, gen):
+def test_rotate_against_pytorch(N, form, gen, monkeypatch):
     """k̃ = r Rot(Φ) B and q = Rot(Φ) C per head, the last angle, and every gradient (G = 2 groups of 3 heads,
-    L = 41 not a multiple of the tile, N/2 = 3 not a power of two)."""
+    L = 41 not a multiple of the tile, N/2 = 3 not a power of two); the forward rotation walking the tiles in
+    order, or every tile at once from the running sum of the tiles' angles."""
+    from ssm_edu.kernels import mamba3_ssd
     from ssm_edu.kernels.mamba3_ssd import rotate
+
+    monkeypatch.setattr(mamba3_ssd, "ROTATE", form)
 
     b, L, G, H = 2, 41, 2, 6
     rnd = lambda *s: torch.randn(*s, generator=gen, dtype=F64)  # noqa: E731
@@ -172,9 +177,9 @@ def test_boundary_sums_of_the_angle_gradient(gen, ssd_path, monkeypatch):
     seen = {}
     plain = mamba3_ssd._rotate_backward
 
-    def spy(*a, bounds=None, Q=0):
+    def spy(*a, bounds=None, Q=0, form=None):
         seen.update(bounds=bounds, Q=Q, walked=plain(*a))
-        return plain(*a, bounds=bounds, Q=Q)
+        return plain(*a, bounds=bounds, Q=Q, form=form)
 
     monkeypatch.setattr(mamba3_ssd, "_rotate_backward", spy)
     args, kw = inputs(gen, b=2, L=70, H=2, P=8, G=1, N=16, state=True)
@@ -213,8 +218,8 @@ def test_angle_gradient_with_bfloat16_roundings_emulated(L, H, ssd_path, monkeyp
     bf16 = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
     rotate_fwd, rotate_bwd, states = mamba3_ssd._rotate_forward, mamba3_ssd._rotate_backward, ssd._ssd_bwd_states
 
-    def rounded_fwd(*a):
-        k, q, *rest = rotate_fwd(*a)
+    def rounded_fwd(*a, form=None):
+        k, q, *rest = rotate_fwd(*a, form=form)
         return (bf16(k), bf16(q), *rest)
 
     class RoundedStates:  # _ssd_bwd_states[grid](...), then its states (argument 6) rounded
@@ -228,6 +233,23 @@ def test_angle_gradient_with_bfloat16_roundings_emulated(L, H, ssd_path, monkeyp
     monkeypatch.setattr(ssd, "_ssd_bwd_states", RoundedStates())
     err = grad_error(grads("triton", args, kw, wy, torch.float32, 64)[6], ref)
     assert err < 0.01, f"dθ: relative error {err:.3g}"
-    monkeypatch.setattr(mamba3_ssd, "_rotate_backward", lambda *a, bounds=None, Q=0: rotate_bwd(*a))
+    monkeypatch.setattr(mamba3_ssd, "_rotate_backward", lambda *a, bounds=None, Q=0, form=None: rotate_bwd(*a))
     walked = grad_error(grads("triton", args, kw, wy, torch.float32, 64)[6], ref)
     assert walked > 1.5 * err, f"dθ without the boundary sums: relative error {walked:.3g}, with them {err:.3g}"
+
+
+def test_the_two_forms_of_the_rotation_give_the_same_scan(gen):
+    """The scan through SSD with each form of the forward rotation: the same outputs, final state and
+    gradients (float32, an initial state with its angle, L = 70 over two tiles and a part), and a clear error
+    for an unknown form."""
+    args, kw = inputs(gen, b=2, L=70, H=2, P=8, G=1, N=16, state=True)
+    wy = torch.randn(args[0].shape, generator=gen)
+    walk = grads("triton", args, kw, wy, torch.float32, 16, path="ssd", rotate="walk")
+    tiles = grads("triton", args, kw, wy, torch.float32, 16, path="ssd", rotate="tiles")
+    for name, a, e in zip(NAMES, tiles, walk):
+        assert grad_error(a, e) < tolerance(torch.float32), name
+    from ssm_edu.kernels.mamba3 import mamba3_triton
+
+    x = args[0].to(DEVICE, torch.float32)
+    with pytest.raises(ValueError, match="rotation's form"):
+        mamba3_triton(x, *(t.to(DEVICE, torch.float32) for t in args[1:]), path="ssd", rotate="spiral")
