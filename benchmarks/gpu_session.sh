@@ -22,6 +22,10 @@ if [ -d .whl ]; then  # nbclient, ipykernel and friends, for the notebooks phase
         >/dev/null 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
+# Triton's compiled kernels in /tmp, which a warm lent machine keeps between commands: the test phase is mostly
+# compilation (a test of the SSD kernels at chunk 256 spends ~50 s compiling beside 11 other workers), so a
+# resumed test run, the notebooks and the benchmarks of a later command reuse what an earlier one compiled
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/ssm_edu_triton_cache}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 echo "== setup: $((SECONDS - T0)) s"
