@@ -281,6 +281,8 @@ def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=
     b, L, G, N = B.shape
     H, N2 = theta.shape[2], N // 2
     n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
+    if n_tiles > 65535:  # a grid's third dimension holds the tiles: past it (L > 4M at 64 rows), the walk
+        form = "walk"
     k = torch.empty(b, L, H, N, device=B.device, dtype=out_dtype)
     q = torch.empty_like(k)
     f32 = dict(device=B.device, dtype=torch.float32)
@@ -323,7 +325,7 @@ def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK
     ddt, dr = torch.empty(b, L, H, n_iblk, **f32), torch.empty(b, L, H, n_iblk, **f32)
     dpsi0 = torch.empty(b, H, N2, **f32)
     extra = {} if interpreting() else dict(num_warps=4)
-    tiles = (form or ROTATE) == "tiles" and bounds is not None and BLOCK_L == Q
+    tiles = (form or ROTATE) == "tiles" and bounds is not None and BLOCK_L == Q and n_tiles <= 65535
     _rotate_bwd[(b * H, n_iblk, n_tiles if tiles else 1)](
         B, C, theta, dt, r, psi_tiles, gk, gq, gk if gpsi is None else gpsi.contiguous(),
         gk if bounds is None else bounds.contiguous(), dB, dC, dtheta, ddt, dr, dpsi0,
