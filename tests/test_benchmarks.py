@@ -92,3 +92,21 @@ def test_merge_of_a_run_cut_inside_an_operation(tmp_path):
     rows = [(r["op"], r["impl"], r["pass"]) for r in json.loads(path.read_text())["results"]]
     assert sorted(rows) == [("a", "ours", "fwd"), ("b", "ours", "fwd")]
     assert "incomplete_ops" not in json.loads(path.read_text())
+
+
+def test_profile_script_tables_a_case(tmp_path, capsys):
+    """benchmarks/profile_ops.py: one table per closure, its rows sorted by time; an unknown case is refused by
+    name. On a CPU at tiny shapes (the interpreter): a check that the script works, not a measurement."""
+    from benchmarks import profile_ops
+
+    out = profile_ops.main(["selective", "--top", "2", "--json", str(tmp_path / "p.json")])
+    labels = [c["label"] for c in out["cases"]]
+    assert labels == ["selective fwd", "selective fwd+bwd"]
+    for case in out["cases"]:
+        times = [r["us"] for r in case["rows"]]
+        assert times and times == sorted(times, reverse=True) and case["total_us"] > 0
+    assert json.loads((tmp_path / "p.json").read_text())["cases"][1]["label"] == "selective fwd+bwd"
+    assert "=== selective fwd+bwd" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        profile_ops.main(["spiral"])
+    assert "unknown case(s) spiral" in capsys.readouterr().err
