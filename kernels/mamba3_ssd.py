@@ -105,15 +105,33 @@ def _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok):
 
 
 @triton.jit
+def _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok):
+    """k̃ = r Rot(Φ) B and q = Rot(Φ) C of a tile's rows (BLOCK_L,) and pairs (BLOCK_I,), stored in k's dtype."""
+    g = h // (H // G)
+    N = 2 * N2
+    cs, sn = tl.cos(phi), tl.sin(phi)
+    m = t_ok[:, None] & i_ok[None, :]
+    src = (row * G + g)[:, None] * N + 2 * i[None, :]  # even entry of each pair of B_t, C_t
+    dst = (row * H + h)[:, None] * N + 2 * i[None, :]
+    r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)[:, None]
+    be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
+    bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+    tl.store(k_ptr + dst, ((be * cs - bo * sn) * r).to(k_ptr.dtype.element_ty), mask=m)
+    tl.store(k_ptr + dst + 1, ((be * sn + bo * cs) * r).to(k_ptr.dtype.element_ty), mask=m)
+    ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
+    co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+    tl.store(q_ptr + dst, (ce * cs - co * sn).to(q_ptr.dtype.element_ty), mask=m)
+    tl.store(q_ptr + dst + 1, (ce * sn + co * cs).to(q_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _rotate_fwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi0_ptr, k_ptr, q_ptr, psi_tiles_ptr, psiT_ptr,
                 L, H, G, N2, n_tiles,
                 HAS_PSI0: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)  # batch * H + head
     bi, h = pid // H, pid % H
-    g = h // (H // G)
     i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)  # angle pairs
     i_ok = i < N2
-    N = 2 * N2
     if HAS_PSI0:
         psi = tl.load(psi0_ptr + pid * N2 + i, mask=i_ok, other=0.0).to(tl.float32)
     else:
@@ -124,19 +142,7 @@ def _rotate_fwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi0_ptr, k_ptr, q_ptr, 
         t_ok = t < L
         row = (bi * L + t).to(tl.int64)
         th, dt, inc, phi = _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok)
-        cs, sn = tl.cos(phi), tl.sin(phi)
-        m = t_ok[:, None] & i_ok[None, :]
-        src = (row * G + g)[:, None] * N + 2 * i[None, :]  # even entry of each pair of B_t, C_t
-        dst = (row * H + h)[:, None] * N + 2 * i[None, :]
-        r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)[:, None]
-        be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
-        bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-        tl.store(k_ptr + dst, ((be * cs - bo * sn) * r).to(k_ptr.dtype.element_ty), mask=m)
-        tl.store(k_ptr + dst + 1, ((be * sn + bo * cs) * r).to(k_ptr.dtype.element_ty), mask=m)
-        ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
-        co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-        tl.store(q_ptr + dst, (ce * cs - co * sn).to(q_ptr.dtype.element_ty), mask=m)
-        tl.store(q_ptr + dst + 1, (ce * sn + co * cs).to(q_ptr.dtype.element_ty), mask=m)
+        _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok)
         psi = psi + tl.sum(inc, axis=0)
         psi = psi - 6.283185307179586 * tl.floor(psi * 0.15915494309189535)  # in [0, 2π): float32 keeps digits
     tl.store(psiT_ptr + pid * N2 + i, psi, mask=i_ok)
@@ -162,28 +168,14 @@ def _rotate_tiles(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, k_ptr, q_ptr, psi_tile
     """One tile of ``_rotate_fwd``'s walk, from the angle entering it (psi_tiles): every tile at once."""
     pid, c = tl.program_id(0), tl.program_id(2)  # batch * H + head, tile
     bi, h = pid // H, pid % H
-    g = h // (H // G)
     i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     i_ok = i < N2
-    N = 2 * N2
     psi = tl.load(psi_tiles_ptr + (pid * n_tiles + c).to(tl.int64) * N2 + i, mask=i_ok, other=0.0)
     t = c * BLOCK_L + tl.arange(0, BLOCK_L)
     t_ok = t < L
     row = (bi * L + t).to(tl.int64)
     _, _, _, phi = _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok)
-    cs, sn = tl.cos(phi), tl.sin(phi)
-    m = t_ok[:, None] & i_ok[None, :]
-    src = (row * G + g)[:, None] * N + 2 * i[None, :]
-    dst = (row * H + h)[:, None] * N + 2 * i[None, :]
-    r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)[:, None]
-    be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
-    bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-    tl.store(k_ptr + dst, ((be * cs - bo * sn) * r).to(k_ptr.dtype.element_ty), mask=m)
-    tl.store(k_ptr + dst + 1, ((be * sn + bo * cs) * r).to(k_ptr.dtype.element_ty), mask=m)
-    ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
-    co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-    tl.store(q_ptr + dst, (ce * cs - co * sn).to(q_ptr.dtype.element_ty), mask=m)
-    tl.store(q_ptr + dst + 1, (ce * sn + co * cs).to(q_ptr.dtype.element_ty), mask=m)
+    _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok)
 
 
 @triton.jit
