@@ -377,6 +377,27 @@ def compile_table() -> dict | None:
     return json.loads(found[-1].read_text()) if found else None
 
 
+def bwd_timing_log(device: str | None = None) -> dict | None:
+    """The committed log of ``benchmarks/time_selective_bwd.py`` on a GPU (the backward kernel's launch
+    configurations, timed alone), or None where there is none.
+
+    ``book/data/benchmarks/logs/time_selective_bwd-<gpu>.json`` (the newest if there are several; ``device``
+    picks one by name; dry runs on a CPU never count). Its ``rows`` hold, per shape and configuration,
+    ``bwd_us``, ``fwd_ck_us`` (the training forward with its checkpoints) and ``status``; ``configs`` adds
+    the same rows keyed by (shape, threads per channel ``tn``, warps per program).
+    """
+    found = []
+    for path in sorted(_LOGS.glob("time_selective_bwd-*.json")) if _LOGS.is_dir() else []:
+        doc = json.loads(path.read_text())
+        if not doc.get("device", "cpu").startswith("cpu") and (device is None or doc["device"] == device):
+            found.append(doc)
+    if not found:
+        return None
+    log = max(found, key=lambda d: d.get("date", ""))
+    log["configs"] = {(r["shape"], r["knobs"]["tn"], r["knobs"]["num_warps"]): r for r in log["rows"]}
+    return log
+
+
 def ladder(log: dict | None = None, table: dict | None = None) -> list[dict]:
     """One dict per rung of the ladder: its index, label, change and reason (from the log, or else from the
     compile table's order), the measured ``median_us`` and ``fraction_of_floor`` at the goal shape when a GPU

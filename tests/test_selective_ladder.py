@@ -48,3 +48,18 @@ def test_dry_runs_are_never_read_as_data(tmp_path, monkeypatch):
     assert sweep_log() is None
     (tmp_path / "sweep_selective-gpu.json").write_text(json.dumps(dict(dry_run=False, rows=[], date="2000")))
     assert sweep_log() == dict(dry_run=False, rows=[], date="2000")
+
+
+def test_the_backward_timing_log_skips_dry_runs_and_keys_its_rows(tmp_path, monkeypatch):
+    import json
+
+    import ssm_edu.selective as sel
+
+    monkeypatch.setattr(sel, "_LOGS", tmp_path)
+    row = dict(shape="S", knobs=dict(tn=4, num_warps=1), bwd_us=1.0, fwd_ck_us=2.0, status="ok")
+    (tmp_path / "time_selective_bwd-dry.json").write_text(json.dumps(dict(device="cpu (dry run)", rows=[row])))
+    assert sel.bwd_timing_log() is None
+    (tmp_path / "time_selective_bwd-gpu.json").write_text(json.dumps(dict(device="GPU X", date="2000", rows=[row])))
+    log = sel.bwd_timing_log()
+    assert log["device"] == "GPU X" and log["configs"] == {("S", 4, 1): row}
+    assert sel.bwd_timing_log("GPU Y") is None
