@@ -255,6 +255,7 @@ def _blocks(N2, Q=None):
 
 
 ROTATE = "walk"  # the forward rotation's default form: "walk" (``_rotate_fwd``) or "tiles" (``_rotate_tiles``)
+MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which holds no more; past it, the walk
 
 
 def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=None):
@@ -273,7 +274,7 @@ def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=
     b, L, G, N = B.shape
     H, N2 = theta.shape[2], N // 2
     n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
-    if n_tiles > 65535:  # a grid's third dimension holds the tiles: past it (L > 4M at 64 rows), the walk
+    if n_tiles > MAX_TILES:  # L > 4M at 64 rows
         form = "walk"
     k = torch.empty(b, L, H, N, device=B.device, dtype=out_dtype)
     q = torch.empty_like(k)
@@ -317,7 +318,7 @@ def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK
     ddt, dr = torch.empty(b, L, H, n_iblk, **f32), torch.empty(b, L, H, n_iblk, **f32)
     dpsi0 = torch.empty(b, H, N2, **f32)
     extra = {} if interpreting() else dict(num_warps=4)
-    tiles = (form or ROTATE) == "tiles" and bounds is not None and BLOCK_L == Q and n_tiles <= 65535
+    tiles = (form or ROTATE) == "tiles" and bounds is not None and BLOCK_L == Q and n_tiles <= MAX_TILES
     _rotate_bwd[(b * H, n_iblk, n_tiles if tiles else 1)](
         B, C, theta, dt, r, psi_tiles, gk, gq, gk if gpsi is None else gpsi.contiguous(),
         gk if bounds is None else bounds.contiguous(), dB, dC, dtheta, ddt, dr, dpsi0,
