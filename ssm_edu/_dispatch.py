@@ -53,10 +53,27 @@ def dispatch(op: str, impl: str, tensors, **impls: Callable | str | None) -> Cal
         from . import _interpret
 
         _interpret.check(op)
-        _check_compiled_device(op, tensors)
-        module, _, name = target.partition(":")
-        target = getattr(importlib.import_module(f"ssm_edu.kernels.{module}"), name)
+        target = _on_device(op, tensors, target)
     return target
+
+
+def _on_device(op: str, tensors, target: str) -> Callable:
+    """The kernel ``"module:function"`` of ``ssm_edu.kernels``, imported and checked when it is called.
+
+    An operation dispatches first and checks its arguments' shapes after: the device check of compiled Triton
+    (``_check_compiled_device``) waits for the call, so that a wrong shape is reported as such and not as a
+    tensor on the wrong device. The import waits too: a kernel module decides at import whether Triton runs
+    compiled or interpreted.
+    """
+    module, _, name = target.partition(":")
+
+    def kernel(*args, **kwargs):
+        _check_compiled_device(op, tensors)
+        return getattr(importlib.import_module(f"ssm_edu.kernels.{module}"), name)(*args, **kwargs)
+
+    kernel.__name__ = kernel.__qualname__ = name
+    kernel.__doc__ = f"ssm_edu.kernels.{module}.{name}, imported when called."
+    return kernel
 
 
 def _check_compiled_device(op: str, tensors) -> None:

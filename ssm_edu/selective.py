@@ -186,7 +186,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Differentiable in every tensor argument, with every impl.
     """
     op = "selective_scan"
-    # shapes and dtypes first: a wrong shape is named before dispatch asks for CUDA tensors
+    # shapes and dtypes first (the Triton kernel checks its device when called, after them)
     _check_scan(op, u, delta, A, B, C, D, z, delta_bias)
     fn = dispatch(op, impl, (u, delta, A, B, C), naive=selective_scan_naive, vectorized=selective_scan_vectorized,
                   chunked=_chunked, triton="selective:selective_scan_triton")
@@ -299,7 +299,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     ``selective_scan`` (and ``ssd``). Not differentiable (it writes in place).
     """
     op = "selective_state_update"
-    shapes = Shapes(op)  # shapes and dtypes first: a wrong shape is named before dispatch asks for CUDA tensors
+    shapes = Shapes(op)  # shapes and dtypes first
     headed = shapes.check("state", state, "batch D N", "batch H P N") == "batch H P N"
     chan = "batch H P" if headed else "batch D"
     par = "H P" if headed else "D"

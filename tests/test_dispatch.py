@@ -103,3 +103,16 @@ def test_compiled_triton_refuses_cpu_tensors(monkeypatch):
     a, b = torch.rand(2, 5), torch.rand(2, 5)
     with pytest.raises(ValueError, match=r"linear_scan: impl='triton' runs compiled .* needs CUDA tensors; got a tensor on cpu"):
         ssm_edu.linear_scan(a, b, impl="triton")
+
+
+def test_a_wrong_shape_is_named_before_the_device(monkeypatch):
+    """The device check of compiled Triton runs when the kernel is called, after the operation's shape checks:
+    ssd dispatches first, and a wrong shape on CPU tensors is still reported as a wrong shape."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, dt, A = torch.rand(1, 8, 2, 4), torch.rand(1, 8, 2), -torch.rand(2)
+    B = torch.rand(1, 8, 1, 3)
+    with pytest.raises(ValueError, match=r"ssd: C"):
+        ssm_edu.ssd(x, dt, A, B, torch.rand(1, 7, 1, 3), impl="triton")
+    with pytest.raises(ValueError, match=r"ssd: impl='triton' runs compiled .* needs CUDA tensors"):
+        ssm_edu.ssd(x, dt, A, B, B, impl="triton")
