@@ -122,10 +122,11 @@ def first_config():
     return first_mod._mamba3_first, pointers, ints, ce, dict(num_warps=4, num_stages=1), s["b"] * s["H"] * 4
 
 
-def rotate_config(kernel="fwd", dtype=torch.bfloat16):
+def rotate_config(kernel="fwd", dtype=torch.bfloat16, tiles=False, joined=False):
     """The rotation kernels of the path through SSD (kernels/mamba3_ssd.py) at the goal shape, as the path
     launches them: tiles that divide SSD's backward chunk; the backward reads float32 dL/dk̃, dL/dq and
-    restarts its sums at every chunk boundary."""
+    restarts its sums at every chunk boundary (``tiles``: one program per tile, as the forms "tiles" and
+    "joined" run it). ``joined``: contiguous rows split into pairs in registers (the form "joined")."""
     rot = _mod("mamba3_ssd")
     s = GOAL
     Q = _mod("ssd").bwd_chunk_len(64, dtype, s["N"])
@@ -136,10 +137,12 @@ def rotate_config(kernel="fwd", dtype=torch.bfloat16):
                 for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
     n_iblk = -(-(s["N"] // 2) // BLOCK_I)
     ints = dict(L=s["L"], H=s["H"], G=s["G"], N2=s["N"] // 2, n_tiles=-(-s["L"] // BLOCK_L), n_iblk=n_iblk, Q=Q)
-    flags = dict(fwd={"HAS_PSI0": False}, bwd={"HAS_GPSI": False, "HAS_BOUNDS": True}).get(kernel, {})
+    flags = dict(fwd={"HAS_PSI0": False}, bwd={"HAS_GPSI": False, "HAS_BOUNDS": True, "TILES": tiles}).get(kernel, {})
+    if joined:
+        flags["JOINED"] = True
     ce = dict(BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **flags)
     ints = {k: v for k, v in ints.items() if k in inspect.signature(fn.fn).parameters}
-    programs = s["b"] * s["H"] * n_iblk * (ints["n_tiles"] if kernel in ("tiles", "sums") else 1)
+    programs = s["b"] * s["H"] * n_iblk * (ints["n_tiles"] if kernel in ("tiles", "sums") or tiles else 1)
     return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), programs
 
 
@@ -216,6 +219,9 @@ CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's varia
     ("ssd path: rotate bwd", rotate_config, dict(kernel="bwd")),
     ("ssd path: rotate tiles", rotate_config, dict(kernel="tiles")),
     ("ssd path: tile sums", rotate_config, dict(kernel="sums")),
+    ("ssd path: rotate bwd tiles", rotate_config, dict(kernel="bwd", tiles=True)),
+    ("ssd path: rotate tiles joined", rotate_config, dict(kernel="tiles", joined=True)),
+    ("ssd path: rotate bwd joined", rotate_config, dict(kernel="bwd", tiles=True, joined=True)),
     ("block step P64 N64 (decode)", block_step_config, {}),
     ("block step P64 N128", block_step_config, dict(N=128)),
     ("mamba2 step: conv", mamba2_step_config, dict(kernel="conv")),

@@ -64,11 +64,19 @@ run_tests() {
 }
 
 run_notebooks() {
+    # Output to a file, not a pipe: a notebook cut by the time limit leaves its Jupyter kernel running (kernels
+    # start in a session of their own, out of timeout's reach), and a pipe would wait for it; on 2026-12-07 a
+    # command hung that way until the lent machine's limit and lost the phase's results. The kernels left are
+    # then stopped.
     # shellcheck disable=SC2086
-    OMP_NUM_THREADS=${NB_THREADS:-4} timeout "${NB_T:-540}" python3 -m benchmarks.notebooks --jobs "${NB_JOBS:-4}" \
-        --out "$OUTDIR/notebook_times.json" --save-dir "$OUTDIR/executed" --note "${NB_NOTE:-}" ${NOTEBOOKS:-} \
-        2>&1 | grep -v "Kernel is running over TCP" > "$OUTDIR/notebooks.log"
-    echo "notebooks: rc ${PIPESTATUS[0]}"; grep -E " s  (ok|FAILED)|Error|error" "$OUTDIR/notebooks.log" | head -40
+    OMP_NUM_THREADS=${NB_THREADS:-4} timeout -k 20 "${NB_T:-540}" python3 -m benchmarks.notebooks \
+        --jobs "${NB_JOBS:-4}" --out "$OUTDIR/notebook_times.json" --save-dir "$OUTDIR/executed" \
+        --note "${NB_NOTE:-}" ${NOTEBOOKS:-} > "$OUTDIR/notebooks.raw" 2>&1
+    local rc=$?
+    pkill -f ipykernel_launcher 2>/dev/null
+    grep -v "Kernel is running over TCP" "$OUTDIR/notebooks.raw" > "$OUTDIR/notebooks.log"
+    rm -f "$OUTDIR/notebooks.raw"
+    echo "notebooks: rc $rc"; grep -E " s  (ok|FAILED)|Error|error" "$OUTDIR/notebooks.log" | head -40
 }
 
 for phase in "$@"; do

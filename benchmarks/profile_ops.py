@@ -74,12 +74,10 @@ def cases(names):
 
         ts, _ = mamba3_inputs(DEVICE, *SHAPES["mamba3"], dtype=dtype, requires_grad=True)
         args = [ts[k] for k in ("x", "dt", "A", "B", "C", "lam", "theta")]
-        for label, kw in (("through SSD, rotation walk", dict(path="ssd", rotate="walk")),
-                          ("through SSD, rotation by tiles", dict(path="ssd", rotate="tiles")),
-                          ("fused kernel", dict(path="fused"))):
+        forms = [(f"through SSD, rotation {form}", dict(path="ssd", rotate=form)) for form in ("tiles", "joined")]
+        for label, kw in forms + [("fused kernel", dict(path="fused"))]:
             yield f"mamba3 fwd {label}", (lambda kw=kw: mamba3_triton(*args, D=ts["D"], **kw)), False
-        for label, kw in (("through SSD, rotation walk", dict(path="ssd", rotate="walk")),
-                          ("through SSD, rotation by tiles", dict(path="ssd", rotate="tiles"))):
+        for label, kw in forms:
             fn = lambda kw=kw: mamba3_triton(*args, D=ts["D"], **kw)  # noqa: E731
             yield f"mamba3 fwd+bwd {label}", fwd_bwd(fn, list(ts.values())), True
 

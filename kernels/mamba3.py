@@ -423,7 +423,7 @@ def mamba3_triton(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, ini
     the initial state included (the backward pass is ``kernels/mamba3_bwd.py``).
     ``path``: ``"fused"`` or ``"ssd"`` (``kernels/mamba3_ssd.py``, SISO float32
     and bfloat16 only; other inputs take the fused kernel); ``SISO_PATH`` by default. ``rotate``: that
-    path's forward rotation, "walk" or "tiles" (``kernels/mamba3_ssd.py``'s ``ROTATE`` by default).
+    path's rotation, "walk", "tiles" or "joined" (``kernels/mamba3_ssd.py``'s ``ROTATE`` by default).
     """
     from ssm_edu.mamba3 import Mamba3State, _carried_in, _heads, _ranked, _start, rotate_pairs
 

@@ -27,14 +27,20 @@ backward can hand SSD's float32 gradients and states to the rotation:
 
 1. The rotation (``_rotate_fwd``, a Triton kernel, below): Φ_t = Φ_{-1} +
    Σ_{r<=t} θ_r Δ_r walked along L per (batch, head, block of angle pairs),
-   k̃ = r Rot(Φ) B and q = Rot(Φ) C written in x's dtype. Or, ``ROTATE =
-   "tiles"``, every tile at once from the running sum of the tiles' own sums
-   (``_tile_sums``, ``_rotate_tiles``; the backward likewise, its tiles being
-   SSD's chunks). On an H100 the walk took 2374 of the path's 2921 us at
-   B4 L4096 H32 P64 N128 (profiled), for about 400 MB of traffic: 512
-   programs, each a chain of 64 dependent tiles. Compiled for sm_90 the tile
-   kernels take 72 and 26 registers, no spill, 32768 programs each; not yet
-   timed, so the walk stays the default.
+   k̃ = r Rot(Φ) B and q = Rot(Φ) C written in x's dtype. Or (``ROTATE =
+   "tiles"``, the default) every tile at once from the running sum of the
+   tiles' own sums (``_tile_sums``, ``_rotate_tiles``; the backward likewise,
+   its tiles being SSD's chunks). On an H100 at B4 L4096 H32 P64 N128 bf16
+   (profiled, 2026-12-07) the walk took 2408 of the path's 2923 us, for about
+   400 MB of traffic: 512 programs, each a chain of 64 dependent tiles. The
+   tiles took 2271 us (and 58 us for their sums) with 32768 independent
+   programs: the chain was not what made it slow. Both read and write B, C,
+   k̃ and q one 2-byte element at a time, even and odd entries apart
+   (compiled for sm_90: 32 STG.E.U16 and 32 LDG.E.U16 a program), while the
+   tiles' sums, which read θ the same way but never touch those four,
+   streamed θ at 2.3 TB/s. The form "joined" moves each row's entries as
+   one contiguous block and splits them in registers (as ``mamba_ssm``'s
+   Triton kernels do); not yet timed.
 2. ``kernels/ssd.py``'s forward, z-free, with D and the initial state.
 3. The correction in PyTorch (``addcmul``: one pass over y in x's dtype), then
    the gate.
@@ -105,29 +111,61 @@ def _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok):
 
 
 @triton.jit
-def _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok):
-    """k̃ = r Rot(Φ) B and q = Rot(Φ) C of a tile's rows (BLOCK_L,) and pairs (BLOCK_I,), stored in k's dtype."""
+def _load_pairs(ptr, rows, t_ok, N, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+    """The even and odd entries of a program's BLOCK_I pairs in rows ``rows`` (element offsets of the rows'
+    starts), read as one contiguous block of 2 BLOCK_I entries a row and split: float32 (BLOCK_L, BLOCK_I)."""
+    c = 2 * tl.program_id(1) * BLOCK_I + tl.arange(0, 2 * BLOCK_I)
+    v = tl.load(ptr + rows[:, None] + c[None, :], mask=t_ok[:, None] & (c < N)[None, :], other=0.0)
+    return tl.split(tl.reshape(v.to(tl.float32), (BLOCK_L, BLOCK_I, 2)))
+
+
+@triton.jit
+def _pairs_block(rows, t_ok, N, e, o, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+    """Offsets, mask and values of the even and odd entries ``e``, ``o`` put back in place (``_load_pairs``'s
+    inverse): one contiguous block of 2 BLOCK_I entries a row."""
+    c = 2 * tl.program_id(1) * BLOCK_I + tl.arange(0, 2 * BLOCK_I)
+    return (rows[:, None] + c[None, :], t_ok[:, None] & (c < N)[None, :],
+            tl.reshape(tl.join(e, o), (BLOCK_L, 2 * BLOCK_I)))
+
+
+@triton.jit
+def _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok,
+                  JOINED: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+    """k̃ = r Rot(Φ) B and q = Rot(Φ) C of a tile's rows (BLOCK_L,) and pairs (BLOCK_I,), stored in k's dtype.
+
+    JOINED: B, C read and k̃, q written as contiguous rows of 2 BLOCK_I entries, split into even and odd
+    entries in registers (``_load_pairs``); else the even and the odd entries are read and written apart,
+    every other element, one 2-byte access each in bfloat16."""
     g = h // (H // G)
     N = 2 * N2
     cs, sn = tl.cos(phi), tl.sin(phi)
-    m = t_ok[:, None] & i_ok[None, :]
-    src = (row * G + g)[:, None] * N + 2 * i[None, :]  # even entry of each pair of B_t, C_t
-    dst = (row * H + h)[:, None] * N + 2 * i[None, :]
     r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)[:, None]
-    be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
-    bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-    tl.store(k_ptr + dst, ((be * cs - bo * sn) * r).to(k_ptr.dtype.element_ty), mask=m)
-    tl.store(k_ptr + dst + 1, ((be * sn + bo * cs) * r).to(k_ptr.dtype.element_ty), mask=m)
-    ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
-    co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-    tl.store(q_ptr + dst, (ce * cs - co * sn).to(q_ptr.dtype.element_ty), mask=m)
-    tl.store(q_ptr + dst + 1, (ce * sn + co * cs).to(q_ptr.dtype.element_ty), mask=m)
+    if JOINED:
+        src, dst = (row * G + g) * N, (row * H + h) * N  # the rows' starts
+        be, bo = _load_pairs(B_ptr, src, t_ok, N, BLOCK_L, BLOCK_I)
+        offs, m, v = _pairs_block(dst, t_ok, N, (be * cs - bo * sn) * r, (be * sn + bo * cs) * r, BLOCK_L, BLOCK_I)
+        tl.store(k_ptr + offs, v.to(k_ptr.dtype.element_ty), mask=m)
+        ce, co = _load_pairs(C_ptr, src, t_ok, N, BLOCK_L, BLOCK_I)
+        offs, m, v = _pairs_block(dst, t_ok, N, ce * cs - co * sn, ce * sn + co * cs, BLOCK_L, BLOCK_I)
+        tl.store(q_ptr + offs, v.to(q_ptr.dtype.element_ty), mask=m)
+    else:
+        m = t_ok[:, None] & i_ok[None, :]
+        src = (row * G + g)[:, None] * N + 2 * i[None, :]  # even entry of each pair of B_t, C_t
+        dst = (row * H + h)[:, None] * N + 2 * i[None, :]
+        be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
+        bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+        tl.store(k_ptr + dst, ((be * cs - bo * sn) * r).to(k_ptr.dtype.element_ty), mask=m)
+        tl.store(k_ptr + dst + 1, ((be * sn + bo * cs) * r).to(k_ptr.dtype.element_ty), mask=m)
+        ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
+        co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+        tl.store(q_ptr + dst, (ce * cs - co * sn).to(q_ptr.dtype.element_ty), mask=m)
+        tl.store(q_ptr + dst + 1, (ce * sn + co * cs).to(q_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _rotate_fwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi0_ptr, k_ptr, q_ptr, psi_tiles_ptr, psiT_ptr,
                 L, H, G, N2, n_tiles,
-                HAS_PSI0: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+                HAS_PSI0: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr, JOINED: tl.constexpr = False):
     pid = tl.program_id(0)  # batch * H + head
     bi, h = pid // H, pid % H
     i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)  # angle pairs
@@ -142,7 +180,8 @@ def _rotate_fwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi0_ptr, k_ptr, q_ptr, 
         t_ok = t < L
         row = (bi * L + t).to(tl.int64)
         th, dt, inc, phi = _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok)
-        _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok)
+        _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok, JOINED, BLOCK_L,
+                      BLOCK_I)
         psi = psi + tl.sum(inc, axis=0)
         psi = psi - 6.283185307179586 * tl.floor(psi * 0.15915494309189535)  # in [0, 2π): float32 keeps digits
     tl.store(psiT_ptr + pid * N2 + i, psi, mask=i_ok)
@@ -164,7 +203,7 @@ def _tile_sums(theta_ptr, dt_ptr, sums_ptr, L, H, N2, n_tiles, BLOCK_L: tl.const
 
 @triton.jit
 def _rotate_tiles(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, k_ptr, q_ptr, psi_tiles_ptr, L, H, G, N2, n_tiles,
-                  BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+                  BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr, JOINED: tl.constexpr = False):
     """One tile of ``_rotate_fwd``'s walk, from the angle entering it (psi_tiles): every tile at once."""
     pid, c = tl.program_id(0), tl.program_id(2)  # batch * H + head, tile
     bi, h = pid // H, pid % H
@@ -175,7 +214,7 @@ def _rotate_tiles(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, k_ptr, q_ptr, psi_tile
     t_ok = t < L
     row = (bi * L + t).to(tl.int64)
     _, _, _, phi = _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok)
-    _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok)
+    _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok, JOINED, BLOCK_L, BLOCK_I)
 
 
 @triton.jit
@@ -183,7 +222,7 @@ def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, d
                 dB_ptr, dC_ptr, dtheta_ptr, ddt_ptr, dr_ptr, dpsi0_ptr,
                 L, H, G, N2, n_tiles, n_iblk, Q,
                 HAS_GPSI: tl.constexpr, HAS_BOUNDS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr,
-                TILES: tl.constexpr = False):
+                TILES: tl.constexpr = False, JOINED: tl.constexpr = False):
     # TILES (with HAS_BOUNDS and tiles of one chunk each): one program per tile, program_id(2), the carry of
     # every tile but the last loaded from the boundary sums; without it one program walks all the tiles
     pid = tl.program_id(0)
@@ -215,25 +254,39 @@ def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, d
         th, dt, inc, phi = _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok)  # as the forward
         cs, sn = tl.cos(phi), tl.sin(phi)
         m = t_ok[:, None] & i_ok[None, :]
-        src = (row * G + g)[:, None] * N + 2 * i[None, :]
-        dst = (row * H + h)[:, None] * N + 2 * i[None, :]
         r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)
-        be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
-        bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+        if JOINED:  # contiguous rows split into even and odd entries, as the forward's JOINED
+            src, dst = (row * G + g) * N, (row * H + h) * N
+            be, bo = _load_pairs(B_ptr, src, t_ok, N, BLOCK_L, BLOCK_I)
+            gke, gko = _load_pairs(dk_ptr, dst, t_ok, N, BLOCK_L, BLOCK_I)  # dL/dk̃
+            ce, co = _load_pairs(C_ptr, src, t_ok, N, BLOCK_L, BLOCK_I)
+            gqe, gqo = _load_pairs(dq_ptr, dst, t_ok, N, BLOCK_L, BLOCK_I)
+        else:
+            src = (row * G + g)[:, None] * N + 2 * i[None, :]
+            dst = (row * H + h)[:, None] * N + 2 * i[None, :]
+            be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
+            bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+            gke = tl.load(dk_ptr + dst, mask=m, other=0.0).to(tl.float32)  # dL/dk̃
+            gko = tl.load(dk_ptr + dst + 1, mask=m, other=0.0).to(tl.float32)
+            ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
+            co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
+            gqe = tl.load(dq_ptr + dst, mask=m, other=0.0).to(tl.float32)
+            gqo = tl.load(dq_ptr + dst + 1, mask=m, other=0.0).to(tl.float32)
         ke, ko = be * cs - bo * sn, be * sn + bo * cs  # k = Rot(Φ) B, before the scale r
-        gke = tl.load(dk_ptr + dst, mask=m, other=0.0).to(tl.float32)  # dL/dk̃
-        gko = tl.load(dk_ptr + dst + 1, mask=m, other=0.0).to(tl.float32)
         tl.store(dr_ptr + (row * H + h) * n_iblk + pi, tl.sum(gke * ke + gko * ko, axis=1), mask=t_ok)
         gke, gko = gke * r[:, None], gko * r[:, None]  # dL/dk
-        tl.atomic_add(dB_ptr + src, gke * cs + gko * sn, mask=m)  # Rot(Φ)ᵀ dk, summed over the group's heads
-        tl.atomic_add(dB_ptr + src + 1, gko * cs - gke * sn, mask=m)
-        ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
-        co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
         qe, qo = ce * cs - co * sn, ce * sn + co * cs
-        gqe = tl.load(dq_ptr + dst, mask=m, other=0.0).to(tl.float32)
-        gqo = tl.load(dq_ptr + dst + 1, mask=m, other=0.0).to(tl.float32)
-        tl.atomic_add(dC_ptr + src, gqe * cs + gqo * sn, mask=m)
-        tl.atomic_add(dC_ptr + src + 1, gqo * cs - gqe * sn, mask=m)
+        # Rot(Φ)ᵀ dk and Rot(Φ)ᵀ dq, summed over the group's heads
+        if JOINED:
+            offs, mj, v = _pairs_block(src, t_ok, N, gke * cs + gko * sn, gko * cs - gke * sn, BLOCK_L, BLOCK_I)
+            tl.atomic_add(dB_ptr + offs, v, mask=mj)
+            offs, mj, v = _pairs_block(src, t_ok, N, gqe * cs + gqo * sn, gqo * cs - gqe * sn, BLOCK_L, BLOCK_I)
+            tl.atomic_add(dC_ptr + offs, v, mask=mj)
+        else:
+            tl.atomic_add(dB_ptr + src, gke * cs + gko * sn, mask=m)
+            tl.atomic_add(dB_ptr + src + 1, gko * cs - gke * sn, mask=m)
+            tl.atomic_add(dC_ptr + src, gqe * cs + gqo * sn, mask=m)
+            tl.atomic_add(dC_ptr + src + 1, gqo * cs - gqe * sn, mask=m)
         # d(u cos - v sin, u sin + v cos)/dΦ = (-(u sin + v cos), u cos - v sin): (-ko, ke)
         dphi = gko * ke - gke * ko + gqo * qe - gqe * qo  # (BLOCK_L, BLOCK_I)
         total = tl.sum(dphi, axis=0)
@@ -254,7 +307,12 @@ def _blocks(N2, Q=None):
     return (rows if Q is None else min(rows, Q)), max(2, min(next_pow2(N2), pairs))
 
 
-ROTATE = "walk"  # the forward rotation's default form: "walk" (``_rotate_fwd``) or "tiles" (``_rotate_tiles``)
+# The rotation's default form: "walk" (``_rotate_fwd``), "tiles" (``_rotate_tiles``, and the backward's tiles in
+# parallel) or "joined" ("tiles" with contiguous rows of B, C, k̃, q split into pairs in registers, forward and
+# backward). Measured on an H100 (2026-12-07, B4 L4096 H32 P64 N128 bf16): "tiles" 2925 us forward, 12000 us
+# forward and backward, against 2963 and 13004 us for the walk. "joined" is not yet timed.
+ROTATE = "tiles"
+FORMS = ("walk", "tiles", "joined")
 MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which holds no more; past it, the walk
 
 
@@ -266,11 +324,14 @@ def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=
     the tiles' sums of θ Δ (``_tile_sums``), their running sum in float64 on the host (b H n_tiles N/2
     numbers, reduced mod 2π), then each tile from its entering angle (``_rotate_tiles``). The walk has b H
     N/2 / 16 programs and a chain of L / BLOCK_L dependent steps; "tiles" reads θ and Δ twice, and has
-    L / BLOCK_L times the programs.
+    L / BLOCK_L times the programs. "joined" is "tiles" with each row's 2 BLOCK_I entries of B, C, k̃ and q
+    moved as one contiguous block (vector accesses) and split into even and odd entries in registers,
+    instead of two interleaved 2-byte accesses a pair (``_rotate_store``).
     """
     form = form or ROTATE
-    if form not in ("walk", "tiles"):
-        raise ValueError(f"the rotation's form must be 'walk' or 'tiles'; got {form!r}")
+    if form not in FORMS:
+        raise ValueError(f"the rotation's form must be one of {', '.join(map(repr, FORMS))}; got {form!r}")
+    joined = form == "joined"
     b, L, G, N = B.shape
     H, N2 = theta.shape[2], N // 2
     n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
@@ -282,7 +343,7 @@ def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=
     psi_tiles = torch.empty(b, H, n_tiles, N2, **f32)
     psiT = torch.empty(b, H, N2, **f32)
     extra = {} if interpreting() else dict(num_warps=4)
-    if form == "tiles":
+    if form in ("tiles", "joined"):
         sums = torch.empty(b, H, n_tiles, N2, **f32)
         _tile_sums[(b * H, n_iblk, n_tiles)](theta, dt, sums, L, H, N2, n_tiles, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I,
                                               **extra)
@@ -294,18 +355,19 @@ def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=
         psi_tiles[:, :, 1:] = torch.remainder(run[:, :, :-1], two_pi).float()
         psiT.copy_(torch.remainder(run[:, :, -1], two_pi))
         _rotate_tiles[(b * H, n_iblk, n_tiles)](B, C, theta, dt, r, k, q, psi_tiles, L, H, G, N2, n_tiles,
-                                                BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **extra)
+                                                BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, JOINED=joined, **extra)
         return k, q, psiT, psi_tiles
     _rotate_fwd[(b * H, n_iblk)](B, C, theta, dt, r, k if psi0 is None else psi0.contiguous(), k, q, psi_tiles,
                                  psiT, L, H, G, N2, n_tiles, HAS_PSI0=psi0 is not None,
-                                 BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, **extra)
+                                 BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, JOINED=joined, **extra)
     return k, q, psiT, psi_tiles
 
 
 def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK_I, bounds=None, Q=0, form=None):
     """Launch ``_rotate_bwd``: float32 dB, dC, dθ, dΔ, dr and dΦ_{-1}. With ``bounds`` (b, H, cdiv(L, Q), N/2),
     the sums of dΦ from every chunk boundary on (dΦ_T included), the walk restarts from them at each boundary;
-    then if the tiles are the chunks and ``form`` (``ROTATE`` by default) is "tiles", every tile runs at once."""
+    then if the tiles are the chunks and ``form`` (``ROTATE`` by default) is "tiles" or "joined", every tile
+    runs at once ("joined": with contiguous rows, as the forward's)."""
     b, L, G, N = B.shape
     H, N2 = theta.shape[2], N // 2
     n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
@@ -318,12 +380,14 @@ def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK
     ddt, dr = torch.empty(b, L, H, n_iblk, **f32), torch.empty(b, L, H, n_iblk, **f32)
     dpsi0 = torch.empty(b, H, N2, **f32)
     extra = {} if interpreting() else dict(num_warps=4)
-    tiles = (form or ROTATE) == "tiles" and bounds is not None and BLOCK_L == Q and n_tiles <= MAX_TILES
+    form = form or ROTATE
+    tiles = form in ("tiles", "joined") and bounds is not None and BLOCK_L == Q and n_tiles <= MAX_TILES
     _rotate_bwd[(b * H, n_iblk, n_tiles if tiles else 1)](
         B, C, theta, dt, r, psi_tiles, gk, gq, gk if gpsi is None else gpsi.contiguous(),
         gk if bounds is None else bounds.contiguous(), dB, dC, dtheta, ddt, dr, dpsi0,
         L, H, G, N2, n_tiles, n_iblk, Q, HAS_GPSI=gpsi is not None,
-        HAS_BOUNDS=bounds is not None, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, TILES=tiles, **extra)
+        HAS_BOUNDS=bounds is not None, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, TILES=tiles, JOINED=form == "joined",
+        **extra)
     return dB, dC, dtheta, ddt.sum(-1), dr.sum(-1), dpsi0
 
 
@@ -414,7 +478,7 @@ def supported(x):
 def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initial_state=None,
                return_final_state=False, rotate=None):
     """The SISO scan through the rotation and the SSD kernels; arguments and results as
-    ``kernels.mamba3.mamba3_triton``. ``rotate``: the forward rotation's form ("walk" or "tiles",
+    ``kernels.mamba3.mamba3_triton``. ``rotate``: the rotation's form ("walk", "tiles" or "joined",
     ``ROTATE`` by default; see ``_rotate_forward``).
 
     Differentiable in every tensor argument (the initial state included).

@@ -31,12 +31,13 @@ def ssd_path(monkeypatch):
     monkeypatch.setattr(kernel, "SISO_PATH", "ssd")
 
 
-@pytest.mark.parametrize("form", ["walk", "tiles"])
+@pytest.mark.parametrize("form", ["walk", "tiles", "joined"])
 @pytest.mark.parametrize("N", [4, 6, 128], ids=lambda n: f"N{n}")
 def test_rotate_against_pytorch(N, form, gen, monkeypatch):
     """k̃ = r Rot(Φ) B and q = Rot(Φ) C per head, the last angle, and every gradient (G = 2 groups of 3 heads,
     L = 41 not a multiple of the tile, N/2 = 3 not a power of two); the forward rotation walking the tiles in
-    order, or every tile at once from the running sum of the tiles' angles."""
+    order, or every tile at once from the running sum of the tiles' angles, with B, C, k̃, q moved one entry at
+    a time or as contiguous rows ("joined", forward and backward)."""
     from ssm_edu.kernels import mamba3_ssd
     from ssm_edu.kernels.mamba3_ssd import rotate
 
@@ -238,15 +239,16 @@ def test_angle_gradient_with_bfloat16_roundings_emulated(L, H, ssd_path, monkeyp
     assert walked > 1.5 * err, f"dθ without the boundary sums: relative error {walked:.3g}, with them {err:.3g}"
 
 
-def test_the_two_forms_of_the_rotation_give_the_same_scan(gen):
-    """The scan through SSD with each form of the forward rotation: the same outputs, final state and
-    gradients (float32, an initial state with its angle, L = 70 over two tiles and a part), and a clear error
-    for an unknown form."""
-    args, kw = inputs(gen, b=2, L=70, H=2, P=8, G=1, N=16, state=True)
+@pytest.mark.parametrize("form", ["tiles", "joined"])
+def test_the_forms_of_the_rotation_give_the_same_scan(gen, form):
+    """The scan through SSD with each form of the rotation against the walk: the same outputs, final state
+    and gradients (float32, an initial state with its angle, L = 70 over two tiles and a part; N/2 = 12 pairs
+    in a block of 16, the last four masked), and a clear error for an unknown form."""
+    args, kw = inputs(gen, b=2, L=70, H=2, P=8, G=1, N=24, state=True)
     wy = torch.randn(args[0].shape, generator=gen)
     walk = grads("triton", args, kw, wy, torch.float32, 16, path="ssd", rotate="walk")
-    tiles = grads("triton", args, kw, wy, torch.float32, 16, path="ssd", rotate="tiles")
-    for name, a, e in zip(NAMES, tiles, walk):
+    other = grads("triton", args, kw, wy, torch.float32, 16, path="ssd", rotate=form)
+    for name, a, e in zip(NAMES, other, walk):
         assert grad_error(a, e) < tolerance(torch.float32), name
     from ssm_edu.kernels.mamba3 import mamba3_triton
 
