@@ -214,6 +214,8 @@ CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's varia
     ("step R1 B64", step_config, dict(R=1)),
     ("step R4 B64", step_config, dict(R=4)),
     ("step R4 B1", step_config, dict(R=4, batch=1)),
+    ("step R1 B64 joined", step_config, dict(R=1, joined=True)),
+    ("step R4 B64 joined", step_config, dict(R=4, joined=True)),
     ("first kernel (fp32)", first_config, {}),
     ("ssd path: rotate fwd", rotate_config, {}),
     ("ssd path: rotate bwd", rotate_config, dict(kernel="bwd")),

@@ -183,8 +183,14 @@ def bench_mamba3_step(ctx: Context):
                     "floor_us": ctx.floor_us(bytes_=state_bytes + small), "timing": "cuda graph",
                     "flops_per_state_entry": 2 + 6 * R}
             ref, _ = ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl="naive")
-            for impl in ("triton", "naive"):
-                fn = lambda impl=impl: ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl=impl)
+            from ssm_edu.kernels.mamba3_step import mamba3_step_triton
+
+            def joined():  # the kernel with its state read and written as contiguous rows (JOINED), until timed
+                return mamba3_step_triton(state, x, dt, A, B, C, lam, theta, D=D, joined=True)
+
+            for impl in ("triton", "triton-joined", "naive"):
+                fn = joined if impl == "triton-joined" else (
+                    lambda impl=impl: ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl=impl))
                 checked(f"mamba3_step {impl}", fn()[0], ref, torch.bfloat16)
                 us = _graph_time_us(fn)
                 if us is None:

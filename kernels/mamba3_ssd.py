@@ -94,6 +94,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreting, next_pow2
+from ._pairs import load_pairs, pairs_block
 
 __all__ = ["mamba3_ssd", "rotate", "supported"]
 
@@ -111,42 +112,25 @@ def _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok):
 
 
 @triton.jit
-def _load_pairs(ptr, rows, t_ok, N, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
-    """The even and odd entries of a program's BLOCK_I pairs in rows ``rows`` (element offsets of the rows'
-    starts), read as one contiguous block of 2 BLOCK_I entries a row and split: float32 (BLOCK_L, BLOCK_I)."""
-    c = 2 * tl.program_id(1) * BLOCK_I + tl.arange(0, 2 * BLOCK_I)
-    v = tl.load(ptr + rows[:, None] + c[None, :], mask=t_ok[:, None] & (c < N)[None, :], other=0.0)
-    return tl.split(tl.reshape(v.to(tl.float32), (BLOCK_L, BLOCK_I, 2)))
-
-
-@triton.jit
-def _pairs_block(rows, t_ok, N, e, o, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
-    """Offsets, mask and values of the even and odd entries ``e``, ``o`` put back in place (``_load_pairs``'s
-    inverse): one contiguous block of 2 BLOCK_I entries a row."""
-    c = 2 * tl.program_id(1) * BLOCK_I + tl.arange(0, 2 * BLOCK_I)
-    return (rows[:, None] + c[None, :], t_ok[:, None] & (c < N)[None, :],
-            tl.reshape(tl.join(e, o), (BLOCK_L, 2 * BLOCK_I)))
-
-
-@triton.jit
 def _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t_ok, i_ok,
                   JOINED: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
     """k̃ = r Rot(Φ) B and q = Rot(Φ) C of a tile's rows (BLOCK_L,) and pairs (BLOCK_I,), stored in k's dtype.
 
     JOINED: B, C read and k̃, q written as contiguous rows of 2 BLOCK_I entries, split into even and odd
-    entries in registers (``_load_pairs``); else the even and the odd entries are read and written apart,
+    entries in registers (``kernels/_pairs.py``); else the even and the odd entries are read and written apart,
     every other element, one 2-byte access each in bfloat16."""
     g = h // (H // G)
     N = 2 * N2
     cs, sn = tl.cos(phi), tl.sin(phi)
     r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)[:, None]
     if JOINED:
-        src, dst = (row * G + g) * N, (row * H + h) * N  # the rows' starts
-        be, bo = _load_pairs(B_ptr, src, t_ok, N, BLOCK_L, BLOCK_I)
-        offs, m, v = _pairs_block(dst, t_ok, N, (be * cs - bo * sn) * r, (be * sn + bo * cs) * r, BLOCK_L, BLOCK_I)
+        src, dst, c0 = (row * G + g) * N, (row * H + h) * N, 2 * tl.program_id(1) * BLOCK_I  # rows; first entry
+        be, bo = load_pairs(B_ptr, src, t_ok, c0, N, BLOCK_L, BLOCK_I)
+        ke, ko = (be * cs - bo * sn) * r, (be * sn + bo * cs) * r
+        offs, m, v = pairs_block(dst, t_ok, c0, N, ke, ko, BLOCK_L, BLOCK_I)
         tl.store(k_ptr + offs, v.to(k_ptr.dtype.element_ty), mask=m)
-        ce, co = _load_pairs(C_ptr, src, t_ok, N, BLOCK_L, BLOCK_I)
-        offs, m, v = _pairs_block(dst, t_ok, N, ce * cs - co * sn, ce * sn + co * cs, BLOCK_L, BLOCK_I)
+        ce, co = load_pairs(C_ptr, src, t_ok, c0, N, BLOCK_L, BLOCK_I)
+        offs, m, v = pairs_block(dst, t_ok, c0, N, ce * cs - co * sn, ce * sn + co * cs, BLOCK_L, BLOCK_I)
         tl.store(q_ptr + offs, v.to(q_ptr.dtype.element_ty), mask=m)
     else:
         m = t_ok[:, None] & i_ok[None, :]
@@ -256,11 +240,11 @@ def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, d
         m = t_ok[:, None] & i_ok[None, :]
         r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)
         if JOINED:  # contiguous rows split into even and odd entries, as the forward's JOINED
-            src, dst = (row * G + g) * N, (row * H + h) * N
-            be, bo = _load_pairs(B_ptr, src, t_ok, N, BLOCK_L, BLOCK_I)
-            gke, gko = _load_pairs(dk_ptr, dst, t_ok, N, BLOCK_L, BLOCK_I)  # dL/dk̃
-            ce, co = _load_pairs(C_ptr, src, t_ok, N, BLOCK_L, BLOCK_I)
-            gqe, gqo = _load_pairs(dq_ptr, dst, t_ok, N, BLOCK_L, BLOCK_I)
+            src, dst, c0 = (row * G + g) * N, (row * H + h) * N, 2 * pi * BLOCK_I
+            be, bo = load_pairs(B_ptr, src, t_ok, c0, N, BLOCK_L, BLOCK_I)
+            gke, gko = load_pairs(dk_ptr, dst, t_ok, c0, N, BLOCK_L, BLOCK_I)  # dL/dk̃
+            ce, co = load_pairs(C_ptr, src, t_ok, c0, N, BLOCK_L, BLOCK_I)
+            gqe, gqo = load_pairs(dq_ptr, dst, t_ok, c0, N, BLOCK_L, BLOCK_I)
         else:
             src = (row * G + g)[:, None] * N + 2 * i[None, :]
             dst = (row * H + h)[:, None] * N + 2 * i[None, :]
@@ -278,9 +262,10 @@ def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, d
         qe, qo = ce * cs - co * sn, ce * sn + co * cs
         # Rot(Φ)ᵀ dk and Rot(Φ)ᵀ dq, summed over the group's heads
         if JOINED:
-            offs, mj, v = _pairs_block(src, t_ok, N, gke * cs + gko * sn, gko * cs - gke * sn, BLOCK_L, BLOCK_I)
+            db_e, db_o, dc_e, dc_o = gke * cs + gko * sn, gko * cs - gke * sn, gqe * cs + gqo * sn, gqo * cs - gqe * sn
+            offs, mj, v = pairs_block(src, t_ok, c0, N, db_e, db_o, BLOCK_L, BLOCK_I)
             tl.atomic_add(dB_ptr + offs, v, mask=mj)
-            offs, mj, v = _pairs_block(src, t_ok, N, gqe * cs + gqo * sn, gqo * cs - gqe * sn, BLOCK_L, BLOCK_I)
+            offs, mj, v = pairs_block(src, t_ok, c0, N, dc_e, dc_o, BLOCK_L, BLOCK_I)
             tl.atomic_add(dC_ptr + offs, v, mask=mj)
         else:
             tl.atomic_add(dB_ptr + src, gke * cs + gko * sn, mask=m)

@@ -26,11 +26,13 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreting, next_pow2
+from ._pairs import load_pairs, pairs_block
 
 __all__ = ["mamba3_step_triton", "step_launch_config"]
 
 BLOCK_P_MAX = 16  # rows of the state per program: small, so that a batch of one still fills the GPU
 NUM_WARPS = 4
+JOINED = False  # the state tile as contiguous rows (``_mamba3_step``'s JOINED); built, not yet timed on a GPU
 
 
 @triton.jit
@@ -39,7 +41,10 @@ def _mamba3_step(
     y_ptr, h_out_ptr, angle_out_ptr, k_out_ptr,
     H, HPG, G, P, N2,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N2: tl.constexpr,
+    JOINED: tl.constexpr = False,
 ):
+    # JOINED: the state tile read and written as contiguous rows of N, split into even and odd columns in
+    # registers (kernels/_pairs.py), instead of the even and the odd columns apart
     # h, h_out (b, H, P, 2 N2) float32; angle, angle_out (b, H, N2); kp, k_out (b, H, R, 2 N2);
     # xp, x, z, y (b, H, R, P); dt, A, lam (b, H); B, C (b, G, R, 2 N2); theta (b, H, N2); D (H, P).
     pid_p = tl.program_id(0)
@@ -63,8 +68,13 @@ def _mamba3_step(
     cos = tl.cos(angle)
     sin = tl.sin(angle)
     off = bh * P * N + p[:, None] * N + 2 * n[None, :]  # the even columns of this tile
-    h_e = alpha * tl.load(h_ptr + off, mask=mask, other=0.0)
-    h_o = alpha * tl.load(h_ptr + off + 1, mask=mask, other=0.0)
+    rows = bh * P * N + p * N
+    if JOINED:
+        h_e, h_o = load_pairs(h_ptr, rows, p_ok, 0, N, BLOCK_P, BLOCK_N2)
+        h_e, h_o = alpha * h_e, alpha * h_o
+    else:
+        h_e = alpha * tl.load(h_ptr + off, mask=mask, other=0.0)
+        h_o = alpha * tl.load(h_ptr + off + 1, mask=mask, other=0.0)
     for r in tl.static_range(R):  # Σ_r: the previous token's β-term and this token's γ-term
         kv = (bh * R + r) * N + 2 * n
         xr = (bh * R + r) * P + p
@@ -80,8 +90,12 @@ def _mamba3_step(
         if pid_p == 0:
             tl.store(k_out_ptr + kv, k_e, mask=n_ok)
             tl.store(k_out_ptr + kv + 1, k_o, mask=n_ok)
-    tl.store(h_out_ptr + off, h_e, mask=mask)
-    tl.store(h_out_ptr + off + 1, h_o, mask=mask)
+    if JOINED:
+        offs, m, v = pairs_block(rows, p_ok, 0, N, h_e, h_o, BLOCK_P, BLOCK_N2)
+        tl.store(h_out_ptr + offs, v, mask=m)
+    else:
+        tl.store(h_out_ptr + off, h_e, mask=mask)
+        tl.store(h_out_ptr + off + 1, h_o, mask=mask)
     if HAS_D:
         Dv = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0)
     for r in tl.static_range(R):  # each rank reads the new state with its own query
@@ -101,9 +115,10 @@ def _mamba3_step(
         tl.store(angle_out_ptr + bh * N2 + n, angle, mask=n_ok)
 
 
-def step_launch_config(P, N, R, programs_bh, block_p=None, num_warps=None):
-    """Block sizes: (meta, launch extras)."""
-    meta = dict(R=R, BLOCK_P=max(2, min(next_pow2(P), block_p or BLOCK_P_MAX)), BLOCK_N2=max(2, next_pow2(N // 2)))
+def step_launch_config(P, N, R, programs_bh, block_p=None, num_warps=None, joined=None):
+    """Block sizes and the state's access (``joined``, ``JOINED`` by default): (meta, launch extras)."""
+    meta = dict(R=R, BLOCK_P=max(2, min(next_pow2(P), block_p or BLOCK_P_MAX)), BLOCK_N2=max(2, next_pow2(N // 2)),
+                JOINED=JOINED if joined is None else bool(joined))
     extra = {} if interpreting() else dict(num_warps=num_warps or NUM_WARPS)
     return meta, extra
 
@@ -112,7 +127,7 @@ def mamba3_step_triton(state, x, dt, A, B, C, lam, theta, D=None, z=None, **knob
     """One decoding step in Triton; arguments and result as ``ssm_edu.mamba3_step`` (validated there).
 
     state: a ``Mamba3State`` or None; x (b, H, P) or (b, H, R, P) in float32 / bfloat16 / float16.
-    Returns (y like x, the new ``Mamba3State`` in float32). ``knobs``: block_p, num_warps.
+    Returns (y like x, the new ``Mamba3State`` in float32). ``knobs``: block_p, num_warps, joined.
     """
     from ssm_edu.mamba3 import Mamba3State
 

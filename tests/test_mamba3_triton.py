@@ -253,10 +253,16 @@ def test_gradients_of_outputs_used_alone(gen):
 # ---------------------------------------------------------------- decoding step
 
 
+@pytest.mark.parametrize("joined", [False, True], ids=["pairs", "joined"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("R", [None, 2, 4], ids=lambda r: "siso" if r is None else f"R{r}")
-def test_step_reproduces_the_scan(R, dtype, gen):
-    """The Triton step, token by token from a cache, gives the scan's outputs and final state."""
+def test_step_reproduces_the_scan(R, dtype, joined, gen, monkeypatch):
+    """The Triton step, token by token from a cache, gives the scan's outputs and final state; with the
+    state's even and odd columns read apart, or as contiguous rows split in registers (``JOINED``; N = 6:
+    three pairs in a block of four)."""
+    from ssm_edu.kernels import mamba3_step as step_kernel
+
+    monkeypatch.setattr(step_kernel, "JOINED", joined)
     args, kw = inputs(gen, b=2, L=6, H=4, P=20 if ON_GPU else 5, G=2, N=6, R=R, state=True)
     ra, rk = rounded(args, kw, dtype)
     y_ref, s_ref = mamba3(*ra, **rk, return_final_state=True, impl="naive")
