@@ -1,11 +1,13 @@
 #!/bin/bash
 # A GPU session in few commands (see benchmarks/README.md):
-#   bash benchmarks/gpu_session.sh check            # correctness: tests and notebooks side by side (+ peer build)
+#   bash benchmarks/gpu_session.sh build tests      # correctness: the test files (+ the peer build)
+#   bash benchmarks/gpu_session.sh notebooks        # every chapter, alone on the GPU (beside the tests they ran out of memory)
 #   bash benchmarks/gpu_session.sh bench sweeps     # timing: the suite, then the sweeps, alone on the GPU
 # Phases: build (mamba_ssm's CUDA selective scan, in the background), tests, notebooks, check (= tests and
-# notebooks at once), bench (waits for the build when selective_scan is timed), sweeps. Each has a time limit in seconds from the environment
+# notebooks at once; too much for one GPU's memory), bench (waits for the build when selective_scan is timed),
+# cmds, sweeps. Each has a time limit in seconds from the environment
 # (TESTS_T, NB_T, BENCH_T, SWEEP_T); TEST_JOBS and NB_JOBS set how many run side by side; NOTEBOOKS, BENCH_ARGS
-# and SWEEPS narrow a phase; RESUME=1 makes the tests phase go on from gpu-session/tests.jsonl (a cut run's log:
+# and SWEEPS narrow a phase; CMDS holds the lines of the "cmds" phase; RESUME=1 makes the tests phase go on from gpu-session/tests.jsonl (a cut run's log:
 # carry gpu-session to a fresh machine) instead of starting again. Logs, JSON and the executed notebooks go to gpu-session/; when $OUT is set (the lent
 # machine's output folder, which brings back at most 8 files) they are packed after every phase into
 # $OUT/session.tar.xz, so that a command cut short still returns what it finished.
@@ -98,13 +100,22 @@ for phase in "$@"; do
         fi
         # shellcheck disable=SC2086
         timeout "${BENCH_T:-540}" python3 -m benchmarks --out "$OUTDIR/bench.json" ${BENCH_ARGS:-} ;;
+    cmds)
+        # one shell command a line of $CMDS (a session's short measurements), each followed by a pack, so that
+        # a command cut by the lent machine's limit still returns what the earlier lines measured
+        while IFS= read -r line; do
+            [ -z "$line" ] && continue
+            t=$SECONDS; echo "-- $line"
+            bash -c "$line"; echo "rc $? in $((SECONDS - t)) s"
+            pack
+        done <<< "${CMDS:-}" ;;
     sweeps)
         for s in ${SWEEPS:-$(ls benchmarks/sweep_*.py)}; do
             echo "-- $s"  # a sweep writes its own files under $OUT: here, the session folder that gets packed
             OUT="$OUTDIR" timeout "${SWEEP_T:-150}" python3 "$s" 2>&1 | tee "$OUTDIR/$(basename "$s" .py).log" | tail -30
             echo "$s: rc ${PIPESTATUS[0]}"
         done ;;
-    *) echo "unknown phase $phase (build, tests, notebooks, check, bench, sweeps)"; exit 2 ;;
+    *) echo "unknown phase $phase (build, tests, notebooks, check, bench, cmds, sweeps)"; exit 2 ;;
     esac
     echo "== $phase: $((SECONDS - start)) s (total $((SECONDS - T0)) s)"
     pack
