@@ -44,6 +44,18 @@ GOALS = [
 ]
 
 
+def newest_log(folder: pathlib.Path, pattern: str, measured, device: str | None = None) -> dict | None:
+    """The newest (by ``date``) of the JSON logs in ``folder`` named by ``pattern`` for which ``measured(doc)``
+    holds (a run on a GPU, not a dry run), and of ``device`` when it is given; None where there is none (a copy
+    of ``ssm_edu`` installed without the book's data has no folder)."""
+    found = []
+    for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
+        doc = json.loads(path.read_text())
+        if measured(doc) and (device is None or doc.get("device") == device):
+            found.append(doc)
+    return max(found, key=lambda d: d.get("date", "")) if found else None
+
+
 def devices() -> list[dict]:
     """Every results file: its device, versions, date and rows (an empty list without data)."""
     if not DATA.is_dir():

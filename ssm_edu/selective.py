@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from ._dispatch import dispatch, float32_kernel
 from ._validate import Shapes, check_dtype, check_same_device
+from .results import newest_log
 from .scan import linear_scan
 
 __all__ = [
@@ -362,12 +363,7 @@ def sweep_log(device: str | None = None) -> dict | None:
     ``fraction_of_floor`` and the check's ``rel_error``; rungs of the ladder carry ``rung``, ``change`` and
     ``reason``. Dry runs (made on a CPU, in the interpreter) never count.
     """
-    found = []
-    for path in sorted(_LOGS.glob("sweep_selective-*.json")) if _LOGS.is_dir() else []:
-        doc = json.loads(path.read_text())
-        if not doc.get("dry_run") and (device is None or doc.get("device") == device):
-            found.append(doc)
-    return max(found, key=lambda d: d.get("date", "")) if found else None
+    return newest_log(_LOGS, "sweep_selective-*.json", lambda doc: not doc.get("dry_run"), device)
 
 
 def compile_table() -> dict | None:
@@ -386,14 +382,10 @@ def bwd_timing_log(device: str | None = None) -> dict | None:
     ``bwd_us``, ``fwd_ck_us`` (the training forward with its checkpoints) and ``status``; ``configs`` adds
     the same rows keyed by (shape, threads per channel ``tn``, warps per program).
     """
-    found = []
-    for path in sorted(_LOGS.glob("time_selective_bwd-*.json")) if _LOGS.is_dir() else []:
-        doc = json.loads(path.read_text())
-        if not doc.get("device", "cpu").startswith("cpu") and (device is None or doc["device"] == device):
-            found.append(doc)
-    if not found:
+    log = newest_log(_LOGS, "time_selective_bwd-*.json", lambda doc: not doc.get("device", "cpu").startswith("cpu"),
+                     device)
+    if log is None:
         return None
-    log = max(found, key=lambda d: d.get("date", ""))
     log["configs"] = {(r["shape"], r["knobs"]["tn"], r["knobs"]["num_warps"]): r for r in log["rows"]}
     return log
 

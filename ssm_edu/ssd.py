@@ -360,14 +360,11 @@ def ssd_ladder_log(path=None):
     import json
     import pathlib
 
-    from .results import DATA
+    from .results import DATA, newest_log
 
     if path is not None:
         return json.loads(pathlib.Path(path).read_text())
-    logs = DATA / "logs"
-    found = [json.loads(p.read_text()) for p in sorted(logs.glob("sweep_ssd-*.json"))] if logs.is_dir() else []
-    found = [log for log in found if not log.get("dry")]
-    return max(found, key=lambda log: log["date"]) if found else None
+    return newest_log(DATA / "logs", "sweep_ssd-*.json", lambda log: not log.get("dry"))
 
 
 def ssd_ladder_rows(log, group="ladder"):
