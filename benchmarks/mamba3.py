@@ -155,6 +155,8 @@ def _graph_time_us(fn):
 @register("mamba3_step")
 def bench_mamba3_step(ctx: Context):
     """One decoding step, batch 1 and 64, ranks 1, 2, 4 (H32 P64 N128 G1; float32 state, bf16 x, B, C)."""
+    from ssm_edu.kernels.mamba3_step import mamba3_step_triton
+
     h, p, n, g = 32, 64, 128, 1
     for b in (1, 64):
         for R in (1, 2, 4):
@@ -183,8 +185,6 @@ def bench_mamba3_step(ctx: Context):
                     "floor_us": ctx.floor_us(bytes_=state_bytes + small), "timing": "cuda graph",
                     "flops_per_state_entry": 2 + 6 * R}
             ref, _ = ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl="naive")
-            from ssm_edu.kernels.mamba3_step import mamba3_step_triton
-
             def joined():  # the kernel with its state read and written as contiguous rows (JOINED), until timed
                 return mamba3_step_triton(state, x, dt, A, B, C, lam, theta, D=D, joined=True)
 

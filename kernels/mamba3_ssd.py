@@ -298,6 +298,7 @@ def _blocks(N2, Q=None):
 # forward and backward, against 2963 and 13004 us for the walk. "joined" is not yet timed.
 ROTATE = "tiles"
 FORMS = ("walk", "tiles", "joined")
+TILED = ("tiles", "joined")  # the forms that run every tile at once
 MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which holds no more; past it, the walk
 
 
@@ -328,7 +329,7 @@ def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=
     psi_tiles = torch.empty(b, H, n_tiles, N2, **f32)
     psiT = torch.empty(b, H, N2, **f32)
     extra = {} if interpreting() else dict(num_warps=4)
-    if form in ("tiles", "joined"):
+    if form in TILED:
         sums = torch.empty(b, H, n_tiles, N2, **f32)
         _tile_sums[(b * H, n_iblk, n_tiles)](theta, dt, sums, L, H, N2, n_tiles, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I,
                                               **extra)
@@ -366,7 +367,7 @@ def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK
     dpsi0 = torch.empty(b, H, N2, **f32)
     extra = {} if interpreting() else dict(num_warps=4)
     form = form or ROTATE
-    tiles = form in ("tiles", "joined") and bounds is not None and BLOCK_L == Q and n_tiles <= MAX_TILES
+    tiles = form in TILED and bounds is not None and BLOCK_L == Q and n_tiles <= MAX_TILES
     _rotate_bwd[(b * H, n_iblk, n_tiles if tiles else 1)](
         B, C, theta, dt, r, psi_tiles, gk, gq, gk if gpsi is None else gpsi.contiguous(),
         gk if bounds is None else bounds.contiguous(), dB, dC, dtheta, ddt, dr, dpsi0,
