@@ -155,8 +155,6 @@ def _graph_time_us(fn):
 @register("mamba3_step")
 def bench_mamba3_step(ctx: Context):
     """One decoding step, batch 1 and 64, ranks 1, 2, 4 (H32 P64 N128 G1; float32 state, bf16 x, B, C)."""
-    from ssm_edu.kernels.mamba3_step import mamba3_step_triton
-
     h, p, n, g = 32, 64, 128, 1
     for b in (1, 64):
         for R in (1, 2, 4):
@@ -185,12 +183,8 @@ def bench_mamba3_step(ctx: Context):
                     "floor_us": ctx.floor_us(bytes_=state_bytes + small), "timing": "cuda graph",
                     "flops_per_state_entry": 2 + 6 * R}
             ref, _ = ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl="naive")
-            def joined():  # the kernel with its state read and written as contiguous rows (JOINED), until timed
-                return mamba3_step_triton(state, x, dt, A, B, C, lam, theta, D=D, joined=True)
-
-            for impl in ("triton", "triton-joined", "naive"):
-                fn = joined if impl == "triton-joined" else (
-                    lambda impl=impl: ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl=impl))
+            for impl in ("triton", "naive"):
+                fn = lambda impl=impl: ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl=impl)  # noqa: E731
                 checked(f"mamba3_step {impl}", fn()[0], ref, torch.bfloat16)
                 us = _graph_time_us(fn)
                 if us is None:

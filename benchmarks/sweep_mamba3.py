@@ -31,12 +31,12 @@ if os.environ.get("SWEEP_SMALL"):  # a dry run of the whole script on a CPU (int
 # (label, pass, knobs of kernels/mamba3.py and kernels/mamba3_bwd.py); the defaults first. The first
 # CORE of them run by default (about 90 s on an H100); name others by label to run them too.
 # Variants with knobs are the fused kernel's; path "ssd" is kernels/mamba3_ssd.py (the SISO default), whose
-# knob ``rotate`` picks the form of its rotation ("walk", "tiles", the default, or "joined").
+# knob ``rotate`` picks the form of its rotation ("walk", "tiles" or "joined", the default).
 VARIANTS = [
     ("fwd fused kernel", "fwd", dict(path="fused")),
     ("fwd through SSD", "fwd", dict(path="ssd")),
     ("fwd through SSD, walk", "fwd", dict(path="ssd", rotate="walk")),
-    ("fwd through SSD, joined rotation", "fwd", dict(path="ssd", rotate="joined")),
+    ("fwd through SSD, tiles rotation", "fwd", dict(path="ssd", rotate="tiles")),
     ("fwd bp64", "fwd", dict(block_p=64)),
     ("fwd rows16", "fwd", dict(max_rows=16)),
     ("fwd rows64 w8", "fwd", dict(max_rows=64, num_warps=8)),
@@ -44,7 +44,7 @@ VARIANTS = [
     ("fwd+bwd fused kernel", "fwd+bwd", dict(path="fused")),
     ("fwd+bwd through SSD", "fwd+bwd", dict(path="ssd")),
     ("fwd+bwd through SSD, walk", "fwd+bwd", dict(path="ssd", rotate="walk")),
-    ("fwd+bwd through SSD, joined rotation", "fwd+bwd", dict(path="ssd", rotate="joined")),
+    ("fwd+bwd through SSD, tiles rotation", "fwd+bwd", dict(path="ssd", rotate="tiles")),
     ("fwd+bwd group heads (no atomics)", "fwd+bwd", dict(bwd_heads=0)),
     ("fwd+bwd one chunk launch", "fwd+bwd", dict(bwd_split=False)),
     ("fwd+bwd rows16", "fwd+bwd", dict(bwd_max_rows=16)),

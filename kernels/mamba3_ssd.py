@@ -27,10 +27,10 @@ backward can hand SSD's float32 gradients and states to the rotation:
 
 1. The rotation (``_rotate_fwd``, a Triton kernel, below): Φ_t = Φ_{-1} +
    Σ_{r<=t} θ_r Δ_r walked along L per (batch, head, block of angle pairs),
-   k̃ = r Rot(Φ) B and q = Rot(Φ) C written in x's dtype. Or (``ROTATE =
-   "tiles"``, the default) every tile at once from the running sum of the
-   tiles' own sums (``_tile_sums``, ``_rotate_tiles``; the backward likewise,
-   its tiles being SSD's chunks). On an H100 at B4 L4096 H32 P64 N128 bf16
+   k̃ = r Rot(Φ) B and q = Rot(Φ) C written in x's dtype. Or ("tiles",
+   and "joined", the default ``ROTATE``) every tile at once from the running
+   sum of the tiles' own sums (``_tile_sums``, ``_rotate_tiles``; the
+   backward likewise, its tiles being SSD's chunks). On an H100 at B4 L4096 H32 P64 N128 bf16
    (profiled, 2026-12-07) the walk took 2408 of the path's 2923 us, for about
    400 MB of traffic: 512 programs, each a chain of 64 dependent tiles. The
    tiles took 2271 us (and 58 us for their sums) with 32768 independent
@@ -38,9 +38,11 @@ backward can hand SSD's float32 gradients and states to the rotation:
    k̃ and q one 2-byte element at a time, even and odd entries apart
    (compiled for sm_90: 32 STG.E.U16 and 32 LDG.E.U16 a program), while the
    tiles' sums, which read θ the same way but never touch those four,
-   streamed θ at 2.3 TB/s. The form "joined" moves each row's entries as
-   one contiguous block and splits them in registers (as ``mamba_ssm``'s
-   Triton kernels do); not yet timed.
+   streamed θ at 2.3 TB/s. The form "joined" (the default) moves each row's
+   entries as one contiguous block (LDG.E.128, STG.E.128) and splits them
+   in registers, as ``mamba_ssm``'s Triton kernels do. On an H200 (profiled,
+   2026-12-07, same shape) it took 178 us against the tiles' 1981 us, and
+   its backward 806 us against 3860 us.
 2. ``kernels/ssd.py``'s forward, z-free, with D and the initial state.
 3. The correction in PyTorch (``addcmul``: one pass over y in x's dtype), then
    the gate.
@@ -294,9 +296,10 @@ def _blocks(N2, Q=None):
 
 # The rotation's default form: "walk" (``_rotate_fwd``), "tiles" (``_rotate_tiles``, and the backward's tiles in
 # parallel) or "joined" ("tiles" with contiguous rows of B, C, k̃, q split into pairs in registers, forward and
-# backward). Measured on an H100 (2026-12-07, B4 L4096 H32 P64 N128 bf16): "tiles" 2925 us forward, 12000 us
-# forward and backward, against 2963 and 13004 us for the walk. "joined" is not yet timed.
-ROTATE = "tiles"
+# backward). Measured at B4 L4096 H32 P64 N128 bf16 (benchmarks/sweep_mamba3.py, the whole path): on an H100
+# "tiles" 2925 us forward, 12000 us forward and backward, against 2963 and 13004 us for the walk; on an H200
+# (all three in one run) "joined" 1214 and 5187 us, "tiles" 2577 and 10025 us, the walk 2601 and 11243 us.
+ROTATE = "joined"
 FORMS = ("walk", "tiles", "joined")
 TILED = ("tiles", "joined")  # the forms that run every tile at once
 MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which holds no more; past it, the walk

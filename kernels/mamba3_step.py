@@ -5,8 +5,8 @@
     y_{t,r} = h_t q_{t,r} + D x_{t,r}   (then ⊙ SiLU(z))
 
 Work split. One program per (batch, head, block of BLOCK_P rows of the state). It loads its state
-tile (BLOCK_P, N) as even and odd columns, the head's angles, the previous k and x (the cache),
-this token's x, B, C, Δ, A, λ, θ; turns B and C, updates the tile, reads it out with each rank's
+tile (BLOCK_P, N) as contiguous rows, split into even and odd columns in registers, the head's
+angles, the previous k and x (the cache), this token's x, B, C, Δ, A, λ, θ; turns B and C, updates the tile, reads it out with each rank's
 query, and writes the new tile, angle and k. The R ranks are a loop of rank-1 updates on the same
 tile: the state is read and written once whatever R is.
 
@@ -32,7 +32,10 @@ __all__ = ["mamba3_step_triton", "step_launch_config"]
 
 BLOCK_P_MAX = 16  # rows of the state per program: small, so that a batch of one still fills the GPU
 NUM_WARPS = 4
-JOINED = False  # the state tile as contiguous rows (``_mamba3_step``'s JOINED); built, not yet timed on a GPU
+# The state tile read and written as contiguous rows (``_mamba3_step``'s JOINED), not as even and odd columns
+# apart. On an H200 (2026-12-07, bf16, H32 P64 N128, CUDA graphs) at a batch of 64: 46.7 us against 159.3 us at
+# R = 1 (70% of the memory floor against 21%), 99.6 against 302.2 us at R = 4; at a batch of 1, 6.8 against 9.7 us.
+JOINED = True
 
 
 @triton.jit
