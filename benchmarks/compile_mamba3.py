@@ -124,7 +124,8 @@ def first_config():
 
 def rotate_config(kernel="fwd", dtype=torch.bfloat16, tiles=False, joined=False):
     """The rotation kernels of the path through SSD (kernels/mamba3_ssd.py) at the goal shape, as the path
-    launches them: tiles that divide SSD's backward chunk; the backward reads float32 dL/dk̃, dL/dq and
+    launches them: tiles that divide SSD's backward chunk; the backward reads float32 dL/dk̃, dL/dq as SSD's
+    backward leaves them there (three parts of dL/dk̃, one of dL/dq, summed as they are read) and
     restarts its sums at every chunk boundary (``tiles``: one program per tile, as the forms "tiles" and
     "joined" run it). ``joined``: contiguous rows split into pairs in registers (the form "joined")."""
     rot = _mod("mamba3_ssd")
@@ -136,7 +137,8 @@ def rotate_config(kernel="fwd", dtype=torch.bfloat16, tiles=False, joined=False)
     pointers = {name: (f"*{TY[dtype]}" if name in low else "*fp32")
                 for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
     n_iblk = -(-(s["N"] // 2) // BLOCK_I)
-    ints = dict(L=s["L"], H=s["H"], G=s["G"], N2=s["N"] // 2, n_tiles=-(-s["L"] // BLOCK_L), n_iblk=n_iblk, Q=Q)
+    ints = dict(L=s["L"], H=s["H"], G=s["G"], N2=s["N"] // 2, n_tiles=-(-s["L"] // BLOCK_L), n_iblk=n_iblk, Q=Q,
+                n_dk=3, n_dq=1, dk_row=4 * s["H"] * s["N"], dq_row=4 * s["H"] * s["N"])
     flags = dict(fwd={"HAS_PSI0": False}, bwd={"HAS_GPSI": False, "HAS_BOUNDS": True, "TILES": tiles}).get(kernel, {})
     if joined:
         flags["JOINED"] = True

@@ -22,8 +22,9 @@ the weight is Δ̃_s; the ratio r_s = w_s / Δ̃_s goes into the keys, k̃_s = r
 The keys and queries depend on the head (through Φ), so SSD runs with one group
 per head.
 
-Three steps. The first two are one autograd function (``_Scan``), so that the
-backward can hand SSD's float32 gradients and states to the rotation:
+Three steps, one autograd function (``_Scan``), so that the backward can hand
+SSD's float32 gradients and states to the rotation, and x's two gradients
+are summed as one is written:
 
 1. The rotation (``_rotate_fwd``, a Triton kernel, below): Φ_t = Φ_{-1} +
    Σ_{r<=t} θ_r Δ_r walked along L per (batch, head, block of angle pairs),
@@ -44,8 +45,8 @@ backward can hand SSD's float32 gradients and states to the rotation:
    2026-12-07, same shape) it took 178 us against the tiles' 1981 us, and
    its backward 806 us against 3860 us.
 2. ``kernels/ssd.py``'s forward, z-free, with D and the initial state.
-3. The correction in PyTorch (``addcmul``: one pass over y in x's dtype), then
-   the gate.
+3. The correction in PyTorch (``addcmul_``: one pass over y in x's dtype); then,
+   outside ``_Scan``, the gate.
 
 The backward runs SSD's backward, then the rotation's (``_rotate_bwd``), which
 walks the tiles in reverse: dB, dC from dL/dk̃, dL/dq (float32, as SSD's kernels
@@ -81,9 +82,21 @@ about 1.0 GB, 335 us at 3 TB/s, against 283 MB for the fused kernel, which
 never writes k̃ and q (benchmarks/notes/mamba3.md). This path buys SSD's
 kernels at the price of that traffic. Compiled for sm_90 (Triton 3.7.1) at
 that shape SSD's forward runs 256 programs (one segment), its backward's chunk
-kernel 8192 per side, the rotation 512 (benchmarks/compile_mamba3.py); the
-rotation's backward, with its restarts at the chunk boundaries, takes 188
-registers and spills nothing (168 before them).
+kernel 8192 and 16384 (output and input side), the rotation 512
+(benchmarks/compile_mamba3.py); the rotation's backward, with its restarts at
+the chunk boundaries and SSD's parts of dL/dk̃ summed as it reads them (the keys'
+work, then the queries'), takes 167 registers walking, 168 in tiles and 128
+joined (4 blocks of 4 warps an SM), and spills nothing (182, 168 and 128 when
+PyTorch summed the parts).
+
+Traffic of the backward's glue (same shape). SSD's chunk kernel leaves dB and
+dC as float32 parts (b, L, parts, H, N), 268 MB each: three of dL/dk̃ (the
+output side's and the input side's two blocks of P), one of dL/dq. Summed in
+PyTorch (four copying reductions, two additions) they moved 3.2 GB, and the
+rotation then read the sums (0.54 GB): about 0.94 ms at 4 TB/s. The rotation
+now reads the parts (1.07 GB) and sums them in registers: 2.7 GB, about 0.67
+ms, less. And x's two gradients, SSD's and the correction's, are summed as
+the second is written (201 MB, where writing it and adding took 335 MB).
 
 Not covered (the fused kernel takes them): MIMO, and float16, where r (about
 1 / |A|) can push k̃ past float16's range.
@@ -95,7 +108,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreting, next_pow2
+from ._launch import interpreting, next_pow2, sum_parts
 from ._pairs import load_pairs, pairs_block
 
 __all__ = ["mamba3_ssd", "rotate", "supported"]
@@ -204,13 +217,57 @@ def _rotate_tiles(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, k_ptr, q_ptr, psi_tile
 
 
 @triton.jit
+def _pairs_at(ptr, rows, t_ok, c0, i, m, N, JOINED: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+    """The pairs i (BLOCK_I,) of rows starting at element offsets ``rows`` (BLOCK_L,): even and odd entries,
+    float32 (BLOCK_L, BLOCK_I) each. JOINED: each row's 2 BLOCK_I entries from c0 on read as one contiguous
+    block and split in registers (``load_pairs``), else the even and the odd entries read apart."""
+    if JOINED:
+        return load_pairs(ptr, rows, t_ok, c0, N, BLOCK_L, BLOCK_I)
+    offs = rows[:, None] + 2 * i[None, :]
+    return tl.load(ptr + offs, mask=m, other=0.0).to(tl.float32), tl.load(ptr + offs + 1, mask=m, other=0.0).to(
+        tl.float32)
+
+
+@triton.jit
+def _add_turned_back(ptr, rows, t_ok, c0, i, m, N, ge, go, cs, sn, JOINED: tl.constexpr, BLOCK_L: tl.constexpr,
+                     BLOCK_I: tl.constexpr):
+    """Atomically add Rot(Φ)ᵀ (ge, go) = (ge cos + go sin, go cos - ge sin) to the pairs ``_pairs_at`` reads."""
+    e, o = ge * cs + go * sn, go * cs - ge * sn
+    if JOINED:
+        offs, mj, v = pairs_block(rows, t_ok, c0, N, e, o, BLOCK_L, BLOCK_I)
+        tl.atomic_add(ptr + offs, v, mask=mj)
+    else:
+        offs = rows[:, None] + 2 * i[None, :]
+        tl.atomic_add(ptr + offs, e, mask=m)
+        tl.atomic_add(ptr + offs + 1, o, mask=m)
+
+
+@triton.jit
+def _grad_parts(ptr, n_parts, row_stride, row, h, H, N, t_ok, c0, i, m, JOINED: tl.constexpr,
+                BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+    """A gradient given as n_parts parts (b, L, n_parts, H, N), rows row_stride elements apart, summed at a
+    tile's rows (BLOCK_L,) and pairs (BLOCK_I,): its even and its odd entries, float32 (BLOCK_L, BLOCK_I)
+    each; zero for n_parts = 0 (``_pairs_at`` reads each part)."""
+    base = row * row_stride + h * N  # (BLOCK_L,) part 0 of each row
+    even = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
+    odd = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
+    for j in range(0, n_parts):
+        e, o = _pairs_at(ptr, base + j * (H * N), t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+        even += e
+        odd += o
+    return even, odd
+
+
+@triton.jit
 def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, dq_ptr, gpsi_ptr, bounds_ptr,
                 dB_ptr, dC_ptr, dtheta_ptr, ddt_ptr, dr_ptr, dpsi0_ptr,
-                L, H, G, N2, n_tiles, n_iblk, Q,
+                L, H, G, N2, n_tiles, n_iblk, Q, n_dk, n_dq, dk_row, dq_row,
                 HAS_GPSI: tl.constexpr, HAS_BOUNDS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr,
                 TILES: tl.constexpr = False, JOINED: tl.constexpr = False):
     # TILES (with HAS_BOUNDS and tiles of one chunk each): one program per tile, program_id(2), the carry of
-    # every tile but the last loaded from the boundary sums; without it one program walks all the tiles
+    # every tile but the last loaded from the boundary sums; without it one program walks all the tiles.
+    # dL/dk̃ and dL/dq come as n_dk and n_dq parts (b, L, parts, H, N), rows dk_row and dq_row elements apart
+    # (SSD's backward's float32 parts, unsummed), summed as they are loaded (``_grad_parts``)
     pid = tl.program_id(0)
     pi = tl.program_id(1)
     bi, h = pid // H, pid % H
@@ -241,41 +298,23 @@ def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, d
         cs, sn = tl.cos(phi), tl.sin(phi)
         m = t_ok[:, None] & i_ok[None, :]
         r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)
-        if JOINED:  # contiguous rows split into even and odd entries, as the forward's JOINED
-            src, dst, c0 = (row * G + g) * N, (row * H + h) * N, 2 * pi * BLOCK_I
-            be, bo = load_pairs(B_ptr, src, t_ok, c0, N, BLOCK_L, BLOCK_I)
-            gke, gko = load_pairs(dk_ptr, dst, t_ok, c0, N, BLOCK_L, BLOCK_I)  # dL/dk̃
-            ce, co = load_pairs(C_ptr, src, t_ok, c0, N, BLOCK_L, BLOCK_I)
-            gqe, gqo = load_pairs(dq_ptr, dst, t_ok, c0, N, BLOCK_L, BLOCK_I)
-        else:
-            src = (row * G + g)[:, None] * N + 2 * i[None, :]
-            dst = (row * H + h)[:, None] * N + 2 * i[None, :]
-            be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
-            bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-            gke = tl.load(dk_ptr + dst, mask=m, other=0.0).to(tl.float32)  # dL/dk̃
-            gko = tl.load(dk_ptr + dst + 1, mask=m, other=0.0).to(tl.float32)
-            ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
-            co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-            gqe = tl.load(dq_ptr + dst, mask=m, other=0.0).to(tl.float32)
-            gqo = tl.load(dq_ptr + dst + 1, mask=m, other=0.0).to(tl.float32)
+        # the keys, then the queries (fewer values live at once): each turned by Φ, its gradient turned back by
+        # -Φ into dB or dC (summed over the group's heads), and its part of dΦ
+        c0 = 2 * pi * BLOCK_I  # the tile's first entry of each row
+        src = (row * G + g) * N  # (BLOCK_L,) rows of B and C
+        be, bo = _pairs_at(B_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+        gke, gko = _grad_parts(dk_ptr, n_dk, dk_row, row, h, H, N, t_ok, c0, i, m, JOINED, BLOCK_L, BLOCK_I)
         ke, ko = be * cs - bo * sn, be * sn + bo * cs  # k = Rot(Φ) B, before the scale r
         tl.store(dr_ptr + (row * H + h) * n_iblk + pi, tl.sum(gke * ke + gko * ko, axis=1), mask=t_ok)
         gke, gko = gke * r[:, None], gko * r[:, None]  # dL/dk
-        qe, qo = ce * cs - co * sn, ce * sn + co * cs
-        # Rot(Φ)ᵀ dk and Rot(Φ)ᵀ dq, summed over the group's heads
-        if JOINED:
-            db_e, db_o, dc_e, dc_o = gke * cs + gko * sn, gko * cs - gke * sn, gqe * cs + gqo * sn, gqo * cs - gqe * sn
-            offs, mj, v = pairs_block(src, t_ok, c0, N, db_e, db_o, BLOCK_L, BLOCK_I)
-            tl.atomic_add(dB_ptr + offs, v, mask=mj)
-            offs, mj, v = pairs_block(src, t_ok, c0, N, dc_e, dc_o, BLOCK_L, BLOCK_I)
-            tl.atomic_add(dC_ptr + offs, v, mask=mj)
-        else:
-            tl.atomic_add(dB_ptr + src, gke * cs + gko * sn, mask=m)
-            tl.atomic_add(dB_ptr + src + 1, gko * cs - gke * sn, mask=m)
-            tl.atomic_add(dC_ptr + src, gqe * cs + gqo * sn, mask=m)
-            tl.atomic_add(dC_ptr + src + 1, gqo * cs - gqe * sn, mask=m)
+        _add_turned_back(dB_ptr, src, t_ok, c0, i, m, N, gke, gko, cs, sn, JOINED, BLOCK_L, BLOCK_I)
         # d(u cos - v sin, u sin + v cos)/dΦ = (-(u sin + v cos), u cos - v sin): (-ko, ke)
-        dphi = gko * ke - gke * ko + gqo * qe - gqe * qo  # (BLOCK_L, BLOCK_I)
+        dphi = gko * ke - gke * ko  # (BLOCK_L, BLOCK_I)
+        ce, co = _pairs_at(C_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+        gqe, gqo = _grad_parts(dq_ptr, n_dq, dq_row, row, h, H, N, t_ok, c0, i, m, JOINED, BLOCK_L, BLOCK_I)
+        qe, qo = ce * cs - co * sn, ce * sn + co * cs
+        _add_turned_back(dC_ptr, src, t_ok, c0, i, m, N, gqe, gqo, cs, sn, JOINED, BLOCK_L, BLOCK_I)
+        dphi += gqo * qe - gqe * qo
         total = tl.sum(dphi, axis=0)
         after = carry[None, :] + total[None, :] - tl.cumsum(dphi, axis=0) + dphi  # Σ_{s>=t} dΦ_s
         tl.store(dtheta_ptr + (row * H + h)[:, None] * N2 + i[None, :], after * dt[:, None], mask=m)
@@ -353,31 +392,48 @@ def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=
 
 
 def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK_I, bounds=None, Q=0, form=None):
-    """Launch ``_rotate_bwd``: float32 dB, dC, dθ, dΔ, dr and dΦ_{-1}. With ``bounds`` (b, H, cdiv(L, Q), N/2),
-    the sums of dΦ from every chunk boundary on (dΦ_T included), the walk restarts from them at each boundary;
-    then if the tiles are the chunks and ``form`` (``ROTATE`` by default) is "tiles" or "joined", every tile
-    runs at once ("joined": with contiguous rows, as the forward's)."""
+    """Launch ``_rotate_bwd``: float32 dB, dC, dθ, dΔ, dr and dΦ_{-1}. ``gk``, ``gq``: dL/dk̃ and dL/dq, each
+    None (zero), (b, L, H, N), or parts (b, L, parts, H, N) that sum to it (SSD's backward's, float32). With
+    ``bounds`` (b, H, cdiv(L, Q), N/2), the sums of dΦ from every chunk boundary on (dΦ_T included), the walk
+    restarts from them at each boundary; then if the tiles are the chunks and ``form`` (``ROTATE`` by default)
+    is "tiles" or "joined", every tile runs at once ("joined": with contiguous rows, as the forward's).
+
+    Traffic the parts save at B4 L4096 H32 P64 N128 (268 MB a part; three of dL/dk̃, one of dL/dq): summed
+    in PyTorch first they moved 3.2 GB and this kernel then read 0.54 GB; read here, 1.07 GB. dΔ's and dr's
+    parts over the blocks of pairs share one buffer: one reduction (b L H n_iblk: 8 MB each read) for both."""
     b, L, G, N = B.shape
     H, N2 = theta.shape[2], N // 2
     n_tiles, n_iblk = triton.cdiv(L, BLOCK_L), triton.cdiv(N2, BLOCK_I)
     assert bounds is None or Q % BLOCK_L == 0, (Q, BLOCK_L)
     f32 = dict(device=B.device, dtype=torch.float32)
-    gk = torch.zeros(b, L, H, N, **f32) if gk is None else gk.contiguous()
-    gq = torch.zeros(b, L, H, N, **f32) if gq is None else gq.contiguous()
-    dB, dC = torch.zeros(b, L, G, N, **f32), torch.zeros(b, L, G, N, **f32)
     dtheta = torch.empty(b, L, H, N2, **f32)
-    ddt, dr = torch.empty(b, L, H, n_iblk, **f32), torch.empty(b, L, H, n_iblk, **f32)
+    (n_dk, dk_row, gk), (n_dq, dq_row, gq) = (_parts(g, dtheta) for g in (gk, gq))  # None: nothing read
+    dB, dC = torch.zeros(b, L, G, N, **f32), torch.zeros(b, L, G, N, **f32)  # atomic sums over the group's heads
+    ddt_dr = torch.empty(2, b, L, H, n_iblk, **f32)  # dΔ, dr: one part per block of pairs
     dpsi0 = torch.empty(b, H, N2, **f32)
     extra = {} if interpreting() else dict(num_warps=4)
     form = form or ROTATE
     tiles = form in TILED and bounds is not None and BLOCK_L == Q and n_tiles <= MAX_TILES
     _rotate_bwd[(b * H, n_iblk, n_tiles if tiles else 1)](
-        B, C, theta, dt, r, psi_tiles, gk, gq, gk if gpsi is None else gpsi.contiguous(),
-        gk if bounds is None else bounds.contiguous(), dB, dC, dtheta, ddt, dr, dpsi0,
-        L, H, G, N2, n_tiles, n_iblk, Q, HAS_GPSI=gpsi is not None,
+        B, C, theta, dt, r, psi_tiles, gk, gq, dtheta if gpsi is None else gpsi.contiguous(),
+        dtheta if bounds is None else bounds.contiguous(), dB, dC, dtheta, ddt_dr[0], ddt_dr[1], dpsi0,
+        L, H, G, N2, n_tiles, n_iblk, Q, n_dk, n_dq, dk_row, dq_row, HAS_GPSI=gpsi is not None,
         HAS_BOUNDS=bounds is not None, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, TILES=tiles, JOINED=form == "joined",
         **extra)
-    return dB, dC, dtheta, ddt.sum(-1), dr.sum(-1), dpsi0
+    ddt, dr = sum_parts(ddt_dr, -1)
+    return dB, dC, dtheta, ddt, dr, dpsi0
+
+
+def _parts(g, dummy):
+    """A gradient for ``_rotate_bwd``, (b, L, H, N), or parts (b, L, parts, H, N) (SSD's, views of a larger
+    buffer): (the number of parts, the stride of its rows, the tensor with each row's parts contiguous)."""
+    if g is None:
+        return 0, 0, dummy
+    if g.dim() == 4:
+        g = g[:, :, None]
+    if g[0, 0].is_contiguous() and g.stride(0) == g.shape[1] * g.stride(1):  # rows (batch, time) evenly apart
+        return g.shape[2], g.stride(1), g
+    return g.shape[2], g[0, 0].numel(), g.contiguous()
 
 
 class _Rotate(torch.autograd.Function):
@@ -408,11 +464,16 @@ def _turn(dh, h):
 
 
 class _Scan(torch.autograd.Function):
-    """The rotation, then SSD's forward (z-free), as one function: its backward hands the rotation SSD's
-    float32 gradients of k̃ and q and the sums of dΦ at the chunk boundaries, from SSD's states."""
+    """The rotation, then SSD's forward (z-free) and the diagonal's correction y += coef x (coef (b, L, H)
+    float32, applied in x's dtype), as one function: its backward hands the rotation SSD's float32 gradients
+    of k̃ and q (as SSD's parts) and the sums of dΦ at the chunk boundaries, from SSD's states.
+
+    The correction inside, not an ``addcmul`` after it: x's gradient is SSD's dx + coef dy in one pass
+    (B4 L4096 H32 P64 bf16: reads dx, dy, writes 201 MB), where autograd wrote coef dy (134 MB) and then
+    added SSD's (201 MB); coef's, Σ_p dy x, is summed in float32, not rounded to bfloat16."""
 
     @staticmethod
-    def forward(ctx, chunk_size, return_final_state, rotate, B, C, theta, dt, r, psi0, x, dts, D, h0):
+    def forward(ctx, chunk_size, return_final_state, rotate, B, C, theta, dt, r, psi0, x, dts, D, h0, coef):
         from .ssd import bwd_chunk_len, ssd_fwd
 
         B, C, theta, dt, r = (t.contiguous() for t in (B, C, theta, dt, r))
@@ -421,7 +482,9 @@ class _Scan(torch.autograd.Function):
         minus_one = torch.full((x.shape[2],), -1.0, device=x.device, dtype=torch.float32)
         y, hT = ssd_fwd(x, dts, minus_one, k, q, chunk_size, D=D, initial_states=h0,
                         return_final_states=return_final_state, final_dtype=torch.float32)
-        ctx.save_for_backward(B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT)
+        coef = coef.to(x.dtype)[..., None]
+        y.addcmul_(x, coef)  # one pass over y
+        ctx.save_for_backward(B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT, minus_one, coef)
         ctx.chunk_size, ctx.blocks, ctx.has_psi0, ctx.rotate = chunk_size, blocks, psi0 is not None, rotate
         ctx.set_materialize_grads(False)
         return y, hT, psiT
@@ -430,22 +493,26 @@ class _Scan(torch.autograd.Function):
     def backward(ctx, gy, ghT, gpsi):
         from .ssd import ssd_bwd
 
-        B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT = ctx.saved_tensors
-        minus_one = torch.full((x.shape[2],), -1.0, device=x.device, dtype=torch.float32)
+        B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT, minus_one, coef = ctx.saved_tensors
         g = ssd_bwd(gy, ghT, x, dts, minus_one, k, q, ctx.chunk_size, D=D, initial_states=h0, ddt_decay_only=True,
                     turns=True)
-        # G_u = Σ_{s>=u} dΦ_s = -<dS_u, J S_u> + <dh_T, J h_T> at every chunk's start u, plus dΦ_T
-        bounds = g["turns"]
-        if ghT is not None:
-            bounds = bounds + _turn(ghT, hT)[:, :, None]
+        # G_u = Σ_{s>=u} dΦ_s = -<dS_u, J S_u> + <dh_T, J h_T> at every chunk's start u, plus dΦ_T: the last two
+        # summed first, (b, H, N/2), then one addition over the chunks
+        final = _turn(ghT, hT) if ghT is not None else None
         if gpsi is not None:
-            bounds = bounds + gpsi[:, :, None]
-        dB, dC, dtheta, ddt, dr, dpsi0 = _rotate_backward(B, C, theta, dt, r, psi_tiles, g["dB"], g["dC"], gpsi,
-                                                          *ctx.blocks, bounds=bounds, Q=g["chunk"],
-                                                          form=ctx.rotate)
+            final = gpsi if final is None else final + gpsi
+        bounds = g["turns"] if final is None else g["turns"] + final[:, :, None]
+        # dL/dk̃ and dL/dq as SSD's float32 parts, summed by the rotation's kernel as it reads them
+        dB, dC, dtheta, ddt, dr, dpsi0 = _rotate_backward(B, C, theta, dt, r, psi_tiles, g["dB_parts"],
+                                                          g["dC_parts"], gpsi, *ctx.blocks, bounds=bounds,
+                                                          Q=g["chunk"], form=ctx.rotate)
+        dx, dcoef = g["dx"], None
+        if gy is not None:  # the correction's part: coef dy, and dcoef = Σ_p dy x
+            dx = torch.addcmul(dx, gy, coef)
+            dcoef = (gy * x).sum(-1, dtype=torch.float32)
         return (None, None, None, dB.to(B.dtype), dC.to(C.dtype), dtheta.to(theta.dtype), ddt.to(dt.dtype),
-                dr.to(r.dtype), dpsi0 if ctx.has_psi0 else None, g["dx"], g["ddt"], g.get("dD"),
-                g.get("dinitial_states"))
+                dr.to(r.dtype), dpsi0 if ctx.has_psi0 else None, dx, g["ddt"], g.get("dD"),
+                g.get("dinitial_states"), dcoef)
 
 
 def rotate(B, C, theta, dt, r, psi0=None, out_dtype=None):
@@ -491,11 +558,10 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
     # backward leaves the weight's part out (ddt_decay_only), and r sees a constant Δ̃; autograd through
     # r = w / Δ̃ would add that part and SSD's subtract it again, a cancellation that cost float32 dA
     # digits wherever |A| is small.
-    y, hT, psiT = _Scan.apply(chunk_size, bool(return_final_state), rotate, B, C, theta, dtf, w / dts.detach(),
-                              psi0, x, dts, D, h0)
     qk = _heads((B.float() * C.float()).sum(-1, keepdim=True), H)[..., 0]  # q_tᵀ k_t = C_tᵀ B_t, (b, L, H)
-    # the diagonal's correction in x's dtype, one pass over y (and one more for the gate)
-    y = torch.addcmul(y, x, ((gamma - w) * qk).to(x.dtype)[..., None])
+    # the diagonal's correction, (γ - w) q_tᵀ k_t x_t, applied by _Scan in x's dtype (then the gate: one more pass)
+    y, hT, psiT = _Scan.apply(chunk_size, bool(return_final_state), rotate, B, C, theta, dtf, w / dts.detach(),
+                              psi0, x, dts, D, h0, (gamma - w) * qk)
     if z is not None:
         y = y * torch.nn.functional.silu(z.to(x.dtype))
     if not return_final_state:

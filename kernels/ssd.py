@@ -83,7 +83,9 @@ reverse in four launches:
 4. ``_ssd_bwd_chunk``, input side: dX̄ = (M ∘ C Bᵀ)ᵀ dY + exp(α - a⁺_s) B dSᵀ,
    then dx, dΔ (with the softplus and dt_bias), dD and dB's part from dS_k.
 dB and dC are sums over the heads of a group: a program loops over heads and
-writes one float32 part per split, summed afterwards, as are dA and dD.
+writes one float32 part per split and block of P, all parts of both sides in
+one buffer, summed afterwards by one reduction (none for a single part), as
+are dA and dD; Mamba-3's path hands the parts of dB and dC on unsummed.
 
 The decays' gradient. a_r = Δ_r A enters M[t, s] for every s < r <= t and every
 state that crosses step r, so dL/da_r sums exactly those pairs: within the
@@ -108,8 +110,9 @@ output side reads x, dy (256) and S (256); the input side reads x, dy (256) and
 dS (256) and writes dx (128): 2176 bytes, 4.6 GB at the goal shape, 1.5 ms at
 3 TB/s. One chunk kernel for both sides would read x and dy once (1920 bytes),
 but holds too much: compiled for sm_90 (Triton 3.7) it needs 255 registers and
-spills 1.5 KB a thread at 8 warps. The two sides compile to 255 and 251
-registers with 28 and 0 bytes of spill; the walks to 178 and 185, no spill.
+spills 1.5 KB a thread at 8 warps. The two sides compile to 255 and 247
+registers with 28/24 bytes of spill (stores/loads) and none (Triton 3.7.1); the
+walks to 178 and 185, no spill.
 Block sizes per case come from that compile (``benchmarks/sweep_ssd.py
 --compile``): float32 products and N = 256 take chunks of 32.
 """
@@ -120,7 +123,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreting, next_pow2
+from ._launch import interpreting, next_pow2, sum_parts
 
 __all__ = ["ssd_triton", "ssd_fwd", "ssd_bwd"]
 
@@ -588,7 +591,7 @@ def _ssd_bwd_dstates(
 def _ssd_bwd_chunk(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr,
     dx_ptr, ddt_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr, g_ptr,
-    L, H, G, P, N, n_chunks, heads_per_split,
+    L, H, G, P, N, n_chunks, heads_per_split, part0, n_parts, pb0, n_walk,
     SIDE: tl.constexpr, HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, DDT_DECAY_ONLY: tl.constexpr = False,
@@ -598,15 +601,22 @@ def _ssd_bwd_chunk(
     SIDE 1, the output side (reads the entering states S_prev): dC, and C Bᵀ's gradient; SIDE 2, the
     input side (reads the leaving states' gradients dS): dx, dD, dB; SIDE 0 both.
     Each writes its part of dL/dΔ and dL/dA (summed by the launcher); the part of dL/dα that needs both
-    S_prev and dS comes from the reverse walk, in g.
+    S_prev and dS comes from the reverse walk, in g (b c, H, n_walk), one part per block of the walk's P.
+    Parts, one buffer for both sides: rows of n_parts parts (b, L, n_parts, G, N), dB's part of this
+    program at part0 + split * n_pb + pb from dB_ptr; dC's, the output side's alone, at the same offset
+    from dC_ptr, the first part after dB's (part0 = 0 there: the output side launches first). ddt
+    (n_blocks, b, L, H) and dA (n_blocks, b c, H): this launch's blocks of head dims at pb0 + pb.
     (Q, Q) tiles are transposed, [s, t]: s the input step, t the output step (t >= s).
     """
     OUT: tl.constexpr = SIDE != 2
     IN: tl.constexpr = SIDE != 1
+    # this launch's blocks of ddt and dA, first of all (compiled for sm_90 the output side then spills 28/24
+    # bytes; 48/36 with pb0 + pb in the offsets below, 44/32 with the pointers moved there)
+    ddt_ptr += pb0 * (tl.num_programs(0) // n_chunks).to(tl.int64) * L * H
+    dA_ptr += pb0 * tl.num_programs(0) * H
     pid = tl.program_id(0)  # batch * n_chunks + chunk
     g = tl.program_id(1)
     part = tl.program_id(2)  # split * (blocks of head dims) + block
-    n_part = tl.num_programs(2)
     n_pb = tl.cdiv(P, BLOCK_P)
     split = part // n_pb
     pb = part % n_pb
@@ -697,8 +707,9 @@ def _ssd_bwd_chunk(
             col = tl.sum(xb * dxb_s, axis=1)  # (Q,)
             da += tl.cumsum(col, axis=0) - col  # Σ_{s < r}
             # step 3 backwards: S_k = exp(α_k) S_prev + ..., and every a_r of the chunk is in α_k
-            if pb == 0:
-                da += tl.load(g_ptr + pid * H + h)  # exp(α_k) <dS, S_prev>, from the reverse walk
+            if pb == 0:  # exp(α_k) <dS, S_prev>, from the reverse walk: its blocks of P summed here
+                for w in range(0, n_walk):
+                    da += tl.load(g_ptr + (pid * H + h) * n_walk + w)
             dxb += dxb_s
             if not DDT_DECAY_ONLY:  # Δ's part as the input's weight (X̄ = Δ x)
                 ddt = tl.sum(xf * dxb, axis=1)
@@ -713,7 +724,7 @@ def _ssd_bwd_chunk(
         tl.store(ddt_ptr + pb * ddt_part + row0 * H + h + q * H, ddt, mask=t_ok)
         tl.store(dA_ptr + part_offs * H + h, tl.sum(dt * da, axis=0))
 
-    offs = ((row[:, None] * n_part + part) * G + g) * N + n[None, :]  # (b, L, n_part, G, N)
+    offs = ((row[:, None] * n_parts + part0 + part) * G + g) * N + n[None, :]  # (b, L, n_parts, G, N)
     if OUT:  # C Bᵀ's gradient, summed over the heads: dB_s += Σ_t dCBt[s, t] C_t, dC_t += Σ_s dCBt[s, t] B_s
         dB = _mma(dCBt.to(dot_t), Cc, dB, IEEE)
         dC = _mma(tl.trans(dCBt).to(dot_t), Bc, dC, IEEE)
@@ -748,7 +759,9 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     ``turns`` (Mamba-3's path, where B and C are keys and queries turned pair by pair): the dict also holds
     "turns", (b, H, n_chunks, N/2) float32: -<dS_k, J S_k> per pair (2i, 2i + 1) of the N axis, summed
     over P, for S_k the state entering chunk k (S_0 the initial state) and dS_k its gradient, J(e, o) =
-    (-o, e); "chunk", Q; and dB, dC in float32, before any rounding. Turning every key and query from
+    (-o, e); "chunk", Q; and in place of dB, dC their float32 parts "dB_parts", "dC_parts", unsummed:
+    (b, L, parts, G, N) views of one buffer, the gradients being their sums over axis 2 (the rotation's
+    backward sums them as it reads them). Turning every key and query from
     chunk k on by one angle turns S_k by minus that angle and the final state by plus it, so the loss's
     derivative in that angle is "turns" + <dhT, J hT> (see kernels/mamba3_ssd.py).
     """
@@ -759,7 +772,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         grads = ssd_bwd(f(dy), f(dhT), chunk_size=chunk_size, dt_softplus=dt_softplus, y_pre=f(y_pre),
                         **{k: f(t) for k, t in given.items()}, **knobs, ddt_decay_only=ddt_decay_only, turns=turns)
-        keep = ("turns", "chunk", "dB", "dC") if turns else ()  # float32, or not a tensor
+        keep = ("turns", "chunk", "dB_parts", "dC_parts") if turns else ()  # float32, or not a tensor
         return None if grads is None else {k: v if k in keep else v.to(given[k[1:]].dtype) for k, v in grads.items()}
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
@@ -829,43 +842,49 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
         STORE_DH0=initial_states is not None, TURN=bool(turns), **walk)
     if stop_after == "dstates":
         return None
-    g_alpha = g_alpha.sum(-1)  # (b, c, H)
 
+    # The chunk kernel's float32 parts, one buffer for both sides: dB's parts (the output side's, then the
+    # input side's) and after them dC's (the output side's), (b, L, parts, G, N); ddt (blocks, b, L, H) and dA
+    # (blocks, b c, H). Each is summed below by one reduction over its parts, or none where it has one
+    # (``sum_parts``: a view). At Mamba-3's path shape (B4 L4096 H32 P64 N128, G = H: 268 MB a part; three
+    # of dB, one of dC) per-side buffers took dB = Σ_side part.sum(2) and dC.sum(2), four copying reductions
+    # and two additions: 3.2 GB, 0.8 ms at 4 TB/s (one reduction of dB's three parts would still move 1.07
+    # GB). There (``turns``) the parts go unsummed to the rotation's backward, which sums them as it reads them.
     dx = torch.empty_like(x)
     dD = torch.empty(b, n_chunks, H, P, **f32) if D is not None else dummy
-    dC = torch.empty(b, L, n_split * n_pb[side_ids[0]], G, N, **f32)
-    ddt, dA, dB = [], [], []  # parts, per side and block of head dims
+    parts = {i: n_split * n_pb[i] for i in side_ids}
+    n_dB = sum(parts.values())
+    dBC = torch.empty(b, L, n_dB + parts[side_ids[0]], G, N, **f32)
+    dB, dC = dBC[:, :, :n_dB], dBC[:, :, n_dB:]
+    ddt = torch.empty(sum(n_pb.values()), b, L, H, **f32)
+    dA = torch.empty(sum(n_pb.values()), b * n_chunks, H, **f32)
     # software pipelining of the head loop's loads (one program per SM: its latency is not hidden otherwise);
     # stages per side from the offline sm_90 compile: no spills at 2 (input side), 28 bytes at 3 (output side)
     stages = {0: 2, 1: 3, 2: 2} if num_stages is None else {i: num_stages for i in (0, 1, 2)}
+    # this side's first part of dB, first block of ddt and dA: 0 for the output side, which launches first
+    # (side_ids), as dC's offsets, the same as dB's from dC's first part, need
+    part0 = pb0 = 0
     for side in side_ids:
-        n_part = n_split * n_pb[side]
-        ddt.append(torch.empty(n_pb[side], b, L, H, **f32))
-        dA.append(torch.empty(n_pb[side], b * n_chunks, H, **f32))
-        dB.append(torch.empty(b, L, n_part, G, N, **f32))
         chunk_extra = {} if interpreting() else dict(num_warps=num_warps or 8, num_stages=stages[side])
-        _ssd_bwd_chunk[(b * n_chunks, G, n_part)](
+        _ssd_bwd_chunk[(b * n_chunks, G, parts[side])](
             x, dt, A, B, C, dummy if D is None else D.contiguous(), z_, dy, bias_, states, dstates,
-            dx, ddt[-1], dA[-1], dD, dB[-1], dC, g_alpha,
-            L, H, G, P, N, n_chunks, heads_per_split,
+            dx, ddt, dA, dD, dB, dC, g_alpha,
+            L, H, G, P, N, n_chunks, heads_per_split, part0, dBC.shape[2], pb0, n_walk,
             SIDE=side, HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
             HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
             BLOCK_Q=Q, BLOCK_P=side_p[side], BLOCK_N=BLOCK_N, DDT_DECAY_ONLY=bool(ddt_decay_only), **chunk_extra)
         if stop_after == f"side{side}":
             return None
+        part0, pb0 = part0 + parts[side], pb0 + n_pb[side]
 
-    ddt = sum(part.sum(0) for part in ddt)
-    dA = sum(part.sum((0, 1)) for part in dA)
-    dB = sum(part.sum(2) for part in dB)
-    dC = dC.sum(2)
-    if not turns:
-        dB, dC = dB.to(dtypes["B"]), dC.to(dtypes["C"])
-    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.to(dtypes["A"]), dB=dB, dC=dC)
+    ddt = sum_parts(ddt, 0)
+    out = dict(dx=dx, ddt=ddt.to(dtypes["dt"]), dA=dA.sum((0, 1)).to(dtypes["A"]))
     if turns:
-        out.update(turns=turn.sum(0), chunk=Q)
+        out.update(dB_parts=dB, dC_parts=dC, turns=sum_parts(turn, 0), chunk=Q)
+    else:
+        out.update(dB=sum_parts(dB, 2).to(dtypes["B"]), dC=sum_parts(dC, 2).to(dtypes["C"]))
     if D is not None:
-        dD = dD.sum((0, 1))
-        out["dD"] = (dD if D.dim() == 2 else dD.sum(-1)).to(dtypes["D"])
+        out["dD"] = dD.sum((0, 1) if D.dim() == 2 else (0, 1, 3)).to(dtypes["D"])
     if z is not None:
         out["dz"] = dz.to(dtypes["z"])
     if dt_bias is not None:

@@ -15,8 +15,8 @@ from ssm_edu.mamba3 import cumulative_angle, rotate_pairs
 from ssm_edu.numerics import rel_error, tolerance
 
 from test_mamba3 import assert_states_close, inputs
-from test_mamba3_triton import (CASES, DTYPES, NAMES, check_bfloat16_gradients, check_gradients, dev,
-                                grad_error, grads, ids, rounded)
+from test_mamba3_triton import (CASES, DTYPES, NAMES, check_bfloat16_gradients, check_gradients,
+                                check_outputs_used_alone, dev, grad_error, grads, ids, rounded)
 
 DEVICE = ssm_edu.default_device()
 ON_GPU = DEVICE.type == "cuda"
@@ -124,6 +124,12 @@ def test_unknown_path_is_refused(gen):
 def test_gradients_float32_against_float64(case, state, gen, ssd_path):
     """Every input's gradient, the initial state's included, against autograd through the float64 loop."""
     check_gradients(case, state, gen)
+
+
+def test_gradients_of_outputs_used_alone(gen, ssd_path):
+    """Only y, only the final state, only the final angle, only the last key: no gradient of y reaches the
+    backward in all but the first (SSD's then starts from zeros, and the correction adds nothing)."""
+    check_outputs_used_alone(gen)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="bfloat16 arithmetic needs a GPU (the interpreter computes in float32)")
@@ -255,3 +261,56 @@ def test_the_forms_of_the_rotation_give_the_same_scan(gen, form):
     x = args[0].to(DEVICE, torch.float32)
     with pytest.raises(ValueError, match="rotation's form"):
         mamba3_triton(x, *(t.to(DEVICE, torch.float32) for t in args[1:]), path="ssd", rotate="spiral")
+
+
+@pytest.mark.parametrize("form", ["walk", "tiles", "joined"])
+def test_rotation_backward_sums_the_parts(form, gen):
+    """``_rotate_backward`` takes dL/dk̃ and dL/dq as float32 parts (b, L, parts, H, N), as SSD's backward
+    leaves them, and sums them as it reads them: the same gradients as from their sums, with and without the
+    boundary sums (one program per tile, or a walk); a None gradient reads nothing and counts as zero. Each
+    form's loads: even and odd entries apart ("walk", "tiles") or contiguous rows ("joined")."""
+    from ssm_edu.kernels import mamba3_ssd
+
+    b, L, G, H, N, parts_k, parts_q = 2, 41, 2, 6, 6, 3, 2
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
+    B, C, theta, r, psi0 = rnd(b, L, G, N), rnd(b, L, G, N), rnd(b, L, H, N // 2), rnd(b, L, H), rnd(b, H, N // 2)
+    dt = rnd(b, L, H).abs()
+    BLOCK_L, BLOCK_I = mamba3_ssd._blocks(N // 2, 16)
+    *_, psi_tiles = mamba3_ssd._rotate_forward(B, C, theta, dt, r, psi0, torch.float32, BLOCK_L, BLOCK_I, form=form)
+    gk, gq, gpsi = rnd(b, L, parts_k, H, N), rnd(b, L, parts_q, H, N), rnd(b, H, N // 2)
+    zeros = torch.zeros(b, L, H, N, device=DEVICE)
+    for bounds in (None, rnd(b, H, -(-L // BLOCK_L), N // 2)):
+        def run(k, q):
+            return mamba3_ssd._rotate_backward(B, C, theta, dt, r, psi_tiles, k, q, gpsi, BLOCK_L, BLOCK_I,
+                                               bounds=bounds, Q=BLOCK_L, form=form)
+
+        for got, ref in ((run(gk, gq), run(gk.sum(2), gq.sum(2))), (run(None, gq), run(zeros, gq.sum(2))),
+                         (run(gk, None), run(gk.sum(2), zeros))):
+            for name, a, e in zip(("B", "C", "theta", "dt", "r", "psi0"), got, ref):
+                err = rel_error(a, e)
+                assert err < 1e-6, f"d{name} ({'no bounds' if bounds is None else 'bounds'}): {err:.3g}"
+
+
+@pytest.mark.parametrize("sides,form", [("split", "joined"), ("fused", "tiles"), ("split", "walk")])
+def test_gradients_with_the_parts_handed_to_the_rotation(sides, form, gen, ssd_path, monkeypatch):
+    """The path's backward with SSD's dB, dC in several parts (blocks of 16 of P = 40 head dims: split, 6 parts
+    of dL/dk̃ and 3 of dL/dq; fused, 3 and 3), summed by the rotation's kernel: every gradient against autograd
+    through the float64 loop."""
+    from ssm_edu.kernels import mamba3_ssd, ssd
+
+    plain_ssd, plain_rotate, seen = ssd.ssd_bwd, mamba3_ssd._rotate_backward, []
+    monkeypatch.setattr(ssd, "ssd_bwd", lambda *a, **k: plain_ssd(*a, **k, block_p=16, sides=sides))
+
+    def spy(B, C, theta, dt, r, psi_tiles, gk, gq, *a, **k):
+        seen.append((gk.shape[2], gq.shape[2]))
+        return plain_rotate(B, C, theta, dt, r, psi_tiles, gk, gq, *a, **k)
+
+    monkeypatch.setattr(mamba3_ssd, "_rotate_backward", spy)
+    args, kw = inputs(gen, b=2, L=37, H=2, P=40, G=1, N=6, state=True)
+    wy = torch.randn(args[0].shape, generator=gen)
+    ref = grads("naive", args, kw, wy, F64, 16)
+    got = grads("triton", args, kw, wy, torch.float32, 16, path="ssd", rotate=form)
+    assert seen == [(6, 3) if sides == "split" else (3, 3)]
+    for name, g, r in zip(NAMES, got, ref):
+        err = grad_error(g, r)
+        assert err < tolerance(torch.float32), f"d{name}: relative error {err:.3g}"

@@ -230,7 +230,33 @@ def test_ssd_bwd_turns():
     f32 = lambda t: t.to(DEVICE, torch.float32)  # noqa: E731
     got = ssd_bwd(f32(wy), f32(wh), *(f32(t) for t in args), chunk_size=Q, dt_softplus=True,
                   **{k: f32(v) for k, v in opts.items()}, turns=True)
-    assert got["chunk"] == Q and got["dB"].dtype == got["dC"].dtype == torch.float32
+    assert got["chunk"] == Q and got["dB_parts"].dtype == got["dC_parts"].dtype == torch.float32
+    assert "dB" not in got and "dC" not in got  # handed on unsummed, (b, L, parts, G, N)
     err = rel_error(got["turns"], suffix - final[:, :, None])
     assert err < tolerance(torch.float32), f"relative error {err:.3g}"
     assert "turns" not in ssd_bwd(f32(wy), None, *(f32(t) for t in args), chunk_size=Q, dt_softplus=True)  # off
+
+
+@pytest.mark.parametrize("knobs,parts", [(dict(sides="split", block_p=16, n_split=2), (12, 6)),
+                                         (dict(sides="fused", block_p=16, n_split=3), (9, 9))],
+                         ids=["split", "fused"])
+def test_ssd_triton_backward_parts(knobs, parts, knob_case, monkeypatch):
+    """dB and dC as the chunk kernel leaves them: float32 parts, one per split of a group's heads and block of
+    head dims, both sides' in one buffer (the output side's first; dC the output side's alone), handed on
+    unsummed with ``turns`` (Mamba-3's path). Their sums over the parts are the gradients: split, 2 splits x 3
+    blocks of 16 head dims per side, 12 parts of dB and 6 of dC; fused, 3 x 3 of each."""
+    from ssm_edu.kernels import ssd as kernel
+
+    ref, low, low_kw = knob_case
+    plain, seen = kernel.ssd_bwd, []
+
+    def parted(*a, **k):
+        g = plain(*a, **k, **knobs, turns=True)
+        dB, dC = g.pop("dB_parts"), g.pop("dC_parts")
+        assert dB.dtype == dC.dtype == torch.float32 and "dB" not in g and "dC" not in g
+        seen.append((dB.shape[2], dC.shape[2]))
+        return dict(g, dB=dB.sum(2), dC=dC.sum(2))
+
+    monkeypatch.setattr(kernel, "ssd_bwd", parted)
+    assert_close(grads("triton", torch.float32, low, low_kw, DEVICE), ref, tolerance(torch.float32), str(knobs))
+    assert seen == [parts]
