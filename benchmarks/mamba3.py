@@ -184,7 +184,9 @@ def bench_mamba3_step(ctx: Context):
                     "flops_per_state_entry": 2 + 6 * R}
             ref, _ = ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl="naive")
             for impl in ("triton", "naive"):
-                fn = lambda impl=impl: ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl=impl)  # noqa: E731
+                def fn(impl=impl):
+                    return ssm_edu.mamba3_step(state, x, dt, A, B, C, lam, theta, D=D, impl=impl)
+
                 checked(f"mamba3_step {impl}", fn()[0], ref, torch.bfloat16)
                 us = _graph_time_us(fn)
                 if us is None:

@@ -109,7 +109,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreting, next_pow2, sum_parts
-from ._pairs import load_pairs, pairs_block
+from ._pairs import pairs_at, put_pairs
 
 __all__ = ["mamba3_ssd", "rotate", "supported"]
 
@@ -138,27 +138,13 @@ def _rotate_store(B_ptr, C_ptr, r_ptr, k_ptr, q_ptr, phi, row, h, H, G, N2, i, t
     N = 2 * N2
     cs, sn = tl.cos(phi), tl.sin(phi)
     r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)[:, None]
-    if JOINED:
-        src, dst, c0 = (row * G + g) * N, (row * H + h) * N, 2 * tl.program_id(1) * BLOCK_I  # rows; first entry
-        be, bo = load_pairs(B_ptr, src, t_ok, c0, N, BLOCK_L, BLOCK_I)
-        ke, ko = (be * cs - bo * sn) * r, (be * sn + bo * cs) * r
-        offs, m, v = pairs_block(dst, t_ok, c0, N, ke, ko, BLOCK_L, BLOCK_I)
-        tl.store(k_ptr + offs, v.to(k_ptr.dtype.element_ty), mask=m)
-        ce, co = load_pairs(C_ptr, src, t_ok, c0, N, BLOCK_L, BLOCK_I)
-        offs, m, v = pairs_block(dst, t_ok, c0, N, ce * cs - co * sn, ce * sn + co * cs, BLOCK_L, BLOCK_I)
-        tl.store(q_ptr + offs, v.to(q_ptr.dtype.element_ty), mask=m)
-    else:
-        m = t_ok[:, None] & i_ok[None, :]
-        src = (row * G + g)[:, None] * N + 2 * i[None, :]  # even entry of each pair of B_t, C_t
-        dst = (row * H + h)[:, None] * N + 2 * i[None, :]
-        be = tl.load(B_ptr + src, mask=m, other=0.0).to(tl.float32)
-        bo = tl.load(B_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-        tl.store(k_ptr + dst, ((be * cs - bo * sn) * r).to(k_ptr.dtype.element_ty), mask=m)
-        tl.store(k_ptr + dst + 1, ((be * sn + bo * cs) * r).to(k_ptr.dtype.element_ty), mask=m)
-        ce = tl.load(C_ptr + src, mask=m, other=0.0).to(tl.float32)
-        co = tl.load(C_ptr + src + 1, mask=m, other=0.0).to(tl.float32)
-        tl.store(q_ptr + dst, (ce * cs - co * sn).to(q_ptr.dtype.element_ty), mask=m)
-        tl.store(q_ptr + dst + 1, (ce * sn + co * cs).to(q_ptr.dtype.element_ty), mask=m)
+    m = t_ok[:, None] & i_ok[None, :]
+    src, dst, c0 = (row * G + g) * N, (row * H + h) * N, 2 * tl.program_id(1) * BLOCK_I  # rows; first entry
+    be, bo = pairs_at(B_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+    put_pairs(k_ptr, dst, t_ok, c0, i, m, N, (be * cs - bo * sn) * r, (be * sn + bo * cs) * r, JOINED, False,
+              BLOCK_L, BLOCK_I)
+    ce, co = pairs_at(C_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+    put_pairs(q_ptr, dst, t_ok, c0, i, m, N, ce * cs - co * sn, ce * sn + co * cs, JOINED, False, BLOCK_L, BLOCK_I)
 
 
 @triton.jit
@@ -217,42 +203,16 @@ def _rotate_tiles(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, k_ptr, q_ptr, psi_tile
 
 
 @triton.jit
-def _pairs_at(ptr, rows, t_ok, c0, i, m, N, JOINED: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
-    """The pairs i (BLOCK_I,) of rows starting at element offsets ``rows`` (BLOCK_L,): even and odd entries,
-    float32 (BLOCK_L, BLOCK_I) each. JOINED: each row's 2 BLOCK_I entries from c0 on read as one contiguous
-    block and split in registers (``load_pairs``), else the even and the odd entries read apart."""
-    if JOINED:
-        return load_pairs(ptr, rows, t_ok, c0, N, BLOCK_L, BLOCK_I)
-    offs = rows[:, None] + 2 * i[None, :]
-    return tl.load(ptr + offs, mask=m, other=0.0).to(tl.float32), tl.load(ptr + offs + 1, mask=m, other=0.0).to(
-        tl.float32)
-
-
-@triton.jit
-def _add_turned_back(ptr, rows, t_ok, c0, i, m, N, ge, go, cs, sn, JOINED: tl.constexpr, BLOCK_L: tl.constexpr,
-                     BLOCK_I: tl.constexpr):
-    """Atomically add Rot(Φ)ᵀ (ge, go) = (ge cos + go sin, go cos - ge sin) to the pairs ``_pairs_at`` reads."""
-    e, o = ge * cs + go * sn, go * cs - ge * sn
-    if JOINED:
-        offs, mj, v = pairs_block(rows, t_ok, c0, N, e, o, BLOCK_L, BLOCK_I)
-        tl.atomic_add(ptr + offs, v, mask=mj)
-    else:
-        offs = rows[:, None] + 2 * i[None, :]
-        tl.atomic_add(ptr + offs, e, mask=m)
-        tl.atomic_add(ptr + offs + 1, o, mask=m)
-
-
-@triton.jit
 def _grad_parts(ptr, n_parts, row_stride, row, h, H, N, t_ok, c0, i, m, JOINED: tl.constexpr,
                 BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
     """A gradient given as n_parts parts (b, L, n_parts, H, N), rows row_stride elements apart, summed at a
     tile's rows (BLOCK_L,) and pairs (BLOCK_I,): its even and its odd entries, float32 (BLOCK_L, BLOCK_I)
-    each; zero for n_parts = 0 (``_pairs_at`` reads each part)."""
+    each; zero for n_parts = 0 (``pairs_at`` reads each part)."""
     base = row * row_stride + h * N  # (BLOCK_L,) part 0 of each row
     even = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
     odd = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
     for j in range(0, n_parts):
-        e, o = _pairs_at(ptr, base + j * (H * N), t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+        e, o = pairs_at(ptr, base + j * (H * N), t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
         even += e
         odd += o
     return even, odd
@@ -302,18 +262,21 @@ def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, d
         # -Φ into dB or dC (summed over the group's heads), and its part of dΦ
         c0 = 2 * pi * BLOCK_I  # the tile's first entry of each row
         src = (row * G + g) * N  # (BLOCK_L,) rows of B and C
-        be, bo = _pairs_at(B_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+        be, bo = pairs_at(B_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
         gke, gko = _grad_parts(dk_ptr, n_dk, dk_row, row, h, H, N, t_ok, c0, i, m, JOINED, BLOCK_L, BLOCK_I)
         ke, ko = be * cs - bo * sn, be * sn + bo * cs  # k = Rot(Φ) B, before the scale r
         tl.store(dr_ptr + (row * H + h) * n_iblk + pi, tl.sum(gke * ke + gko * ko, axis=1), mask=t_ok)
         gke, gko = gke * r[:, None], gko * r[:, None]  # dL/dk
-        _add_turned_back(dB_ptr, src, t_ok, c0, i, m, N, gke, gko, cs, sn, JOINED, BLOCK_L, BLOCK_I)
+        # Rot(Φ)ᵀ dk = (ge cos + go sin, go cos - ge sin), added atomically (summed over the group's heads)
+        put_pairs(dB_ptr, src, t_ok, c0, i, m, N, gke * cs + gko * sn, gko * cs - gke * sn, JOINED, True,
+                  BLOCK_L, BLOCK_I)
         # d(u cos - v sin, u sin + v cos)/dΦ = (-(u sin + v cos), u cos - v sin): (-ko, ke)
         dphi = gko * ke - gke * ko  # (BLOCK_L, BLOCK_I)
-        ce, co = _pairs_at(C_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+        ce, co = pairs_at(C_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
         gqe, gqo = _grad_parts(dq_ptr, n_dq, dq_row, row, h, H, N, t_ok, c0, i, m, JOINED, BLOCK_L, BLOCK_I)
         qe, qo = ce * cs - co * sn, ce * sn + co * cs
-        _add_turned_back(dC_ptr, src, t_ok, c0, i, m, N, gqe, gqo, cs, sn, JOINED, BLOCK_L, BLOCK_I)
+        put_pairs(dC_ptr, src, t_ok, c0, i, m, N, gqe * cs + gqo * sn, gqo * cs - gqe * sn, JOINED, True,
+                  BLOCK_L, BLOCK_I)
         dphi += gqo * qe - gqe * qo
         total = tl.sum(dphi, axis=0)
         after = carry[None, :] + total[None, :] - tl.cumsum(dphi, axis=0) + dphi  # Σ_{s>=t} dΦ_s

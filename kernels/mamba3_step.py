@@ -6,9 +6,9 @@
 
 Work split. One program per (batch, head, block of BLOCK_P rows of the state). It loads its state
 tile (BLOCK_P, N) as contiguous rows, split into even and odd columns in registers, the head's
-angles, the previous k and x (the cache), this token's x, B, C, Δ, A, λ, θ; turns B and C, updates the tile, reads it out with each rank's
-query, and writes the new tile, angle and k. The R ranks are a loop of rank-1 updates on the same
-tile: the state is read and written once whatever R is.
+angles, the previous k and x (the cache), this token's x, B, C, Δ, A, λ, θ; turns B and C, updates
+the tile, reads it out with each rank's query, and writes the new tile, angle and k. The R ranks
+are a loop of rank-1 updates on the same tile: the state is read and written once whatever R is.
 
 What moves through memory. The state, read once and written once (float32: 8 P N bytes per head);
 everything else is N or P numbers per rank. So a step is bound by memory bandwidth, and MIMO's R
@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreting, next_pow2
-from ._pairs import load_pairs, pairs_block
+from ._pairs import pairs_at, put_pairs
 
 __all__ = ["mamba3_step_triton", "step_launch_config"]
 
@@ -70,14 +70,9 @@ def _mamba3_step(
                                                                                   mask=n_ok, other=0.0)
     cos = tl.cos(angle)
     sin = tl.sin(angle)
-    off = bh * P * N + p[:, None] * N + 2 * n[None, :]  # the even columns of this tile
-    rows = bh * P * N + p * N
-    if JOINED:
-        h_e, h_o = load_pairs(h_ptr, rows, p_ok, 0, N, BLOCK_P, BLOCK_N2)
-        h_e, h_o = alpha * h_e, alpha * h_o
-    else:
-        h_e = alpha * tl.load(h_ptr + off, mask=mask, other=0.0)
-        h_o = alpha * tl.load(h_ptr + off + 1, mask=mask, other=0.0)
+    rows = bh * P * N + p * N  # this tile's rows of the state
+    h_e, h_o = pairs_at(h_ptr, rows, p_ok, 0, n, mask, N, JOINED, BLOCK_P, BLOCK_N2)
+    h_e, h_o = alpha * h_e, alpha * h_o
     for r in tl.static_range(R):  # Σ_r: the previous token's β-term and this token's γ-term
         kv = (bh * R + r) * N + 2 * n
         xr = (bh * R + r) * P + p
@@ -93,12 +88,7 @@ def _mamba3_step(
         if pid_p == 0:
             tl.store(k_out_ptr + kv, k_e, mask=n_ok)
             tl.store(k_out_ptr + kv + 1, k_o, mask=n_ok)
-    if JOINED:
-        offs, m, v = pairs_block(rows, p_ok, 0, N, h_e, h_o, BLOCK_P, BLOCK_N2)
-        tl.store(h_out_ptr + offs, v, mask=m)
-    else:
-        tl.store(h_out_ptr + off, h_e, mask=mask)
-        tl.store(h_out_ptr + off + 1, h_o, mask=mask)
+    put_pairs(h_out_ptr, rows, p_ok, 0, n, mask, N, h_e, h_o, JOINED, False, BLOCK_P, BLOCK_N2)
     if HAS_D:
         Dv = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0)
     for r in tl.static_range(R):  # each rank reads the new state with its own query
