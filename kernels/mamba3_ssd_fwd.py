@@ -59,7 +59,7 @@ from ._launch import interpreting, next_pow2
 
 __all__ = ["fused_forward", "permute_pairs"]
 
-TWO_PI = 6.283185307179586
+TWO_PI = tl.constexpr(6.283185307179586)
 
 
 @triton.jit
@@ -138,33 +138,34 @@ def _m3_ssd_fwd(
         bc = (row * G + g) * N  # (Q,) the group's rows of B and C (permuted basis)
         ke, ko = _turned(B_ptr, bc, t_ok, i, i_ok, N2, cs, sn)
         qe, qo = _turned(C_ptr, bc, t_ok, i, i_ok, N2, cs, sn)
+        # operands in x's dtype at once (fewer registers live; the products round them so anyway)
+        ke, ko, qe, qo = ke.to(dot_t), ko.to(dot_t), qe.to(dot_t), qo.to(dot_t)
 
-        x = tl.load(x_ptr + (row[:, None] * H + h) * P + p[None, :], mask=t_ok[:, None] & p_ok[None, :],
-                    other=0.0)  # (Q, BLOCK_P)
+        x_offs = (row[:, None] * H + h) * P + p[None, :]
+        mask_x = t_ok[:, None] & p_ok[None, :]
+        x = tl.load(x_ptr + x_offs, mask=mask_x, other=0.0)  # (Q, BLOCK_P)
         # the trapezoid's mask: exp2(a⁺_t - a⁺_s) w_s below the diagonal, γ_t on it
         decay = tl.exp2(tl.where(causal, a_cum[:, None] - a_cum[None, :], float("-inf")))
         m = tl.where(diag, gamma[:, None], decay * w[None, :])
-        out_decay = tl.exp2(a_cum)[:, None]
-        in_w = (tl.exp2(a_end - a_cum) * w)[:, None]  # (Q, 1): step s's weight in the chunk's last state
+        # step s's weight in the chunk's last state, on x's rows (Q, BLOCK_P) rather than the keys' (Q, N)
+        xw = (x.to(tl.float32) * (tl.exp2(a_end - a_cum) * w)[:, None]).to(dot_t)
         if IEEE:
             qk = tl.dot(qe, tl.trans(ke), input_precision="ieee")
             qk = tl.dot(qo, tl.trans(ko), qk, input_precision="ieee")
             y = tl.dot(qk * m, x, input_precision="ieee")
             ys = tl.dot(qe, Se, input_precision="ieee")
             ys = tl.dot(qo, So, ys, input_precision="ieee")
-            y += ys * out_decay
-            Se = Se * tl.exp2(a_end) + tl.dot(tl.trans(ke * in_w), x, input_precision="ieee")
-            So = So * tl.exp2(a_end) + tl.dot(tl.trans(ko * in_w), x, input_precision="ieee")
+            Se = Se * tl.exp2(a_end) + tl.dot(tl.trans(ke), xw, input_precision="ieee")
+            So = So * tl.exp2(a_end) + tl.dot(tl.trans(ko), xw, input_precision="ieee")
         else:
-            qe, qo = qe.to(dot_t), qo.to(dot_t)
-            qk = tl.dot(qe, tl.trans(ke.to(dot_t)))
-            qk = tl.dot(qo, tl.trans(ko.to(dot_t)), qk)
+            qk = tl.dot(qe, tl.trans(ke))
+            qk = tl.dot(qo, tl.trans(ko), qk)
             y = tl.dot((qk * m).to(dot_t), x)
             ys = tl.dot(qe, Se.to(dot_t))
             ys = tl.dot(qo, So.to(dot_t), ys)
-            y += ys * out_decay
-            Se = Se * tl.exp2(a_end) + tl.dot(tl.trans((ke * in_w).to(dot_t)), x)
-            So = So * tl.exp2(a_end) + tl.dot(tl.trans((ko * in_w).to(dot_t)), x)
+            Se = Se * tl.exp2(a_end) + tl.dot(tl.trans(ke), xw)
+            So = So * tl.exp2(a_end) + tl.dot(tl.trans(ko), xw)
+        y += ys * tl.exp2(a_cum)[:, None]  # the state entering the chunk, decayed to t
 
         x_offs = (row[:, None] * H + h) * P + p[None, :]
         mask_x = t_ok[:, None] & p_ok[None, :]
@@ -187,19 +188,26 @@ def permute_pairs(v):
 
 
 def launch_config(x, N, chunk_size=64, block_p=None, block_q=None, num_warps=None, num_stages=None):
-    """Block sizes and launch options: (meta constexprs, extra launch options)."""
+    """Block sizes and launch options: (meta constexprs, extra launch options).
+
+    On a GPU: chunks of 32 steps, all of P (up to 64) in one program, 8 warps. Compiled for sm_90 at B4
+    L4096 H32 P64 N128 bf16 (benchmarks/compile_mamba3.py, "fused rot"), that is 218 registers and no
+    spill, 128 programs: one wave on an H100 or H200, and each head's angles and turned B, C computed once.
+    Chunks of 64 with P blocks of 32 spill 248 bytes at 4 warps (two blocks an SM) and none at 8 warps (one
+    block an SM: 256 programs, two waves); the sweep times those too."""
     b, L, H, P = x.shape
-    Q = block_q or min(max(next_pow2(chunk_size), 16), 64)
     BLOCK_I = max(16, next_pow2(N // 2))
     if interpreting():
+        Q = block_q or min(max(next_pow2(chunk_size), 16), 64)
         return dict(BLOCK_Q=Q, BLOCK_P=block_p or max(16, min(next_pow2(P), 32)), BLOCK_I=BLOCK_I), {}
-    if block_p is None:  # a second P block per head when (batch, head) pairs cannot fill the GPU
+    Q = block_q or min(max(next_pow2(chunk_size), 16), 32)
+    if block_p is None:  # P blocks of 32 only when the (batch, head) pairs cannot fill half the GPU
         block_p = max(16, min(next_pow2(P), 64))
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
-        if block_p == 64 and b * H < 2 * sms:
+        if block_p == 64 and 2 * b * H < sms:
             block_p = 32
     return (dict(BLOCK_Q=Q, BLOCK_P=block_p, BLOCK_I=BLOCK_I),
-            dict(num_warps=num_warps or 4, num_stages=num_stages or 2))
+            dict(num_warps=num_warps or 8, num_stages=num_stages or 2))
 
 
 def fused_forward(x, dt, A, lam, theta, B, C, D=None, z=None, h0=None, psi0=None, chunk_size=64,
