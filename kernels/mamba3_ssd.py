@@ -496,13 +496,14 @@ class _FusedScan(torch.autograd.Function):
     H32 N128 bf16) are neither read by the forward's SSD kernels nor kept alive between the passes."""
 
     @staticmethod
-    def forward(ctx, chunk_size, return_final_state, rotate, raw, B, C, theta, dt, r, psi0, x, dts, D, h0, coef):
+    def forward(ctx, chunk_size, return_final_state, rotate, raw, launch, B, C, theta, dt, r, psi0, x, dts, D, h0,
+                coef):
         from .mamba3_ssd_fwd import fused_forward
         from .ssd import bwd_chunk_len
 
         B, C, theta, dt, r = (t.contiguous() for t in (B, C, theta, dt, r))
         y, hT, psiT = fused_forward(x, *raw, theta, B, C, D, None, h0, _reduced(psi0), chunk_size,
-                                    return_final_state)
+                                    return_final_state, **launch)
         ctx.save_for_backward(B, C, theta, dt, r, psi0, x, dts, D, h0, hT, coef.to(x.dtype)[..., None])
         ctx.chunk_size, ctx.has_psi0, ctx.rotate = chunk_size, psi0 is not None, rotate
         ctx.blocks = _blocks(B.shape[-1] // 2, bwd_chunk_len(chunk_size, x.dtype, B.shape[-1]))
@@ -516,7 +517,7 @@ class _FusedScan(torch.autograd.Function):
         minus_one = torch.full((x.shape[2],), -1.0, device=x.device, dtype=torch.float32)
         grads = _scan_backward(ctx, gy, ghT, gpsi, B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT,
                                minus_one, coef)
-        return (None,) * 4 + grads[3:]
+        return (None,) * 5 + grads[3:]
 
 
 def _reduced(psi0):
@@ -547,7 +548,8 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
     ``ROTATE`` by default; see ``_rotate_forward``). ``fused_rotation`` (``FUSED_ROTATION`` by default):
     the forward in one kernel that turns B and C in registers (``kernels/mamba3_ssd_fwd.py``); without
     gradients it also applies the gate and needs no other launch (but B's and C's permutation), with them
-    the backward recomputes k̃ and q (``_FusedScan``).
+    the backward recomputes k̃ and q (``_FusedScan``). A dict instead of True: the same, with these launch
+    options of that kernel (block_p, block_q, num_warps, num_stages; benchmarks).
 
     Differentiable in every tensor argument (the initial state included).
     """
@@ -558,11 +560,13 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
                          f"{x.dtype}")
     b, L, H, P = x.shape
     fused = FUSED_ROTATION if fused_rotation is None else fused_rotation
+    launch = fused if isinstance(fused, dict) else {}  # the fused kernel's launch options (benchmarks)
     state_tensors = initial_state if isinstance(initial_state, tuple) else (initial_state,)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, lam, theta, D, z, *state_tensors))
     if fused and not needs_grad:
-        return _fused_no_grad(x, dt, A, B, C, lam, theta, D, z, chunk_size, initial_state, return_final_state)
+        return _fused_no_grad(x, dt, A, B, C, lam, theta, D, z, chunk_size, initial_state, return_final_state,
+                              launch)
     dtf, Af, lamf = dt.float(), A.float(), lam.float()
     gamma, w = _gamma_scale(dtf, lamf)  # (b, L, H): γ_t and the weight below the diagonal
     dts = (-(dtf * Af)).clamp_min(TINY)  # Δ̃: SSD's decay exp(-Δ̃) is α
@@ -580,7 +584,7 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
     # the diagonal's correction, (γ - w) q_tᵀ k_t x_t, applied by _Scan in x's dtype (then the gate: one more pass)
     args = (B, C, theta, dtf, w / dts.detach(), psi0, x, dts, D, h0, (gamma - w) * qk)
     if fused:
-        y, hT, psiT = _FusedScan.apply(chunk_size, bool(return_final_state), rotate, (dtf, Af, lamf), *args)
+        y, hT, psiT = _FusedScan.apply(chunk_size, bool(return_final_state), rotate, (dtf, Af, lamf), launch, *args)
     else:
         y, hT, psiT = _Scan.apply(chunk_size, bool(return_final_state), rotate, *args)
     if z is not None:
@@ -591,7 +595,7 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
     return y, Mamba3State(hT, psiT, k_last, x[:, -1].to(torch.float32, copy=True))
 
 
-def _fused_no_grad(x, dt, A, B, C, lam, theta, D, z, chunk_size, initial_state, return_final_state):
+def _fused_no_grad(x, dt, A, B, C, lam, theta, D, z, chunk_size, initial_state, return_final_state, launch):
     """``mamba3_ssd`` without gradients, through the fused kernel: B's and C's permutation, one launch (the
     gate and D inside), and with an initial state its β-term folded in first."""
     from ssm_edu.mamba3 import Mamba3State, _carried_in, _heads, _start, rotate_pairs
@@ -605,7 +609,7 @@ def _fused_no_grad(x, dt, A, B, C, lam, theta, D, z, chunk_size, initial_state, 
         h_, psi0, kp, xp = (t.float() for t in _start(initial_state, x[:, :, :, None], B.shape[-1]))
         h0 = _carried_in(h_, xp, kp, dt.float(), lam.float())
     y, hT, psiT = fused_forward(x, dt, A, lam, theta, B, C, D, z, h0, _reduced(psi0), chunk_size,
-                                return_final_state)
+                                return_final_state, **launch)
     if not return_final_state:
         return y
     k_last = rotate_pairs(_heads(B[:, -1:].float(), x.shape[2])[:, 0], psiT)  # Rot(Φ_{L-1}) B_{L-1}
