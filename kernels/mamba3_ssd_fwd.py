@@ -27,15 +27,24 @@ The state lives in the permuted basis in registers; the initial state is read an
 written in the natural one (entries 2i and 2i + 1 of each row, once per program). y does not depend on
 the basis.
 
-Traffic at B4 L4096 H32 P64 N128 G1, bf16 x, float32 Δ, A, λ, θ (forward, one launch, P blocks of 32 so
-that each head's θ and B, C are read twice, the second time mostly from L2):
-x 67 MB, θ 134 MB (268 MB if L2 misses the second P block), Δ, A, λ 6 MB, B, C 8 MB (from L2 per head),
-y 67 MB, z 67 MB when gated: about 350 MB without z, 420 MB with it (up to 550 MB), against about 1.0 GB
-for the path through the materialised k̃ and q. Floor at 4.3 TB/s (an H200): 80-130 us. Work: the path's
-SSD products plus one more Q x N x Q product per chunk and head (the Q Kᵀ that ``_ssd_cb`` computed per
-group), and cos, sin of b L H N/2 = 33.5M angles per P block (the other path computed each once): 2 x 67M
-sines and cosines, ~70 us of issue at libdevice's fast path if not hidden. Prediction: 250-400 us for the
-kernel (the SSD forward alone took 236 us at this shape with G = H), against the present path's 902 us.
+Traffic at B4 L4096 H32 P64 N128 G1, bf16 x, B, C, z, float32 Δ, A, λ, θ (forward, one launch; the
+default launch has one program per (batch, head), so each head's θ is read once): x 67 MB, θ 134 MB, Δ, A,
+λ 6 MB, y 67 MB, z 67 MB when gated, B and C 8 MB (read by every head of the group, from L2 after the
+first) plus their permutation (17 MB): about 300 MB without z, 370 MB with it, against about 1.0 GB for the
+path through the materialised k̃ and q. Floor at 4.3 TB/s (an H200): 70 us, 85 us with z. Work per chunk
+of Q = 32 and head: 2 (Q N Q + Q Q P + 2 Q N P) = 1.4 MFLOP on tensor cores (23.6 GFLOP in all, the
+path's SSD products plus the Q Kᵀ that ``_ssd_cb`` computed per group: about 30 us at 800 TFLOP/s), and
+the cosine and sine of b L H N/2 = 33.5M angles (libdevice, about 40 instructions each: about 80 us of
+issue, inside a walk of 128 dependent chunks per program). Prediction: 250-400 us for the kernel, plus
+the permutation's two small copies, against 902 us for the present path (H200) and 669 us for
+``mamba_ssm``'s ``mamba3_siso_combined`` with D and z.
+
+Compiled for sm_90 (Triton 3.7.1, ``python benchmarks/compile_mamba3.py "fused rot"``, at that shape):
+chunks of 32, P block 64, 8 warps, 2 stages (the default): 218 registers, no spill, 54.9 KB shared, 128
+programs (one wave, one block an SM); with the gate the same. Chunks of 64 with P blocks of 32: 255
+registers and no spill at 8 warps (one block an SM, so 256 programs take two waves), 248/232 bytes of
+spill at 4 warps; chunks of 64 with all of P at 8 warps 40/40; chunks of 32, P 32, 4 warps 12/12. float32
+(tests, IEEE products) spills 1.7 KB.
 
 Training. The backward (SSD's and the rotation's, ``kernels/mamba3_ssd.py``) needs k̃ and q. They are
 recomputed there by the rotation kernel (``_rotate_forward``, one pass: reads θ twice, writes k̃ and q,
