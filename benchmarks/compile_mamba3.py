@@ -253,6 +253,7 @@ CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's varia
     ("fused rot fwd q64 bp64 w8", fused_rot_config, dict(block_q=64)),
     ("fused rot fwd stages1", fused_rot_config, dict(num_stages=1)),
     ("fused rot fwd fp32", fused_rot_config, dict(dtype=torch.float32)),
+    ("fused rot fwd exact trig", fused_rot_config, dict(fast_trig=False)),
     ("block step P64 N64 (decode)", block_step_config, {}),
     ("block step P64 N128", block_step_config, dict(N=128)),
     ("mamba2 step: conv", mamba2_step_config, dict(kernel="conv")),

@@ -68,6 +68,7 @@ VARIANTS = [
     ("fwd fused rotation q32 bp32 w4", "fwd", dict(path="ssd", fused_rotation=dict(block_p=32, num_warps=4))),
     ("fwd fused rotation q64 bp64 w8", "fwd", dict(path="ssd", fused_rotation=dict(block_q=64))),
     ("fwd fused rotation stages1", "fwd", dict(path="ssd", fused_rotation=dict(num_stages=1))),
+    ("fwd fused rotation exact trig", "fwd", dict(path="ssd", fused_rotation=dict(fast_trig=False))),
 ]
 CORE = 20
 

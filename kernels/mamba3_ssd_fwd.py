@@ -35,16 +35,17 @@ path through the materialised k̃ and q. Floor at 4.3 TB/s (an H200): 70 us, 85 
 of Q = 32 and head: 2 (Q N Q + Q Q P + 2 Q N P) = 1.4 MFLOP on tensor cores (23.6 GFLOP in all, the
 path's SSD products plus the Q Kᵀ that ``_ssd_cb`` computed per group: about 30 us at 800 TFLOP/s), and
 the cosine and sine of b L H N/2 = 33.5M angles (libdevice, about 40 instructions each: about 80 us of
-issue, inside a walk of 128 dependent chunks per program). Prediction: 250-400 us for the kernel, plus
+issue, inside a walk of 128 dependent chunks per program; the approximate units with bfloat16). Prediction: 250-400 us for the kernel, plus
 the permutation's two small copies, against 902 us for the present path (H200) and 669 us for
 ``mamba_ssm``'s ``mamba3_siso_combined`` with D and z.
 
 Compiled for sm_90 (Triton 3.7.1, ``python benchmarks/compile_mamba3.py "fused rot"``, at that shape):
-chunks of 32, P block 64, 8 warps, 2 stages (the default): 218 registers, no spill, 54.9 KB shared, 128
-programs (one wave, one block an SM); with the gate the same. Chunks of 64 with P blocks of 32: 255
-registers and no spill at 8 warps (one block an SM, so 256 programs take two waves), 248/232 bytes of
-spill at 4 warps; chunks of 64 with all of P at 8 warps 40/40; chunks of 32, P 32, 4 warps 12/12. float32
-(tests, IEEE products) spills 1.7 KB.
+chunks of 32, P block 64, 8 warps, 2 stages, fast trig (the default): 214 registers, no spill, 54.9 KB
+shared, 128 programs (one wave, one block an SM); with the gate 216; with libdevice's trig 218. Chunks of
+32, P blocks of 32, 4 warps: 255 registers, no spill, two blocks an SM (256 programs, one wave). Chunks of
+64 with P blocks of 32: no spill at 8 warps (one block an SM, so 256 programs take two waves), 52/56 bytes
+of spill at 4 warps; chunks of 64 with all of P at 8 warps 20/20. float32 (tests, IEEE products) spills
+1.8 KB.
 
 Training. The backward (SSD's and the rotation's, ``kernels/mamba3_ssd.py``) needs k̃ and q. They are
 recomputed there by the rotation kernel (``_rotate_forward``, one pass: reads θ twice, writes k̃ and q,
@@ -65,6 +66,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreting, next_pow2
+from .mamba3 import _trig
 
 __all__ = ["fused_forward", "permute_pairs"]
 
@@ -87,7 +89,7 @@ def _m3_ssd_fwd(
     y_ptr, hT_ptr, psiT_ptr,
     L, H, G, P, N2, n_chunks,
     HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr,
-    HAS_PSI0: tl.constexpr, STORE_STATE: tl.constexpr, IEEE: tl.constexpr,
+    HAS_PSI0: tl.constexpr, STORE_STATE: tl.constexpr, IEEE: tl.constexpr, FAST: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
     pid = tl.program_id(0)  # batch * H + head
@@ -143,7 +145,7 @@ def _m3_ssd_fwd(
         phi = psi[None, :] + tl.cumsum(inc, axis=0)
         psi = psi + tl.sum(inc, axis=0)
         psi = psi - TWO_PI * tl.floor(psi * 0.15915494309189535)  # in [0, 2π): float32 keeps its digits
-        cs, sn = tl.cos(phi), tl.sin(phi)
+        cs, sn = _trig(phi, FAST)  # FAST: the approximate units after reduction to [-π, π) (kernels/mamba3.py)
         bc = (row * G + g) * N  # (Q,) the group's rows of B and C (permuted basis)
         ke, ko = _turned(B_ptr, bc, t_ok, i, i_ok, N2, cs, sn)
         qe, qo = _turned(C_ptr, bc, t_ok, i, i_ok, N2, cs, sn)
@@ -196,26 +198,31 @@ def permute_pairs(v):
     return v.unflatten(-1, (v.shape[-1] // 2, 2)).transpose(-1, -2).flatten(-2)
 
 
-def launch_config(x, N, chunk_size=64, block_p=None, block_q=None, num_warps=None, num_stages=None):
+def launch_config(x, N, chunk_size=64, block_p=None, block_q=None, num_warps=None, num_stages=None,
+                  fast_trig=None):
     """Block sizes and launch options: (meta constexprs, extra launch options).
 
     On a GPU: chunks of 32 steps, all of P (up to 64) in one program, 8 warps. Compiled for sm_90 at B4
     L4096 H32 P64 N128 bf16 (benchmarks/compile_mamba3.py, "fused rot"), that is 218 registers and no
     spill, 128 programs: one wave on an H100 or H200, and each head's angles and turned B, C computed once.
     Chunks of 64 with P blocks of 32 spill 248 bytes at 4 warps (two blocks an SM) and none at 8 warps (one
-    block an SM: 256 programs, two waves); the sweep times those too."""
+    block an SM: 256 programs, two waves); the sweep times those too. ``fast_trig``: cos.approx and
+    sin.approx after reducing Φ to [-π, π) (absolute error about 1e-6, far below bfloat16's rounding), the
+    default for bfloat16; libdevice's cos and sin (about 40 instructions each) for float32 and in the
+    interpreter."""
     b, L, H, P = x.shape
     BLOCK_I = max(16, next_pow2(N // 2))
     if interpreting():
         Q = block_q or min(max(next_pow2(chunk_size), 16), 64)
-        return dict(BLOCK_Q=Q, BLOCK_P=block_p or max(16, min(next_pow2(P), 32)), BLOCK_I=BLOCK_I), {}
+        return dict(BLOCK_Q=Q, BLOCK_P=block_p or max(16, min(next_pow2(P), 32)), BLOCK_I=BLOCK_I, FAST=False), {}
     Q = block_q or min(max(next_pow2(chunk_size), 16), 32)
     if block_p is None:  # P blocks of 32 only when the (batch, head) pairs cannot fill half the GPU
         block_p = max(16, min(next_pow2(P), 64))
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
         if block_p == 64 and 2 * b * H < sms:
             block_p = 32
-    return (dict(BLOCK_Q=Q, BLOCK_P=block_p, BLOCK_I=BLOCK_I),
+    fast = x.dtype != torch.float32 if fast_trig is None else bool(fast_trig)
+    return (dict(BLOCK_Q=Q, BLOCK_P=block_p, BLOCK_I=BLOCK_I, FAST=fast),
             dict(num_warps=num_warps or 8, num_stages=num_stages or 2))
 
 
