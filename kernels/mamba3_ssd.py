@@ -98,6 +98,12 @@ now reads the parts (1.07 GB) and sums them in registers: 2.7 GB, about 0.67
 ms, less. And x's two gradients, SSD's and the correction's, are summed as
 the second is written (201 MB, where writing it and adding took 335 MB).
 
+The rotation inside SSD's forward (``FUSED_ROTATION``, off until timed; ``fused_rotation=``): one kernel,
+``kernels/mamba3_ssd_fwd.py``, turns the group's B and C in registers chunk by chunk, builds the trapezoid's
+mask whole (γ_t on the diagonal: no correction) and applies D and the gate: about 370 MB of traffic where
+this path moves 1.0 GB. With gradients (``_FusedScan``) the backward recomputes k̃, q and the tiles' angles
+with the rotation kernel, then runs ``_Scan``'s backward (``_scan_backward``).
+
 Not covered (the fused kernel takes them): MIMO, and float16, where r (about
 1 / |A|) can push k̃ past float16's range.
 """
