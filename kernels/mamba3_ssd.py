@@ -317,6 +317,14 @@ TILED = ("tiles", "joined")  # the forms that run every tile at once
 MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which holds no more; past it, the walk
 
 
+def _form(form):
+    """The rotation's form (``ROTATE`` for None), refused with a clear error if unknown."""
+    form = form or ROTATE
+    if form not in FORMS:
+        raise ValueError(f"the rotation's form must be one of {', '.join(map(repr, FORMS))}; got {form!r}")
+    return form
+
+
 def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=None):
     """Launch the forward rotation (inputs contiguous): k̃, q, the last angle, and the angle entering every tile.
 
@@ -329,9 +337,7 @@ def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=
     moved as one contiguous block (vector accesses) and split into even and odd entries in registers,
     instead of two interleaved 2-byte accesses a pair (``_rotate_store``).
     """
-    form = form or ROTATE
-    if form not in FORMS:
-        raise ValueError(f"the rotation's form must be one of {', '.join(map(repr, FORMS))}; got {form!r}")
+    form = _form(form)
     joined = form == "joined"
     b, L, G, N = B.shape
     H, N2 = theta.shape[2], N // 2
@@ -565,6 +571,7 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
         raise ValueError(f"mamba3 through SSD takes SISO float32 or bfloat16 x (b, L, H, P); got {tuple(x.shape)} "
                          f"{x.dtype}")
     b, L, H, P = x.shape
+    _form(rotate)  # an unknown form is refused on either path
     fused = FUSED_ROTATION if fused_rotation is None else fused_rotation
     launch = fused if isinstance(fused, dict) else {}  # the fused kernel's launch options (benchmarks)
     state_tensors = initial_state if isinstance(initial_state, tuple) else (initial_state,)
