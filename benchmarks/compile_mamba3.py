@@ -148,6 +148,26 @@ def rotate_config(kernel="fwd", dtype=torch.bfloat16, tiles=False, joined=False)
     return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), programs
 
 
+def fused_rot_config(dtype=torch.bfloat16, z=False, state=False, **knobs):
+    """The forward with the rotation inside the chunk walk (kernels/mamba3_ssd_fwd.py) at the goal shape, as
+    ``fused_forward`` launches it (with D; z: the gate too; state: an initial state and angle, and the final
+    ones stored). ``knobs``: block_p, block_q, num_warps, num_stages, fast_trig, as the sweep's variants pass
+    them."""
+    mod = _mod("mamba3_ssd_fwd")
+    s = GOAL
+    x = _fake((s["b"], s["L"], s["H"], s["P"]), dtype)
+    meta, extra = mod.launch_config(x, s["N"], 64, **knobs)
+    fn = mod._m3_ssd_fwd
+    low = ("x_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr")
+    pointers = {name: (f"*{TY[dtype]}" if name in low else "*fp32")
+                for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
+    ints = dict(L=s["L"], H=s["H"], G=s["G"], P=s["P"], N2=s["N"] // 2, n_chunks=-(-s["L"] // meta["BLOCK_Q"]))
+    ce = dict(meta, HAS_D=True, D_PER_DIM=False, HAS_Z=z, HAS_H0=state, HAS_PSI0=state, STORE_STATE=state,
+              IEEE=dtype == torch.float32)
+    programs = s["b"] * s["H"] * -(-s["P"] // meta["BLOCK_P"])
+    return fn, pointers, ints, ce, extra, programs
+
+
 def block_step_config(P=64, N=64, H=24, dtype=torch.bfloat16):
     """The fused decoding step of the Mamba-3 block (kernels/mamba3_block_step.py), as chapter 10's decode
     benchmark builds the block (d_model 768: 24 heads of P = 64, N = 64), batch 1."""
@@ -226,6 +246,16 @@ CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's varia
     ("ssd path: rotate bwd tiles", rotate_config, dict(kernel="bwd", tiles=True)),
     ("ssd path: rotate tiles joined", rotate_config, dict(kernel="tiles", joined=True)),
     ("ssd path: rotate bwd joined", rotate_config, dict(kernel="bwd", tiles=True, joined=True)),
+    ("fused rot fwd default", fused_rot_config, {}),
+    ("fused rot fwd gate", fused_rot_config, dict(z=True)),
+    ("fused rot fwd gate, states", fused_rot_config, dict(z=True, state=True)),
+    ("fused rot fwd q64 bp32 w8", fused_rot_config, dict(block_q=64, block_p=32)),
+    ("fused rot fwd q64 bp32 w4", fused_rot_config, dict(block_q=64, block_p=32, num_warps=4)),
+    ("fused rot fwd q32 bp32 w4", fused_rot_config, dict(block_q=32, block_p=32, num_warps=4)),
+    ("fused rot fwd q64 bp64 w8", fused_rot_config, dict(block_q=64)),
+    ("fused rot fwd stages1", fused_rot_config, dict(num_stages=1)),
+    ("fused rot fwd fp32", fused_rot_config, dict(dtype=torch.float32)),
+    ("fused rot fwd exact trig", fused_rot_config, dict(fast_trig=False)),
     ("block step P64 N64 (decode)", block_step_config, {}),
     ("block step P64 N128", block_step_config, dict(N=128)),
     ("mamba2 step: conv", mamba2_step_config, dict(kernel="conv")),

@@ -4,8 +4,8 @@
 
 CASE (all by default): ``selective`` (the selective scan's forward and forward plus backward at
 chapter 7's goal shape, as the suite times them), ``ssd`` (chapter 8's goal shape), ``mamba3``
-(chapter 9's SISO goal shape: the path through SSD with each form of its rotation, and the fused
-kernel; forward plus backward through SSD). Each closure runs once to compile, then three times under
+(chapter 9's SISO goal shape: the path through SSD with each form of its rotation and with the
+rotation fused into its forward, and the fused kernel; forward plus backward through SSD). Each closure runs once to compile, then three times under
 the profiler; the table gives, per kernel (or PyTorch operation on the CPU), the time per call, how
 many launches a call makes, and the name. The first line of each case also gives the closure's median
 by ``triton.testing.do_bench`` (on a GPU), so that the kernels' sum can be set against it: a sum well
@@ -75,6 +75,7 @@ def cases(names):
         ts, _ = mamba3_inputs(DEVICE, *SHAPES["mamba3"], dtype=dtype, requires_grad=True)
         args = [ts[k] for k in ("x", "dt", "A", "B", "C", "lam", "theta")]
         forms = [(f"through SSD, rotation {form}", dict(path="ssd", rotate=form)) for form in ("tiles", "joined")]
+        forms.append(("through SSD, fused rotation", dict(path="ssd", fused_rotation=True)))
         for label, kw in forms + [("fused kernel", dict(path="fused"))]:
             yield f"mamba3 fwd {label}", (lambda kw=kw: mamba3_triton(*args, D=ts["D"], **kw)), False
         for label, kw in forms:

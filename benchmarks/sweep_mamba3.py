@@ -31,12 +31,17 @@ if os.environ.get("SWEEP_SMALL"):  # a dry run of the whole script on a CPU (int
 # (label, pass, knobs of kernels/mamba3.py and kernels/mamba3_bwd.py); the defaults first. The first
 # CORE of them run by default (about 90 s on an H100); name others by label to run them too.
 # Variants with knobs are the fused kernel's; path "ssd" is kernels/mamba3_ssd.py (the SISO default), whose
-# knob ``rotate`` picks the form of its rotation ("walk", "tiles" or "joined", the default).
+# knob ``rotate`` picks the form of its rotation ("walk", "tiles" or "joined", the default), ``fused_rotation`` its
+# forward with the rotation inside the chunk walk (kernels/mamba3_ssd_fwd.py; a dict: with those launch options);
+# "gate" (forward only, not a kernel knob) passes z, as the suite's rows and the peer's 669 us (H200) do.
 VARIANTS = [
     ("fwd fused kernel", "fwd", dict(path="fused")),
     ("fwd through SSD", "fwd", dict(path="ssd")),
     ("fwd through SSD, walk", "fwd", dict(path="ssd", rotate="walk")),
     ("fwd through SSD, tiles rotation", "fwd", dict(path="ssd", rotate="tiles")),
+    ("fwd through SSD, fused rotation", "fwd", dict(path="ssd", fused_rotation=True)),
+    ("fwd through SSD, fused rotation, gate", "fwd", dict(path="ssd", fused_rotation=True, gate=True)),
+    ("fwd through SSD, gate", "fwd", dict(path="ssd", gate=True)),
     ("fwd bp64", "fwd", dict(block_p=64)),
     ("fwd rows16", "fwd", dict(max_rows=16)),
     ("fwd rows64 w8", "fwd", dict(max_rows=64, num_warps=8)),
@@ -45,6 +50,7 @@ VARIANTS = [
     ("fwd+bwd through SSD", "fwd+bwd", dict(path="ssd")),
     ("fwd+bwd through SSD, walk", "fwd+bwd", dict(path="ssd", rotate="walk")),
     ("fwd+bwd through SSD, tiles rotation", "fwd+bwd", dict(path="ssd", rotate="tiles")),
+    ("fwd+bwd through SSD, fused rotation", "fwd+bwd", dict(path="ssd", fused_rotation=True)),
     ("fwd+bwd group heads (no atomics)", "fwd+bwd", dict(bwd_heads=0)),
     ("fwd+bwd one chunk launch", "fwd+bwd", dict(bwd_split=False)),
     ("fwd+bwd rows16", "fwd+bwd", dict(bwd_max_rows=16)),
@@ -56,8 +62,15 @@ VARIANTS = [
     ("fwd+bwd state bp32 w8", "fwd+bwd", dict(bwd_state_block_p=32, bwd_state_warps=8)),
     ("fwd+bwd chunk w4", "fwd+bwd", dict(bwd_chunk_warps=4)),
     ("mimo R4 fwd rows64 w8", "mimo", dict(max_rows=64, num_warps=8)),
+    ("fwd fused rotation q64 bp32 w8", "fwd", dict(path="ssd", fused_rotation=dict(block_q=64, block_p=32))),
+    ("fwd fused rotation q64 bp32 w4", "fwd", dict(path="ssd", fused_rotation=dict(block_q=64, block_p=32,
+                                                                                     num_warps=4))),
+    ("fwd fused rotation q32 bp32 w4", "fwd", dict(path="ssd", fused_rotation=dict(block_p=32, num_warps=4))),
+    ("fwd fused rotation q64 bp64 w8", "fwd", dict(path="ssd", fused_rotation=dict(block_q=64))),
+    ("fwd fused rotation stages1", "fwd", dict(path="ssd", fused_rotation=dict(num_stages=1))),
+    ("fwd fused rotation exact trig", "fwd", dict(path="ssd", fused_rotation=dict(fast_trig=False))),
 ]
-CORE = 16
+CORE = 20
 
 
 def child(labels):
@@ -89,13 +102,21 @@ def child(labels):
             cache[grad] = ts
         return cache[grad]
 
+    def gate():  # z for the variants with the gate (knob "gate"), x's shape and dtype
+        if "z" not in cache:
+            x = siso(False)["x"]
+            cache["z"] = torch.randn(x.shape, device=dev, generator=torch.Generator(device=dev).manual_seed(7)).to(
+                x.dtype)
+        return cache["z"]
+
     def reference(kind):
         if kind in cache:
             return cache[kind]
-        if kind == "fwd":
+        if kind in ("fwd", "fwd gate"):
             ts = siso(False)
             with torch.no_grad():
-                out = ssm_edu.mamba3(*(ts[k] for k in names), D=ts["D"], impl="vectorized")
+                out = ssm_edu.mamba3(*(ts[k] for k in names), D=ts["D"], z=gate() if kind == "fwd gate" else None,
+                                     impl="vectorized")
         else:  # gradients in float32 through the chunked PyTorch form, same (rounded) inputs
             ts = siso(True)
             leaves = {k: v.detach().float().requires_grad_() for k, v in ts.items()}
@@ -114,9 +135,11 @@ def child(labels):
         try:
             if kind == "fwd":
                 ts = siso(False)
-                fn = lambda: mamba3_triton(*(ts[k] for k in names), D=ts["D"], **knobs)  # noqa: E731
+                kn = dict(knobs)
+                z = gate() if kn.pop("gate", False) else None
+                fn = lambda: mamba3_triton(*(ts[k] for k in names), D=ts["D"], z=z, **kn)  # noqa: E731
                 with torch.no_grad():
-                    row["err"] = float(ssm_edu.rel_error(fn(), reference("fwd")))
+                    row["err"] = float(ssm_edu.rel_error(fn(), reference("fwd" if z is None else "fwd gate")))
                     ok = row["err"] < 2e-2
                     if ok:
                         row["us"] = 1e3 * do_bench(fn, warmup=25, rep=100, return_mode="median")

@@ -415,7 +415,7 @@ def mamba3_core(x, dt, A, B, C, lam, theta, D=None, z=None, h0=None, psi0=None, 
 
 
 def mamba3_triton(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initial_state=None,
-                  return_final_state=False, path=None, rotate=None, **knobs):
+                  return_final_state=False, path=None, rotate=None, fused_rotation=None, **knobs):
     """The scan in Triton (see the module docstring); arguments as ``ssm_edu.mamba3``.
 
     x, B, C, theta, z float32, bfloat16 or float16 (y in x's dtype); the final
@@ -423,7 +423,9 @@ def mamba3_triton(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, ini
     the initial state included (the backward pass is ``kernels/mamba3_bwd.py``).
     ``path``: ``"fused"`` or ``"ssd"`` (``kernels/mamba3_ssd.py``, SISO float32
     and bfloat16 only; other inputs take the fused kernel); ``SISO_PATH`` by default. ``rotate``: that
-    path's rotation, "walk", "tiles" or "joined" (``kernels/mamba3_ssd.py``'s ``ROTATE`` by default).
+    path's rotation, "walk", "tiles" or "joined" (``kernels/mamba3_ssd.py``'s ``ROTATE`` by default);
+    ``fused_rotation``: that path's forward with the rotation inside the chunk walk (its ``FUSED_ROTATION`` by
+    default).
     """
     from ssm_edu.mamba3 import Mamba3State, _carried_in, _heads, _ranked, _start, rotate_pairs
 
@@ -435,7 +437,7 @@ def mamba3_triton(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, ini
     if path == "ssd" and mamba3_ssd.supported(x) and not knobs:
         return mamba3_ssd.mamba3_ssd(x, dt, A, B, C, lam, theta, D=D, z=z, chunk_size=chunk_size,
                                      initial_state=initial_state, return_final_state=return_final_state,
-                                     rotate=rotate)
+                                     rotate=rotate, fused_rotation=fused_rotation)
 
     xr, Br, Cr, zr, siso = _ranked(x, B, C, z)
     h0 = psi0 = None

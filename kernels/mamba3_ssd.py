@@ -98,6 +98,12 @@ now reads the parts (1.07 GB) and sums them in registers: 2.7 GB, about 0.67
 ms, less. And x's two gradients, SSD's and the correction's, are summed as
 the second is written (201 MB, where writing it and adding took 335 MB).
 
+The rotation inside SSD's forward (``FUSED_ROTATION``, off until timed; ``fused_rotation=``): one kernel,
+``kernels/mamba3_ssd_fwd.py``, turns the group's B and C in registers chunk by chunk, builds the trapezoid's
+mask whole (γ_t on the diagonal: no correction) and applies D and the gate: about 370 MB of traffic where
+this path moves 1.0 GB. With gradients (``_FusedScan``) the backward recomputes k̃, q and the tiles' angles
+with the rotation kernel, then runs ``_Scan``'s backward (``_scan_backward``).
+
 Not covered (the fused kernel takes them): MIMO, and float16, where r (about
 1 / |A|) can push k̃ past float16's range.
 """
@@ -302,9 +308,21 @@ def _blocks(N2, Q=None):
 # "tiles" 2925 us forward, 12000 us forward and backward, against 2963 and 13004 us for the walk; on an H200
 # (all three in one run) "joined" 1214 and 5187 us, "tiles" 2577 and 10025 us, the walk 2601 and 11243 us.
 ROTATE = "joined"
+# The forward with the rotation inside the chunk walk (kernels/mamba3_ssd_fwd.py): k̃ and q never written, the
+# diagonal and the gate in the same kernel; training recomputes k̃ and q in the backward (``_FusedScan``). Off
+# until timed against the path above (benchmarks/sweep_mamba3.py, "fused rotation").
+FUSED_ROTATION = False
 FORMS = ("walk", "tiles", "joined")
 TILED = ("tiles", "joined")  # the forms that run every tile at once
 MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which holds no more; past it, the walk
+
+
+def _form(form):
+    """The rotation's form (``ROTATE`` for None), refused with a clear error if unknown."""
+    form = form or ROTATE
+    if form not in FORMS:
+        raise ValueError(f"the rotation's form must be one of {', '.join(map(repr, FORMS))}; got {form!r}")
+    return form
 
 
 def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=None):
@@ -319,9 +337,7 @@ def _rotate_forward(B, C, theta, dt, r, psi0, out_dtype, BLOCK_L, BLOCK_I, form=
     moved as one contiguous block (vector accesses) and split into even and odd entries in registers,
     instead of two interleaved 2-byte accesses a pair (``_rotate_store``).
     """
-    form = form or ROTATE
-    if form not in FORMS:
-        raise ValueError(f"the rotation's form must be one of {', '.join(map(repr, FORMS))}; got {form!r}")
+    form = _form(form)
     joined = form == "joined"
     b, L, G, N = B.shape
     H, N2 = theta.shape[2], N // 2
@@ -454,28 +470,71 @@ class _Scan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, ghT, gpsi):
-        from .ssd import ssd_bwd
-
         B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT, minus_one, coef = ctx.saved_tensors
-        g = ssd_bwd(gy, ghT, x, dts, minus_one, k, q, ctx.chunk_size, D=D, initial_states=h0, ddt_decay_only=True,
-                    turns=True)
-        # G_u = Σ_{s>=u} dΦ_s = -<dS_u, J S_u> + <dh_T, J h_T> at every chunk's start u, plus dΦ_T: the last two
-        # summed first, (b, H, N/2), then one addition over the chunks
-        final = _turn(ghT, hT) if ghT is not None else None
-        if gpsi is not None:
-            final = gpsi if final is None else final + gpsi
-        bounds = g["turns"] if final is None else g["turns"] + final[:, :, None]
-        # dL/dk̃ and dL/dq as SSD's float32 parts, summed by the rotation's kernel as it reads them
-        dB, dC, dtheta, ddt, dr, dpsi0 = _rotate_backward(B, C, theta, dt, r, psi_tiles, g["dB_parts"],
-                                                          g["dC_parts"], gpsi, *ctx.blocks, bounds=bounds,
-                                                          Q=g["chunk"], form=ctx.rotate)
-        dx, dcoef = g["dx"], None
-        if gy is not None:  # the correction's part: coef dy, and dcoef = Σ_p dy x
-            dx = torch.addcmul(dx, gy, coef)
-            dcoef = (gy * x).sum(-1, dtype=torch.float32)
-        return (None, None, None, dB.to(B.dtype), dC.to(C.dtype), dtheta.to(theta.dtype), ddt.to(dt.dtype),
-                dr.to(r.dtype), dpsi0 if ctx.has_psi0 else None, dx, g["ddt"], g.get("dD"),
-                g.get("dinitial_states"), dcoef)
+        return _scan_backward(ctx, gy, ghT, gpsi, B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT,
+                              minus_one, coef)
+
+
+def _scan_backward(ctx, gy, ghT, gpsi, B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT, minus_one, coef):
+    """``_Scan``'s backward, given its saved tensors (k̃, q and the tiles' angles: saved, or recomputed)."""
+    from .ssd import ssd_bwd
+
+    g = ssd_bwd(gy, ghT, x, dts, minus_one, k, q, ctx.chunk_size, D=D, initial_states=h0, ddt_decay_only=True,
+                turns=True)
+    # G_u = Σ_{s>=u} dΦ_s = -<dS_u, J S_u> + <dh_T, J h_T> at every chunk's start u, plus dΦ_T: the last two
+    # summed first, (b, H, N/2), then one addition over the chunks
+    final = _turn(ghT, hT) if ghT is not None else None
+    if gpsi is not None:
+        final = gpsi if final is None else final + gpsi
+    bounds = g["turns"] if final is None else g["turns"] + final[:, :, None]
+    # dL/dk̃ and dL/dq as SSD's float32 parts, summed by the rotation's kernel as it reads them
+    dB, dC, dtheta, ddt, dr, dpsi0 = _rotate_backward(B, C, theta, dt, r, psi_tiles, g["dB_parts"],
+                                                      g["dC_parts"], gpsi, *ctx.blocks, bounds=bounds,
+                                                      Q=g["chunk"], form=ctx.rotate)
+    dx, dcoef = g["dx"], None
+    if gy is not None:  # the correction's part: coef dy, and dcoef = Σ_p dy x
+        dx = torch.addcmul(dx, gy, coef)
+        dcoef = (gy * x).sum(-1, dtype=torch.float32)
+    return (None, None, None, dB.to(B.dtype), dC.to(C.dtype), dtheta.to(theta.dtype), ddt.to(dt.dtype),
+            dr.to(r.dtype), dpsi0 if ctx.has_psi0 else None, dx, g["ddt"], g.get("dD"),
+            g.get("dinitial_states"), dcoef)
+
+
+class _FusedScan(torch.autograd.Function):
+    """``_Scan``'s function, its forward in one kernel with the rotation inside (``kernels/mamba3_ssd_fwd.py``,
+    from Δ, A, λ in ``raw``: the same values as the SSD form's Δ̃, r and correction, up to rounding). Its
+    backward recomputes k̃, q and the tiles' angles with the rotation kernel, then runs ``_Scan``'s: the
+    rotation moves from the forward to the backward (once a step, as before), and k̃, q (2 x 134 MB at B4 L4096
+    H32 N128 bf16) are neither read by the forward's SSD kernels nor kept alive between the passes."""
+
+    @staticmethod
+    def forward(ctx, chunk_size, return_final_state, rotate, raw, launch, B, C, theta, dt, r, psi0, x, dts, D, h0,
+                coef):
+        from .mamba3_ssd_fwd import fused_forward
+        from .ssd import bwd_chunk_len
+
+        B, C, theta, dt, r = (t.contiguous() for t in (B, C, theta, dt, r))
+        y, hT, psiT = fused_forward(x, *raw, theta, B, C, D, None, h0, _reduced(psi0), chunk_size,
+                                    return_final_state, **launch)
+        ctx.save_for_backward(B, C, theta, dt, r, psi0, x, dts, D, h0, hT, coef.to(x.dtype)[..., None])
+        ctx.chunk_size, ctx.has_psi0, ctx.rotate = chunk_size, psi0 is not None, rotate
+        ctx.blocks = _blocks(B.shape[-1] // 2, bwd_chunk_len(chunk_size, x.dtype, B.shape[-1]))
+        ctx.set_materialize_grads(False)
+        return y, hT, psiT
+
+    @staticmethod
+    def backward(ctx, gy, ghT, gpsi):
+        B, C, theta, dt, r, psi0, x, dts, D, h0, hT, coef = ctx.saved_tensors
+        k, q, _, psi_tiles = _rotate_forward(B, C, theta, dt, r, psi0, x.dtype, *ctx.blocks, form=ctx.rotate)
+        minus_one = torch.full((x.shape[2],), -1.0, device=x.device, dtype=torch.float32)
+        grads = _scan_backward(ctx, gy, ghT, gpsi, B, C, theta, dt, r, psi_tiles, x, dts, D, h0, k, q, hT,
+                               minus_one, coef)
+        return (None,) * 5 + grads[3:]
+
+
+def _reduced(psi0):
+    """The initial angle mod 2π (in float64 first: the kernel adds to it in float32), or None."""
+    return None if psi0 is None else torch.remainder(psi0.double(), 2 * torch.pi).float()
 
 
 def rotate(B, C, theta, dt, r, psi0=None, out_dtype=None):
@@ -495,10 +554,14 @@ def supported(x):
 
 
 def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initial_state=None,
-               return_final_state=False, rotate=None):
+               return_final_state=False, rotate=None, fused_rotation=None):
     """The SISO scan through the rotation and the SSD kernels; arguments and results as
     ``kernels.mamba3.mamba3_triton``. ``rotate``: the rotation's form ("walk", "tiles" or "joined",
-    ``ROTATE`` by default; see ``_rotate_forward``).
+    ``ROTATE`` by default; see ``_rotate_forward``). ``fused_rotation`` (``FUSED_ROTATION`` by default):
+    the forward in one kernel that turns B and C in registers (``kernels/mamba3_ssd_fwd.py``); without
+    gradients it also applies the gate and needs no other launch (but B's and C's permutation), with them
+    the backward recomputes k̃ and q (``_FusedScan``). A dict instead of True: the same, with these launch
+    options of that kernel (block_p, block_q, num_warps, num_stages; benchmarks).
 
     Differentiable in every tensor argument (the initial state included).
     """
@@ -508,6 +571,15 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
         raise ValueError(f"mamba3 through SSD takes SISO float32 or bfloat16 x (b, L, H, P); got {tuple(x.shape)} "
                          f"{x.dtype}")
     b, L, H, P = x.shape
+    _form(rotate)  # an unknown form is refused on either path
+    fused = FUSED_ROTATION if fused_rotation is None else fused_rotation
+    launch = fused if isinstance(fused, dict) else {}  # the fused kernel's launch options (benchmarks)
+    state_tensors = initial_state if isinstance(initial_state, tuple) else (initial_state,)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, B, C, lam, theta, D, z, *state_tensors))
+    if fused and not needs_grad:
+        return _fused_no_grad(x, dt, A, B, C, lam, theta, D, z, chunk_size, initial_state, return_final_state,
+                              launch)
     dtf, Af, lamf = dt.float(), A.float(), lam.float()
     gamma, w = _gamma_scale(dtf, lamf)  # (b, L, H): γ_t and the weight below the diagonal
     dts = (-(dtf * Af)).clamp_min(TINY)  # Δ̃: SSD's decay exp(-Δ̃) is α
@@ -523,11 +595,35 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
     # digits wherever |A| is small.
     qk = _heads((B.float() * C.float()).sum(-1, keepdim=True), H)[..., 0]  # q_tᵀ k_t = C_tᵀ B_t, (b, L, H)
     # the diagonal's correction, (γ - w) q_tᵀ k_t x_t, applied by _Scan in x's dtype (then the gate: one more pass)
-    y, hT, psiT = _Scan.apply(chunk_size, bool(return_final_state), rotate, B, C, theta, dtf, w / dts.detach(),
-                              psi0, x, dts, D, h0, (gamma - w) * qk)
+    args = (B, C, theta, dtf, w / dts.detach(), psi0, x, dts, D, h0, (gamma - w) * qk)
+    if fused:
+        y, hT, psiT = _FusedScan.apply(chunk_size, bool(return_final_state), rotate, (dtf, Af, lamf), launch, *args)
+    else:
+        y, hT, psiT = _Scan.apply(chunk_size, bool(return_final_state), rotate, *args)
     if z is not None:
         y = y * torch.nn.functional.silu(z.to(x.dtype))
     if not return_final_state:
         return y
     k_last = rotate_pairs(_heads(B[:, -1:].float(), H)[:, 0], psiT)  # Rot(Φ_{L-1}) B_{L-1}: the next β-term
+    return y, Mamba3State(hT, psiT, k_last, x[:, -1].to(torch.float32, copy=True))
+
+
+def _fused_no_grad(x, dt, A, B, C, lam, theta, D, z, chunk_size, initial_state, return_final_state, launch):
+    """``mamba3_ssd`` without gradients, through the fused kernel: B's and C's permutation, one launch (the
+    gate and D inside), and with an initial state its β-term folded in first."""
+    from ssm_edu.mamba3 import Mamba3State, _carried_in, _heads, _start, rotate_pairs
+
+    from .mamba3_ssd_fwd import fused_forward
+
+    h0 = psi0 = None
+    if isinstance(initial_state, torch.Tensor):
+        h0 = initial_state
+    elif initial_state is not None:
+        h_, psi0, kp, xp = (t.float() for t in _start(initial_state, x[:, :, :, None], B.shape[-1]))
+        h0 = _carried_in(h_, xp, kp, dt.float(), lam.float())
+    y, hT, psiT = fused_forward(x, dt, A, lam, theta, B, C, D, z, h0, _reduced(psi0), chunk_size,
+                                return_final_state, **launch)
+    if not return_final_state:
+        return y
+    k_last = rotate_pairs(_heads(B[:, -1:].float(), x.shape[2])[:, 0], psiT)  # Rot(Φ_{L-1}) B_{L-1}
     return y, Mamba3State(hT, psiT, k_last, x[:, -1].to(torch.float32, copy=True))

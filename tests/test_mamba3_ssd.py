@@ -8,6 +8,8 @@ Triton's interpreter (float32); on a GPU also bfloat16 and larger cases.
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import ssm_edu
 from ssm_edu import Mamba3State, mamba3
@@ -314,3 +316,150 @@ def test_gradients_with_the_parts_handed_to_the_rotation(sides, form, gen, ssd_p
     for name, g, r in zip(NAMES, got, ref):
         err = grad_error(g, r)
         assert err < tolerance(torch.float32), f"d{name}: relative error {err:.3g}"
+
+
+# ---------------------------------------------------------------- the forward with the rotation fused
+
+
+# (b, L, H, P, G, N, chunk): L = 1, L not a multiple of the chunk, groups, N/2 = 3 and 12 (not powers of two:
+# pairs in a block of 16, the rest masked), batch 1, the benchmark's N and P at a short length.
+FUSED_CASES = [
+    (1, 1, 2, 3, 1, 4, 64),
+    (2, 7, 4, 5, 2, 6, 4),
+    (1, 37, 2, 3, 1, 4, 16),
+    (2, 45, 2, 8, 1, 24, 16),
+    (1, 70, 1, 64, 1, 128, 64),
+]
+
+
+def fused_run(args, kw, dtype, chunk, extras=True, final=True, fused=True, h_only=False):
+    """mamba3 through SSD (no gradients) with the rotation fused into the forward, or not (``fused``)."""
+    from ssm_edu.kernels.mamba3 import mamba3_triton
+
+    state = None
+    if extras:
+        state = dev(kw["initial_state"].h) if h_only else Mamba3State(*(dev(t) for t in kw["initial_state"]))
+    with torch.no_grad():
+        return mamba3_triton(*(dev(t, dtype) for t in args), D=dev(kw["D"], dtype) if extras else None,
+                             z=dev(kw["z"], dtype) if extras else None, initial_state=state, chunk_size=chunk,
+                             return_final_state=final, path="ssd", fused_rotation=fused)
+
+
+@pytest.mark.parametrize("extras", [True, False], ids=["D,z,state,final", "plain"])
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "b{}L{}H{}P{}G{}N{}Q{}".format(*c))
+def test_fused_forward_against_the_loop(case, extras, gen):
+    """The fused forward (float32) against the float64 loop on the same inputs: y, and the final state (h, angle,
+    last key, last x); with D, z and an initial state (whose β-term and angle enter), or none of them."""
+    b, L, H, P, G, N, chunk = case
+    args, kw = inputs(gen, b=b, L=L, H=H, P=P, G=G, N=N, state=True)
+    ref_kw = dict(kw) if extras else {}
+    y_ref, s_ref = mamba3(*args, **ref_kw, return_final_state=True, impl="naive" if L * H < 200 else "vectorized")
+    out = fused_run(args, kw, torch.float32, chunk, extras=extras, final=extras)
+    y, s = out if extras else (out, None)
+    assert y.dtype == torch.float32 and y.shape == args[0].shape
+    err = rel_error(y, y_ref)
+    assert err < tolerance(torch.float32), f"relative error {err:.3g}"
+    if extras:
+        assert s.h.dtype == torch.float32
+        assert_states_close(s, s_ref, tolerance(torch.float32))
+
+
+def test_fused_forward_against_the_present_path(gen):
+    """The same function as the path through the materialised k̃ and q (float32): y and the final state, for
+    chunk sizes 16, 32 and 64 (the result does not depend on it), and an initial state given as h alone."""
+    args, kw = inputs(gen, b=2, L=45, H=2, P=8, G=1, N=24, state=True)
+    for chunk in (16, 32, 64):
+        (y, s), (y0, s0) = (fused_run(args, kw, torch.float32, chunk, fused=f) for f in (True, False))
+        assert rel_error(y, y0) < tolerance(torch.float32), chunk
+        assert_states_close(s, s0, tolerance(torch.float32))
+    (y, s), (y0, s0) = (fused_run(args, kw, torch.float32, 16, fused=f, h_only=True) for f in (True, False))
+    assert rel_error(y, y0) < tolerance(torch.float32) and rel_error(s.h, s0.h) < tolerance(torch.float32)
+
+
+def test_fused_forward_bfloat16_against_float32(gen):
+    """bfloat16 inputs against float32 on the same rounded inputs (on a CPU the interpreter computes in float32:
+    this checks the casts; on a GPU, bfloat16 tensor-core products)."""
+    args, kw = inputs(gen, b=2, L=70 if not ON_GPU else 300, H=2, P=64, G=1, N=128, state=True)
+    args, kw = rounded(args, kw, torch.bfloat16)
+    y32, s32 = fused_run(args, kw, torch.float32, 64)
+    y, s = fused_run(args, kw, torch.bfloat16, 64)
+    assert y.dtype == torch.bfloat16 and s.h.dtype == torch.float32
+    err = rel_error(y.float(), y32)
+    assert err < tolerance(torch.bfloat16), f"relative error {err:.3g}"
+    assert_states_close(s, s32, tolerance(torch.bfloat16))
+
+
+@pytest.mark.parametrize("state", [True, False], ids=["state", "no-state"])
+@pytest.mark.parametrize("case", [SISO[1], SISO[2], (2, 45, 2, 8, 1, 24, None, 16)], ids=ids)
+def test_fused_gradients_float32_against_float64(case, state, gen):
+    """With gradients the fused forward runs under ``_FusedScan``, whose backward recomputes k̃ and q: every
+    input's gradient against autograd through the float64 loop."""
+    b, L, H, P, G, N, R, chunk = case
+    args, kw = inputs(gen, b=b, L=L, H=H, P=P, G=G, N=N, state=True)
+    wy = torch.randn(args[0].shape, generator=gen)
+    ref = grads("naive" if L * H < 200 else "vectorized", args, kw, wy, F64, chunk, state, final=state)
+    got = grads("triton", args, kw, wy, torch.float32, chunk, state, final=state, path="ssd", fused_rotation=True)
+    for name, g, r in zip(NAMES, got, ref):
+        if r is None:
+            assert g is None, name
+            continue
+        err = grad_error(g, r)
+        assert err < tolerance(torch.float32), f"d{name}: relative error {err:.3g}"
+
+
+@pytest.mark.skipif(not ON_GPU, reason="bfloat16 arithmetic needs a GPU (the interpreter computes in float32)")
+def test_fused_gradients_bfloat16_against_float32(gen):
+    """bfloat16 gradients through ``_FusedScan`` against float32 ones, at the benchmark's N and P."""
+    args, kw = inputs(gen, b=2, L=300, H=4, P=64, G=1, N=128, state=True)
+    args, kw = rounded(args, kw, torch.bfloat16)
+    wy = torch.randn(args[0].shape, generator=gen)
+    ref = grads("triton", args, kw, wy, torch.float32, 64, path="ssd", fused_rotation=True)
+    got = grads("triton", args, kw, wy, torch.bfloat16, 64, path="ssd", fused_rotation=True)
+    for name, g, r in zip(NAMES, got, ref):
+        err = grad_error(g.float(), r)
+        assert err < tolerance(torch.bfloat16), f"d{name}: relative error {err:.3g}"
+
+
+def test_fused_rotation_flag_and_launch_options(gen, ssd_path, monkeypatch):
+    """``FUSED_ROTATION`` routes ``mamba3(impl="triton")`` to the fused kernel (one launch without gradients);
+    a dict of launch options reaches it; off, the kernel is not called."""
+    from ssm_edu.kernels import mamba3_ssd, mamba3_ssd_fwd
+
+    calls = []
+    plain = mamba3_ssd_fwd.fused_forward
+    monkeypatch.setattr(mamba3_ssd_fwd, "fused_forward", lambda *a, **k: calls.append(k) or plain(*a, **k))
+    args, kw = inputs(gen, b=1, L=21, H=2, P=8, G=1, N=8)
+    ref = mamba3(*args, **kw, impl="naive")
+    x = [dev(t) for t in args]
+    monkeypatch.setattr(mamba3_ssd, "FUSED_ROTATION", True)
+    assert rel_error(mamba3(*x, D=dev(kw["D"]), z=dev(kw["z"]), impl="triton"), ref) < tolerance(torch.float32)
+    assert len(calls) == 1
+    from ssm_edu.kernels.mamba3 import mamba3_triton
+
+    y = mamba3_triton(*x, D=dev(kw["D"]), z=dev(kw["z"]), path="ssd", fused_rotation=dict(block_q=16))
+    assert calls[-1] == dict(block_q=16) and rel_error(y, ref) < tolerance(torch.float32)
+    monkeypatch.setattr(mamba3_ssd, "FUSED_ROTATION", False)
+    mamba3(*x, D=dev(kw["D"]), z=dev(kw["z"]), impl="triton")
+    assert len(calls) == 2
+
+
+@triton.jit
+def _turned_backwards(ptr, rows, t_ok, i, i_ok, N2, cs, sn):
+    """``mamba3_ssd_fwd._turned`` with the sine's sign flipped: each pair turned by -Φ."""
+    m = t_ok[:, None] & i_ok[None, :]
+    e = tl.load(ptr + rows[:, None] + i[None, :], mask=m, other=0.0).to(tl.float32)
+    o = tl.load(ptr + rows[:, None] + N2 + i[None, :], mask=m, other=0.0).to(tl.float32)
+    return e * cs + o * sn, o * cs - e * sn
+
+
+@pytest.mark.skipif(ON_GPU, reason="swaps a jitted helper, which the interpreter looks up at every call")
+def test_fused_forward_check_can_fail(gen, monkeypatch):
+    """The checks above can fail: the kernel with the sine's sign flipped in its turn of B and C gives a
+    wrong y."""
+    from ssm_edu.kernels import mamba3_ssd_fwd
+
+    args, kw = inputs(gen, b=1, L=37, H=2, P=3, G=1, N=4, state=True)
+    y_ref, _ = mamba3(*args, **kw, return_final_state=True, impl="naive")
+    monkeypatch.setattr(mamba3_ssd_fwd, "_turned", _turned_backwards)
+    y, _ = fused_run(args, kw, torch.float32, 16)
+    assert rel_error(y, y_ref) > 100 * tolerance(torch.float32)
