@@ -64,7 +64,7 @@ def gen():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Start the book builds first.
+    """Start the book builds first (and, in the GPU test phase, the tests marked ``heavy``).
 
     The from-scratch book build executes every chapter and is by far the
     longest test. With ``-n 2 --dist loadfile`` (make test) a file is handed to
@@ -72,6 +72,8 @@ def pytest_collection_modifyitems(config, items):
     the rest of the suite meanwhile instead of leaving the build for the end.
     """
     items.sort(key=lambda item: 0 if item.get_closest_marker("book") else 1)
+    if os.environ.get("SSM_EDU_HEAVY_FIRST"):  # benchmarks/gpu_tests.py: the longest tests first (xdist's tail)
+        items.sort(key=lambda item: 0 if item.get_closest_marker("heavy") else 1)
     done = _done_earlier(os.environ.get("SSM_EDU_TEST_SKIP"))
     if done:
         drop = [item for item in items if item.nodeid in done]
