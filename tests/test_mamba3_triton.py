@@ -173,6 +173,7 @@ def grad_error(g, r):
     return rel_error(g, r)
 
 
+@pytest.mark.heavy  # 20 to 110 s each in the GPU test phase of 2026-12-07: started first there
 @pytest.mark.parametrize("state", [True, False], ids=["state", "no-state"])
 @pytest.mark.parametrize("case", CASES[:7] + ([(2, 333, 4, 48, 2, 32, None, 64), (1, 200, 2, 64, 1, 128, 4, 64)]
                                               if ON_GPU else []), ids=ids)
@@ -197,6 +198,7 @@ def check_gradients(case, state, gen):
         assert err < tolerance(torch.float32), f"d{name}: relative error {err:.3g}"
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not ON_GPU, reason="bfloat16 arithmetic needs a GPU (the interpreter computes in float32)")
 @pytest.mark.parametrize("R", [None, 4], ids=["siso", "R4"])
 def test_gradients_bfloat16_against_float32(R, gen):
