@@ -34,8 +34,8 @@ def loss_weights(y, h, seed=5):
 
 
 def reference_grads(args, softplus=True, impl="naive", device="cpu"):
-    """Gradients of <wy, y> + <wh, last_state> by autograd through the float64 loop (or, ``impl="vectorized"``, the
-    scan by cumulative sums and products, whose float64 gradients equal the loop's: tests/test_selective.py's
+    """Gradients of <wy, y> + <wh, last_state> by autograd through the float64 loop (or, ``impl="vectorized"``,
+    all steps at once and a log-depth scan over t, whose float64 gradients equal the loop's: test_selective.py's
     test_fast_gradients_match_naive, to 1e-12 with groups and every option), returned on the CPU."""
     leaves = {k: v.detach().to(device, torch.float64).requires_grad_() for k, v in args.items()}
     y, h = selective_scan(**leaves, delta_softplus=softplus, return_last_state=True, impl=impl)
