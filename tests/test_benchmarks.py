@@ -76,8 +76,8 @@ def test_the_gpu_phase_starts_the_heavy_tests(monkeypatch):
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
     marks = {"a": (), "b": ("heavy",), "c": (), "d": ("book",), "e": ("heavy",)}
-    items = lambda: [types.SimpleNamespace(nodeid=n, get_closest_marker=lambda m, n=n: m in marks[n] or None)  # noqa: E731
-                     for n in marks]
+    def items():
+        return [types.SimpleNamespace(nodeid=n, get_closest_marker=lambda m, n=n: m in marks[n] or None) for n in marks]
     monkeypatch.delenv("SSM_EDU_TEST_SKIP", raising=False)
     for flag, order in (("1", "dbeac"), ("", "dabce")):
         monkeypatch.setenv("SSM_EDU_HEAVY_FIRST", flag)

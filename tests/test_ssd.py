@@ -249,8 +249,9 @@ def test_ssd_triton(shape, options, dtype, gen):
     # GPU's (test_ssd_tiers_agree: it equals the loop to 1e-10 in float64, every option): the loop of the
     # L = 300 case ran 39-68 s in the GPU phase of 2026-12-07 beside 11 workers (0.05 s on a free core)
     small = dims[1] <= 65
-    ref = ssd(*[a.to("cpu" if small else DEVICE, F64) for a in args],
-              **{k: (v.to("cpu" if small else DEVICE, F64) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()},
+    where = "cpu" if small else DEVICE
+    ref = ssd(*[a.to(where, F64) for a in args],
+              **{k: (v.to(where, F64) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()},
               impl="naive" if small else "vectorized")
     out = ssd(*[a.to(DEVICE) for a in args], **{k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v)
                                                 for k, v in kw.items()}, impl="triton")
