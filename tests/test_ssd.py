@@ -229,10 +229,10 @@ def test_ssd_gradients_match_across_impls(gen):
 # ---------------------------------------------------------------- the Triton kernel
 
 TRITON_SHAPES = SHAPES + [(2, 40, 2, 16, 1, 16, 32)]
+GPU_SHAPES = [(2, 1000, 8, 64, 1, 128, 64), (1, 4097, 4, 64, 2, 64, 64), (3, 300, 6, 48, 3, 40, 256),
+              (1, 256, 2, 128, 1, 256, 64)]
 if ON_GPU:  # 40 to 68 s each in the GPU test phase of 2026-12-07: started first there
-    TRITON_SHAPES += [pytest.param(s, marks=pytest.mark.heavy) for s in
-                      [(2, 1000, 8, 64, 1, 128, 64), (1, 4097, 4, 64, 2, 64, 64), (3, 300, 6, 48, 3, 40, 256),
-                       (1, 256, 2, 128, 1, 256, 64)]]
+    TRITON_SHAPES += [pytest.param(s, marks=pytest.mark.heavy) for s in GPU_SHAPES]
 TRITON_DTYPES = [torch.float32] + ([torch.bfloat16, torch.float16] if ON_GPU else [])
 
 
