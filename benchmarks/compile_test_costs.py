@@ -8,7 +8,7 @@ case (forward and backward). Their launchers run on meta tensors for an H100's 1
 recorded (``sweep_ssd.record_ssd_launches``); each distinct specialisation (kernel, argument types,
 divisibility, constexprs, warps, stages: what the JIT compiles once) is compiled for sm_90 once, in a fresh
 Triton cache, and timed. Prints one line per test case and the totals (benchmarks/README.md, the test phase's
-cost file by file: 81 specialisations in 56 s and 109 in 66 s on one core of a CPU machine, Triton 3.7.1).
+cost file by file: 81 specialisations in 54-56 s and 109 in 65-66 s on one core of a CPU machine, Triton 3.7.1).
 """
 import os
 import sys
