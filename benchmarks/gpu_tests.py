@@ -16,6 +16,14 @@ skipped, errors, seconds; the slowest tests and those with the largest GPU
 memory peaks; then every failure's report) to ``--out``, prints the table and
 exits non-zero if anything failed. A run stopped at ``--limit`` still has
 ``tests.jsonl``, and the summary is made from it.
+
+Each worker runs PyTorch's CPU operations on ``cores // jobs`` threads (one at 12 workers on 16 cores), as
+``make test`` does with ``OMP_NUM_THREADS=1``. Without it each of 12 workers started one thread per core, and
+CPU-only tests took 15 to 270 times what they take on one free core: on 2026-12-07 the HiPPO table 116 s (0.43 s
+on one thread of a CPU machine), a subprocess's ``import ssm_edu`` (test_dispatch) 52 s (3 s), the torchrun
+test 88 s (5.4 s). Tests marked ``heavy`` (the longest in the logs of earlier runs) are handed out first and
+two at a time (``--maxschedchunk 2``: xdist's default sends each worker a run of about 50 consecutive tests at
+the start, which would put the heavy ones on one worker), so that no worker starts a long test near the end.
 """
 
 from __future__ import annotations
@@ -69,14 +77,16 @@ def main(argv=None) -> int:
     xml = args.out / "pytest.xml"
     # -v: xdist prints each result as it comes, so a run cut short by its time limit still shows what passed
     cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider", "-v", "--tb=short",
-           "-n", str(args.jobs), "--dist", "load", f"--timeout={args.timeout}", f"--junitxml={xml}",
-           *map(str, files)]
+           "-n", str(args.jobs), "--dist", "load", "--maxschedchunk", "2", f"--timeout={args.timeout}",
+           f"--junitxml={xml}", *map(str, files)]
     log = args.out / "pytest.out"
     jsonl = args.out / "tests.jsonl"
     earlier = args.resume.read_text() if args.resume and args.resume.exists() else ""
     jsonl.unlink(missing_ok=True)
-    env = os.environ | {"SSM_EDU_TEST_LOG": str(jsonl.resolve()),
-                        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}  # freed memory goes back to the GPU
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} | os.environ | {
+        "SSM_EDU_TEST_LOG": str(jsonl.resolve()), "SSM_EDU_HEAVY_FIRST": "1",  # tests/conftest.py
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}  # freed memory goes back to the GPU
     if earlier:  # the earlier lines open the new log, so that the summary counts both runs
         skip = args.out / "tests.earlier.jsonl"
         skip.write_text(earlier)

@@ -2,8 +2,10 @@
 
 Triton's compiler and the ptxas and cuobjdump of its wheel, no GPU: ``signature`` specialises a kernel's
 arguments as the JIT would, ``compile_sm90`` compiles it and reads registers and spills from ptxas,
-``dump`` writes TTGIR, PTX and SASS for reading. Used by ``compile_selective.py``, ``compile_mamba3.py``
-and ``sweep_ssd.py --compile``; the caller sets ``TRITON_INTERPRET=0`` before any kernel is imported.
+``dump`` writes TTGIR, PTX and SASS for reading; ``record_launches`` runs launchers (on meta tensors) and keeps
+their launches instead of making them, ``launch_signature`` turns one into ``signature``'s arguments. Used by
+``compile_selective.py``, ``compile_mamba3.py``, ``sweep_ssd.py --compile`` and ``compile_test_costs.py``; the
+caller sets ``TRITON_INTERPRET=0`` before any kernel is imported.
 """
 
 import inspect
@@ -12,6 +14,7 @@ import re
 import subprocess
 import tempfile
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -74,3 +77,47 @@ def dump(k, sass, directory, label):
     for ext, text in (("ttgir", k.asm["ttgir"]), ("ptx", k.asm["ptx"]), ("sass", sass)):
         with open(f"{stem}.{ext}", "w") as f:
             f.write(text)
+
+
+TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def record_launches(kernels, run):
+    """Call ``run()`` with the kernels ``kernels`` ({module: [names]}) replaced by recorders: each
+    ``kernel[grid](...)`` appends (kernel, grid, args, kwargs) to the list returned, in order, instead of
+    launching (meta tensors do for inputs)."""
+    log = []
+
+    class Recorder:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: log.append((self.fn, grid, a, k))
+
+    saved = {(m, n): getattr(m, n) for m, names in kernels.items() for n in names}
+    try:
+        for (m, n), f in saved.items():
+            setattr(m, n, Recorder(f))
+        run()
+    finally:
+        for (m, n), f in saved.items():
+            setattr(m, n, f)
+    return log
+
+
+def launch_signature(fn, args, kwargs):
+    """(signature, constexprs, attributes, num_warps, num_stages) of one recorded launch, as the JIT would
+    specialise it (``signature``)."""
+    kwargs = dict(kwargs)
+    warps, stages = kwargs.pop("num_warps", 4), kwargs.pop("num_stages", 3)
+    ce, pointers, scalars = {}, {}, {}
+    for i, (name, param) in enumerate(inspect.signature(fn.fn).parameters.items()):
+        v = args[i] if i < len(args) else kwargs.get(name, param.default)
+        if "constexpr" in str(param.annotation) or (name in kwargs and i >= len(args)):
+            ce[name] = v
+        elif isinstance(v, torch.Tensor):
+            pointers[name] = "*" + TYPES[v.dtype]
+        else:
+            scalars[name] = v if isinstance(v, int) else float(v)
+    return (*signature(fn, ce, pointers, scalars), warps, stages)

@@ -337,8 +337,6 @@ def _table(log):
 def compile_all(shape=None):
     """Compile every kernel the entries launch for sm_90 (Triton's compiler, ptxas from its wheel):
     registers, spill bytes (stores/loads), shared memory. Returns a list of rows."""
-    import inspect
-
     import torch
 
     import sm90  # benchmarks/sm90.py (this script's folder is on sys.path)
@@ -346,61 +344,47 @@ def compile_all(shape=None):
     from ssm_edu.kernels import ssd_first, ssd_ladder
 
     s = shape or dict(b=4, L=4096, h=128, p=64, n=128, g=1)
-    types = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-    log = []
-
-    class Recorder:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def __getitem__(self, grid):
-            return lambda *a, **k: log.append((self.fn, grid, a, k))
-
     meta = dict(device="meta")
     x = torch.empty(s["b"], s["L"], s["h"], s["p"], dtype=torch.bfloat16, **meta)
     dt, A, D = torch.empty(s["b"], s["L"], s["h"], **meta), torch.empty(s["h"], **meta), torch.empty(s["h"], **meta)
     B = torch.empty(s["b"], s["L"], s["g"], s["n"], dtype=torch.bfloat16, **meta)
     C = torch.empty_like(B)
-    names = {kernel: ["_ssd_cb", "_ssd_fwd", "_ssd_seg_fix", "_ssd_bwd_states", "_ssd_bwd_dstates",
-                      "_ssd_bwd_chunk"],
-             ssd_first: ["ssd_first_kernel"], ssd_ladder: ["ssd_rung1_kernel", "ssd_rung2_kernel", "_ssd_cb"]}
-    saved = {(m, n): getattr(m, n) for m, ns in names.items() for n in ns}
-    sms = kernel._num_sms
-    try:
-        for (m, n), f in saved.items():
-            setattr(m, n, Recorder(f))
-        kernel._num_sms = lambda device: 132
+
+    def launches():
         ssd_first.ssd_first(x, dt, A, B, C)
         ssd_ladder.ssd_rung1(x, dt, A, B, C)
         ssd_ladder.ssd_rung2(x, dt, A, B, C)
         kernel.ssd_fwd(x, dt, A, B, C, 64, D=D)
         kernel.ssd_bwd(torch.empty_like(x), None, x, dt, A, B, C, 64, D=D)
-    finally:
-        for (m, n), f in saved.items():
-            setattr(m, n, f)
-        kernel._num_sms = sms
+
+    log = record_ssd_launches(launches, {ssd_first: ["ssd_first_kernel"],
+                                         ssd_ladder: ["ssd_rung1_kernel", "ssd_rung2_kernel", "_ssd_cb"]})
     out, seen = [], set()
     for fn, grid, args, kwargs in log:
-        kwargs = dict(kwargs)
-        warps, stages = kwargs.pop("num_warps", 4), kwargs.pop("num_stages", 3)
-        ce, pointers, scalars = {}, {}, {}  # the recorded launch's arguments, sorted for sm90.signature
-        for i, (name, param) in enumerate(inspect.signature(fn.fn).parameters.items()):
-            v = args[i] if i < len(args) else kwargs.get(name, param.default)
-            if "constexpr" in str(param.annotation) or (name in kwargs and i >= len(args)):
-                ce[name] = v
-            elif isinstance(v, torch.Tensor):
-                pointers[name] = "*" + types[v.dtype]
-            else:
-                scalars[name] = v if isinstance(v, int) else float(v)
+        sig, ce, attrs, warps, stages = sm90.launch_signature(fn, args, kwargs)
         label = fn.fn.__name__ + (f" side {ce['SIDE']}" if "SIDE" in ce else "")
         if label in seen:
             continue
         seen.add(label)
-        sig, ce, attrs = sm90.signature(fn, ce, pointers, scalars)
         k, regs, spill, _ = sm90.compile_sm90(fn, sig, ce, attrs, warps, stages, sass=False)
         out.append(dict(kernel=label, grid=list(grid), warps=warps, stages=stages, registers=regs,
                         spill_stores=spill[0], spill_loads=spill[1], shared_bytes=k.metadata.shared))
     return out
+
+
+def record_ssd_launches(run, more=None):
+    """The launches ``run()`` makes of kernels/ssd.py's kernels (and of ``more``, {module: [kernel names]}) on
+    an H100's 132 SMs, recorded in order instead of launched (``sm90.record_launches``)."""
+    import sm90
+    from ssm_edu.kernels import ssd as kernel
+
+    names = ["_ssd_cb", "_ssd_fwd", "_ssd_seg_fix", "_ssd_bwd_states", "_ssd_bwd_dstates", "_ssd_bwd_chunk"]
+    sms = kernel._num_sms
+    kernel._num_sms = lambda device: 132
+    try:
+        return sm90.record_launches({kernel: names, **(more or {})}, run)
+    finally:
+        kernel._num_sms = sms
 
 
 def main():

@@ -64,14 +64,16 @@ def gen():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Start the book builds first.
+    """Start the book builds first (and, in the GPU test phase, the tests marked ``heavy``).
 
     The from-scratch book build executes every chapter and is by far the
     longest test. With ``-n 2 --dist loadfile`` (make test) a file is handed to
     a worker in collection order, so putting it first lets the other worker run
     the rest of the suite meanwhile instead of leaving the build for the end.
     """
-    items.sort(key=lambda item: 0 if item.get_closest_marker("book") else 1)
+    heavy_first = bool(os.environ.get("SSM_EDU_HEAVY_FIRST"))  # benchmarks/gpu_tests.py: for xdist's tail
+    items.sort(key=lambda item: (0 if item.get_closest_marker("book") else 1,
+                                 0 if heavy_first and item.get_closest_marker("heavy") else 1))
     done = _done_earlier(os.environ.get("SSM_EDU_TEST_SKIP"))
     if done:
         drop = [item for item in items if item.nodeid in done]

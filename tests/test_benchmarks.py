@@ -66,6 +66,26 @@ def test_a_cut_gpu_test_run_resumes_where_it_stopped(tmp_path):
     assert failures == [ids[1]] and table[1].split()[:3] == ["test_import.py", "1", "1"], table
 
 
+def test_the_gpu_phase_starts_the_heavy_tests(monkeypatch):
+    """With SSM_EDU_HEAVY_FIRST (gpu_tests.py sets it) tests/conftest.py puts the tests marked heavy first, after
+    a book build; without it (make test) only the book builds move."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("_tests_conftest", pathlib.Path(__file__).with_name("conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    marks = {"a": (), "b": ("heavy",), "c": (), "d": ("book",), "e": ("heavy",)}
+    def items():
+        return [types.SimpleNamespace(nodeid=n, get_closest_marker=lambda m, n=n: m in marks[n] or None) for n in marks]
+    monkeypatch.delenv("SSM_EDU_TEST_SKIP", raising=False)
+    for flag, order in (("1", "dbeac"), ("", "dabce")):
+        monkeypatch.setenv("SSM_EDU_HEAVY_FIRST", flag)
+        got = items()
+        conftest.pytest_collection_modifyitems(None, got)
+        assert "".join(i.nodeid for i in got) == order, flag
+
+
 def test_merge_of_a_run_cut_inside_an_operation(tmp_path):
     """A run stopped while timing an operation replaces only the rows it re-measured; a complete operation's
     rows replace all of that operation's earlier rows."""

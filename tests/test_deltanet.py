@@ -100,6 +100,7 @@ def test_parameters_and_state_size():
     assert plain.in_proj.out_features == m.in_proj.out_features - 2  # no decay projection
 
 
+@pytest.mark.heavy  # 52 s in the GPU test phase of 2026-12-07: started first there
 def test_model_generates_through_the_recurrence_and_trains():
     torch.manual_seed(0)
     model = SequenceModel(11, 16, 2, deltanet_block(n_heads=2, head_k_dim=4, head_v_dim=8, chunk_size=4)).double()

@@ -186,6 +186,7 @@ def test_run_ranks_reraises_a_rank_error():
 # ---------------------------------------------------------------------- the torchrun script
 
 
+@pytest.mark.heavy  # 88 s in the GPU test phase of 2026-12-07: started first there
 def test_torchrun_script_trains_and_logs(tmp_path):
     """benchmarks/train_distributed.py under torchrun (2 gloo processes, 2 FSDP2 steps): it writes the JSON log."""
     root = pathlib.Path(__file__).resolve().parents[1]

@@ -226,6 +226,7 @@ def test_fallback_is_said_once_and_graph_true_insists(quiet):
         Decoder(model, graph=True)
 
 
+@pytest.mark.heavy  # 73 s in the GPU test phase of 2026-12-07: started first there
 def test_sampling_is_reproducible_and_capacity_checked(quiet):
     model = _model("Hybrid")
     prompt = torch.randint(0, 17, (2, 4), generator=torch.Generator().manual_seed(0))

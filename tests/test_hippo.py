@@ -266,6 +266,7 @@ def test_test_signal():
     assert rel_error(sample_ages(4, 0.5), torch.tensor([1.75, 1.25, 0.75, 0.25], dtype=torch.float64)) == 0
 
 
+@pytest.mark.heavy  # 116 s in the GPU test phase of 2026-12-07: started first there
 def test_reconstruction_error_table():
     """The shape of ssm-spec §2's table (L = 1000, Δ = 1/L, bilinear): the error falls with N,
     the uniform-window memories reach < 1e-2 at N = 32, FouT converges slowly (the

@@ -49,6 +49,7 @@ def test_hybrid_model_lays_out_the_pattern():
         hybrid_block("", M=M2)
 
 
+@pytest.mark.heavy  # up to 61 s in the GPU test phase of 2026-12-07: started first there
 @pytest.mark.parametrize("pattern", ["MA", "AMD", "DAMA"])
 def test_hybrid_is_causal_and_decodes_through_every_layer(pattern):
     torch.manual_seed(1)

@@ -69,6 +69,7 @@ def test_extend_chunk_by_chunk_equals_the_whole_sequence(name, sizes):
     assert rel_error(torch.cat(outs, 1), model(x)) < 1e-12
 
 
+@pytest.mark.heavy  # up to 76 s in the GPU test phase of 2026-12-07: started first there
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 @pytest.mark.parametrize("T", [1, 7])
 def test_prefill_then_step_continues_exactly(name, T):

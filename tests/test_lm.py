@@ -60,6 +60,7 @@ def test_forward_is_causal(name):
     assert rel_error(out2[:, 6:], out[:, 6:]) > 1e-6
 
 
+@pytest.mark.heavy  # up to 79 s in the GPU test phase of 2026-12-07: started first there
 @pytest.mark.parametrize("name", ["ema", "mamba"])
 @pytest.mark.parametrize("T", [1, 6])
 def test_recurrent_generation_equals_rerunning_the_prefix(name, T):
@@ -134,6 +135,7 @@ def test_evaluate_counts_only_answer_positions():
     assert out["sequence_accuracy"] == pytest.approx(2 / 4)  # rows 0 and 3 are right everywhere
 
 
+@pytest.mark.heavy  # 113 s in the GPU test phase of 2026-12-07: started first there
 def test_train_learns_an_easy_task():
     """Selective copying with no noise (L = 0) is plain copying: a small Mamba learns it within 150 steps."""
     torch.manual_seed(0)

@@ -61,10 +61,16 @@ def grads(impl, dtype, args, kw, device="cpu", wrt=None, seed=5):
 
 
 def reference(args, kw, dtype):
-    """float64 gradients on the inputs rounded to ``dtype``: the loop, or the chunked form for long L."""
+    """float64 gradients on the inputs rounded to ``dtype``: the loop at the sizes that also run on a CPU (L <= 100),
+    the chunked form, on the device, at the GPU's long ones. In float64 the chunked form's gradients are the
+    loop's (tests/test_ssd.py: test_ssd_gradients_match_across_impls to 1e-10, every option; test_ssd_gradcheck
+    against finite differences), and on the GPU they take well under a second where the loop's took 0.3 s of a
+    free core at L = 300 and the chunked form's 6 s at L = 2^18 + 37 on the CPU."""
     low = [a.to(dtype).double() for a in args]
     low_kw = {k: (v.to(dtype).double() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    return grads("naive" if args[0].shape[1] <= 300 else "vectorized", F64, low, low_kw), low, low_kw
+    if args[0].shape[1] <= 100:
+        return grads("naive", F64, low, low_kw), low, low_kw
+    return grads("vectorized", F64, low, low_kw, DEVICE), low, low_kw
 
 
 def assert_close(got, ref, tol, label):
@@ -77,12 +83,20 @@ def assert_close(got, ref, tol, label):
 # block of 32 head dims, odd P and N
 CASES = [(1, 1, 1, 1, 1, 1, 16, ALL), (2, 37, 4, 5, 2, 6, 16, {}), (1, 50, 6, 17, 3, 20, 16, dict(D="h", z=True)),
          (2, 21, 2, 3, 1, 4, 8, ALL), (2, 45, 4, 40, 2, 20, 16, ALL)]
+GPU_CASES = [(2, 1000, 8, 64, 1, 128, 64, ALL), (1, 4097, 4, 64, 2, 64, 64, {}), (3, 300, 6, 48, 3, 40, 256, ALL),
+             (1, 256, 2, 128, 1, 256, 64, ALL)]
 if ON_GPU:
-    CASES += [(2, 1000, 8, 64, 1, 128, 64, ALL), (1, 4097, 4, 64, 2, 64, 64, {}), (3, 300, 6, 48, 3, 40, 256, ALL),
-              (1, 256, 2, 128, 1, 256, 64, ALL)]
+    CASES += GPU_CASES
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: str(c[:7]) + "-".join(c[7]))
+def heavy(case, *more):
+    """The parameters of a case; the GPU's cases marked heavy (benchmarks/gpu_tests.py starts them first)."""
+    if case in GPU_CASES:
+        return pytest.param(case, *more, marks=pytest.mark.heavy)
+    return (case, *more) if more else case
+
+
+@pytest.mark.parametrize("case", [heavy(c) for c in CASES], ids=lambda c: str(c[:7]) + "-".join(c[7]))
 def test_ssd_triton_gradients_float32(case):
     """float32 Triton gradients of x, dt, A, B, C, D, z, dt_bias, initial_states vs the float64 loop."""
     *dims, chunk, options = case
@@ -93,6 +107,7 @@ def test_ssd_triton_gradients_float32(case):
     assert_close(got, ref, tolerance(torch.float32), str(case[:7]))
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not ON_GPU, reason="compiled only: the interpreter computes offsets in 64 bits")
 def test_ssd_triton_gradients_past_int32_offsets():
     """b L H (b c) over 2^31: float32 takes chunks of Q = 32, so L = 2^18 + 37 with one head gives 2.15e9. The
@@ -107,7 +122,8 @@ def test_ssd_triton_gradients_past_int32_offsets():
 HALF = [(c, torch.bfloat16) for c in [CASES[3]] + CASES[5:]] + ([(CASES[5], torch.float16)] if ON_GPU else [])
 
 
-@pytest.mark.parametrize("case,dtype", HALF, ids=lambda c: str(c[:7]) if isinstance(c, tuple) else str(c))
+@pytest.mark.parametrize("case,dtype", [heavy(*p) for p in HALF],
+                         ids=lambda c: str(c[:7]) if isinstance(c, tuple) else str(c))
 def test_ssd_triton_gradients_half(case, dtype):
     """bfloat16 (and float16) gradients within 2e-2 of the float32 kernel's on the same (rounded) inputs."""
     *dims, chunk, options = case
