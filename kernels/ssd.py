@@ -602,7 +602,7 @@ def _chunk_start(B_ptr, C_ptr, L, H, G, P, N, bi, c, g, q, p, n, p_ok, IEEE: tl.
     Bc = tl.load(B_ptr + bc_offs, mask=mask_bc, other=0.0)  # (Q, N)
     Cc = tl.load(C_ptr + bc_offs, mask=mask_bc, other=0.0)
     CBt = _mm(Bc, tl.trans(Cc), IEEE)  # [s, t] = B_s · C_t (the forward's C Bᵀ, transposed)
-    # (after the loads: the input side compiles to 249 registers for SSD with the offsets below before them, 247)
+    # the offsets after the loads: SSD's input side compiles to 247 registers so, to 249 with them first (sm_90)
     mask_x = t_ok[:, None] & p_ok[None, :]
     st_mask = p_ok[:, None] & (n < N)[None, :]
     x_tile = q[:, None] * (H * P) + p[None, :]  # (Q, BLOCK_P) offsets in (b, L, H, P)
