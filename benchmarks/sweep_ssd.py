@@ -278,6 +278,7 @@ def _one_head_entry(st, knobs, names, grad_tol):
     from ssm_edu.kernels import ssd as kernel
 
     args, gy, ref = st.one_head()
+    kernel.CHUNK_RUNS = True  # {}: the launcher's rule, which ssd_bwd applies only with CHUNK_RUNS on
     kw = dict(D=args[5], **knobs)
     out = kernel.ssd_bwd(gy, None, *args[:5], 64, **kw)
     errs = {k: float(ssm_edu.rel_error(out[k].float(), r)) for k, r in zip(names, ref)}
@@ -518,6 +519,9 @@ def compile_one_head(chunks=None, stages=None):
 
     import torch
 
+    from ssm_edu.kernels import ssd as kernel
+
+    kernel.CHUNK_RUNS = True  # chunks=None: the launcher's rule (off by default in ssd_bwd)
     log = [launch for launch in _launches(ONE_HEAD, run) if launch[0].fn.__name__ == "_ssd_bwd_chunk"]
     k = log[0][3]["CHUNKS"]
     return _compile_rows(log, f" (G = H, {k} chunk{'s' * (k > 1)}{'' if stages is None else f', s{stages}'})")

@@ -800,6 +800,13 @@ def _ssd_bwd_chunk(
                             dC, OUT, IEEE)
 
 
+# Runs of chunks per program (``_chunks_per_program``) as ssd_bwd's automatic choice where a program has one head.
+# Off until a GPU has timed it (benchmarks/sweep_ssd.py's "one head" entries) and run tests/test_ssd_bwd_chunks.py:
+# the offline sm_90 compile predicts 1050-1300 us against 1591 us at Mamba-3's path shape (benchmarks/notes/ssd.md),
+# but no run has checked the 214 KB of shared memory its output side asks for at 3 stages on a real device.
+CHUNK_RUNS = False
+
+
 def _chunks_per_program(programs, n_chunks, sms):
     """Chunks per program of the chunk kernel where each program has one head; ``programs`` (b G splits P
     blocks) times the chunks is the one-chunk grid. The most of 8, 4, 2 that leaves at least 4 programs per SM
@@ -837,8 +844,8 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     ``sides`` "split" runs the chunk kernel's output and input sides as two launches, "fused" as one;
     ``chunks_per_program`` (where a program of the chunk kernel has one head, heads_per_split = 1, as on
     Mamba-3's path where G = H): each program walks that many chunks of its head in turn, so that the
-    compiler pipelines their loads (None: ``_chunks_per_program`` picks; 1 where a program has several heads,
-    and for float32); ``stop_after`` ("states", "dstates", "side1" or "side2") returns None after that launch
+    compiler pipelines their loads (None: ``_chunks_per_program`` picks when ``CHUNK_RUNS`` is on; 1 where a
+    program has several heads, and for float32); ``stop_after`` ("states", "dstates", "side1" or "side2") returns None after that launch
     (to time the kernels).
     ``ddt_decay_only``: ddt holds Δ's part through the decays alone, not its part as the input's
     weight (Mamba-3's path through these kernels accounts for that part itself; see kernels/mamba3_ssd.py).
@@ -901,7 +908,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     heads_per_split = triton.cdiv(HG, n_split)
     n_split = triton.cdiv(HG, heads_per_split)  # no empty split
     if chunks_per_program is None:  # runs of chunks where a program has one head, half-precision products only
-        one = heads_per_split > 1 or ieee or interpreting()
+        one = not CHUNK_RUNS or heads_per_split > 1 or ieee or interpreting()
         chunks_per_program = 1 if one else _chunks_per_program(b * G * n_split * min(n_pb.values()), n_chunks, sms)
     elif chunks_per_program > 1 and heads_per_split > 1:
         raise ValueError(f"chunks_per_program={chunks_per_program} needs one head per program of the chunk "

@@ -143,10 +143,13 @@ def test_launcher_rule():
 
 
 @pytest.mark.skipif(EXACT, reason="compiled only: at this size the interpreter takes minutes")
-def test_launcher_choice_at_the_mamba3_path_shape():
-    """B4 L4096 H = G = 32 P64 N128 bf16 as kernels/mamba3_ssd.py calls ssd_bwd: the launcher picks runs of
-    chunks, and every output matches the one-chunk launch's."""
+def test_launcher_choice_at_the_mamba3_path_shape(monkeypatch):
+    """B4 L4096 H = G = 32 P64 N128 bf16 as kernels/mamba3_ssd.py calls ssd_bwd: with ``CHUNK_RUNS`` on the
+    launcher picks runs of chunks, and every output matches the one-chunk launch's."""
+    from ssm_edu.kernels import ssd as ssd_kernels
     from ssm_edu.kernels.ssd import _chunks_per_program, _num_sms, ssd_bwd
+
+    monkeypatch.setattr(ssd_kernels, "CHUNK_RUNS", True)
 
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     b, L, H, P, N = 4, 4096, 32, 64, 128
