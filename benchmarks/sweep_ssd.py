@@ -4,6 +4,8 @@
     SSD_DRY=1 python benchmarks/sweep_ssd.py  a dry run on a CPU: Triton's interpreter, a tiny shape
     python benchmarks/sweep_ssd.py --compile  no GPU: compile every kernel for sm_90, print registers,
                                               spills and shared memory
+    python benchmarks/sweep_ssd.py --compile-one-head   no GPU: the backward's chunk kernel at Mamba-3's
+                                              path shape, 1, 2, 4, 8 chunks per program x 1-3 stages
 
 Shape B4 L4096 H128 P64 N128 G1 (chapter 8's goal), bf16 x, B, C; float32 dt, A, D as Mamba2 passes
 them (benchmarks/ssd.py's ``ssd_inputs``); chunk 64. Entries, in order of priority:
@@ -16,7 +18,15 @@ them (benchmarks/ssd.py's ``ssd_inputs``); chunk 64. Entries, in order of priori
   (``ssd_bwd``'s ``stop_after``); the backward's knobs;
 - forward knobs: ``ssd_fwd``'s chunk length, P block and warps;
 - peers: mamba_ssm's ``mamba_chunk_scan_combined`` (chunk 256) forward and fwd+bwd, when
-  ``benchmarks/peers.py`` finds it (its autotuning compiles last).
+  ``benchmarks/peers.py`` finds it (its autotuning compiles last);
+- one head: the backward's chunk kernel alone (both sides) at B4 L4096 H32 P64 N128 G32, one group per
+  head as Mamba-3's path has it, called as kernels/mamba3_ssd.py calls ``ssd_bwd`` (D, ``turns``,
+  ``ddt_decay_only``), for 1, 2, 4, 8 chunks per program (1: one program per chunk, as before runs),
+  8 with 2 and 3 stages, and the launcher's choice. Its time is that of ``ssd_bwd(stop_after="side2")``
+  less ``stop_after="dstates"`` (the walks), with the output side's (``side1``) logged apart; its floor,
+  the bytes the two sides move (``one_head_bytes``). Checked first: the plain call's gradients against
+  the vectorized form's in float32, and the path's (dB and dC summed from their parts) against those.
+  Last in the list: ``SSD_ONLY="one head" SSD_BUDGET=300`` runs them.
 
 Timing: ``triton.testing.do_bench`` (warmup 25 ms, rep 100 ms, median). The floors are
 benchmarks/ssd.py's ``ssd_floor`` at the bandwidth measured by the suite's ``Context``.
@@ -51,11 +61,15 @@ sys.path.insert(0, str(ROOT))
 DRY = os.environ.get("SSD_DRY") == "1"
 if DRY:
     os.environ["TRITON_INTERPRET"] = "1"
-if "--compile" in sys.argv:
+if "--compile" in sys.argv or "--compile-one-head" in sys.argv:
     os.environ["TRITON_INTERPRET"] = "0"  # before the kernels are imported: compile, never interpret
 
 SHAPE = dict(b=1, L=80, h=2, p=16, n=16, g=1) if DRY else dict(b=4, L=4096, h=128, p=64, n=128, g=1)
 SHAPE_NAME = "B{b} L{L} H{h} P{p} N{n} G{g}".format(**SHAPE)
+# Mamba-3's path through SSD's kernels (kernels/mamba3_ssd.py): one group per head, so that each program of the
+# backward's chunk kernel has one head
+ONE_HEAD = dict(b=1, L=80, h=2, p=16, n=16, g=2) if DRY else dict(b=4, L=4096, h=32, p=64, n=128, g=32)
+ONE_HEAD_NAME = "B{b} L{L} H{h} P{p} N{n} G{g}".format(**ONE_HEAD)
 BUDGET = float(os.environ.get("SSD_BUDGET", "90"))
 
 
@@ -88,6 +102,13 @@ def entries():
         ("peer", "mamba_ssm fwd", "mamba_chunk_scan_combined, chunk 256", dict(peer="fwd")),
         ("peer", "mamba_ssm fwd+bwd", "mamba_chunk_scan_combined, chunk 256", dict(peer="fwd+bwd")),
     ]
+    # the backward's chunk kernel where each program has one head (ONE_HEAD: G = H, Mamba-3's path), timed
+    # alone: runs of chunks per program (1: the launch before runs), and the pipeline's stages
+    runs = [(f"one head: {k} chunk{'s' * (k > 1)}", dict(chunks_per_program=k)) for k in (1, 2, 4, 8)]
+    runs += [(f"one head: 8 chunks {n} stages", dict(chunks_per_program=8, num_stages=n)) for n in (2, 3)]
+    runs += [("one head: launcher's choice", {})]
+    out += [("one head", name, "_ssd_bwd_chunk (both sides) at {}, chunks_per_program={}".format(
+        ONE_HEAD_NAME, knobs.get("chunks_per_program", "None")), dict(one_head=knobs)) for name, knobs in runs]
     only = os.environ.get("SSD_ONLY")
     if only:
         out = [e for e in out if any(s in e[1] for s in only.split(","))]
@@ -141,6 +162,25 @@ class Setup:
                 torch.cuda.empty_cache()
         return self._ref_grads
 
+    def one_head(self):
+        """ONE_HEAD's inputs (x, dt, A, B, C, D), dy and the vectorized form's gradients in float32 (once)."""
+        if getattr(self, "_one_head", None) is None:
+            from benchmarks.ssd import ssd_inputs
+
+            torch = self.torch
+            s = ONE_HEAD
+            args = ssd_inputs(self.ctx, s["b"], s["L"], s["h"], s["p"], s["n"], s["g"], torch.bfloat16)
+            gen = torch.Generator(device=self.dev).manual_seed(8)
+            gy = torch.randn(args[0].shape, device=self.dev, generator=gen).to(torch.bfloat16)
+            leaves = [t.float().requires_grad_() for t in args]
+            self.ssm_edu.ssd(*leaves[:5], D=leaves[5], impl="vectorized").backward(gy.float())
+            self._one_head = (args, gy, [t.grad for t in leaves])
+            del leaves
+            if not DRY:
+                torch.cuda.empty_cache()
+                self.floor["chunk kernel"] = one_head_bytes(**s) / (self.hbm * 1e6)
+        return self._one_head
+
     def time_us(self, fn):
         if DRY:
             t = time.perf_counter()
@@ -189,6 +229,8 @@ def run_entry(st, group, name, knobs):
         fb()
         errs = {n: float(ssm_edu.rel_error(t.grad.float(), r)) for n, t, r in zip(names, leaves, st.ref_grads())}
         return st.time_us(fb), errs, "fwd+bwd"
+    if "one_head" in knobs:
+        return _one_head_entry(st, knobs["one_head"], names, grad_tol)
     if "bwd" in knobs:  # the backward alone (or its first kernels): checked through the full run
         gy = st.gy
         fn = functools.partial(kernel.ssd_bwd, gy, None, *args, 64, D=st.D, **knobs["bwd"])
@@ -213,6 +255,47 @@ def run_entry(st, group, name, knobs):
         kernel.ssd_bwd = plain
 
 
+def one_head_bytes(b, L, h, p, n, g, e=2, Q=64, block_p=32):
+    """Bytes the backward's chunk kernel moves through DRAM (both sides, each tile once) for x, B, C of e bytes:
+    the input side's blocks of block_p head dims after the first find B and C in L2."""
+    x = b * L * h * p * e  # x, dy, dx: each
+    bc = b * L * g * n * e  # B, C: each
+    states = b * -(-L // Q) * h * p * n * e  # S_{k-1} and dS_k: each
+    part = b * L * g * n * 4  # one float32 part of dB or dC
+    step = b * L * h * 4  # Δ, one float32 part of ddt
+    blocks = -(-p // block_p)  # the input side's blocks of head dims
+    return (2 * 2 * x + x  # x and dy read by each side, dx written
+            + 2 * 2 * bc  # B and C read by each side
+            + 2 * states  # S_{k-1} by the output side, dS_k by the input side
+            + (1 + blocks + 1) * part  # dB's parts (the output side's, one per input block) and dC's
+            + 2 * step + (1 + blocks) * step)  # Δ read by each side; ddt's parts
+
+
+def _one_head_entry(st, knobs, names, grad_tol):
+    """ONE_HEAD's chunk kernel (both sides) timed alone as Mamba-3's path calls ssd_bwd, after two checks: the
+    plain call's gradients against the vectorized form's, the path's (dB, dC summed from their parts) too."""
+    ssm_edu = st.ssm_edu
+    from ssm_edu.kernels import ssd as kernel
+
+    args, gy, ref = st.one_head()
+    kernel.CHUNK_RUNS = True  # {}: the launcher's rule, which ssd_bwd applies only with CHUNK_RUNS on
+    kw = dict(D=args[5], **knobs)
+    out = kernel.ssd_bwd(gy, None, *args[:5], 64, **kw)
+    errs = {k: float(ssm_edu.rel_error(out[k].float(), r)) for k, r in zip(names, ref)}
+    path = dict(kw, ddt_decay_only=True, turns=True)
+    g = kernel.ssd_bwd(gy, None, *args[:5], 64, **path)
+    for k, t in (("dx", g["dx"]), ("dA", g["dA"]), ("dD", g["dD"]), ("dB", g["dB_parts"].sum(2)),
+                 ("dC", g["dC_parts"].sum(2))):
+        errs[f"path {k}"] = float(ssm_edu.rel_error(t.float(), ref[names.index(k)]))
+    del out, g
+    if max(errs.values()) >= grad_tol:
+        return None, errs, "chunk kernel"
+    t = {stop: st.time_us(functools.partial(kernel.ssd_bwd, gy, None, *args[:5], 64, stop_after=stop, **path))
+         for stop in ("dstates", "side1", "side2")}
+    extra = dict(walks_us=t["dstates"], side1_us=t["side1"] - t["dstates"], side2_us=t["side2"] - t["side1"])
+    return t["side2"] - t["dstates"], errs, "chunk kernel", extra
+
+
 def worker(start):
     """Run the entries from ``start`` on, one JSON line each (the parent reads them)."""
     st = Setup()
@@ -226,7 +309,8 @@ def worker(start):
         if "rung" in knobs:
             row["rung"] = knobs["rung"]
         try:
-            us, err, pass_ = run_entry(st, group, name, knobs)
+            us, err, pass_, *extra = run_entry(st, group, name, knobs)
+            row.update(*extra)
             worst = max(err.values(), default=0.0) if isinstance(err, dict) else err
             row.update(median_us=us, rel_error=err, pass_=pass_, floor_us=st.floor.get(pass_),
                        status="ok" if us is not None else f"wrong (relative error {worst:.2g})")
@@ -334,21 +418,43 @@ def _table(log):
 # --------------------------------------------------------------------------- offline compile (no GPU)
 
 
+def _meta_inputs(s):
+    """x, dt, A, B, C, D as meta tensors of shape ``s`` (bf16 x, B, C): enough to record the launches."""
+    import torch
+
+    meta = dict(device="meta")
+    x = torch.empty(s["b"], s["L"], s["h"], s["p"], dtype=torch.bfloat16, **meta)
+    dt, A, D = torch.empty(s["b"], s["L"], s["h"], **meta), torch.empty(s["h"], **meta), torch.empty(s["h"], **meta)
+    B = torch.empty(s["b"], s["L"], s["g"], s["n"], dtype=torch.bfloat16, **meta)
+    return x, dt, A, B, torch.empty_like(B), D
+
+
+def _compile_rows(log, suffix=""):
+    """Compile each recorded launch for sm_90 (once per kernel and side): one row each."""
+    import sm90  # benchmarks/sm90.py (this script's folder is on sys.path)
+
+    out, seen = [], set()
+    for fn, grid, args, kwargs in log:
+        sig, ce, attrs, warps, stages = sm90.launch_signature(fn, args, kwargs)
+        label = fn.fn.__name__ + (f" side {ce['SIDE']}" if "SIDE" in ce else "") + suffix
+        if label in seen:
+            continue
+        seen.add(label)
+        k, regs, spill, _ = sm90.compile_sm90(fn, sig, ce, attrs, warps, stages, sass=False)
+        out.append(dict(kernel=label, grid=list(grid), warps=warps, stages=stages, registers=regs,
+                        spill_stores=spill[0], spill_loads=spill[1], shared_bytes=k.metadata.shared))
+    return out
+
+
 def compile_all(shape=None):
     """Compile every kernel the entries launch for sm_90 (Triton's compiler, ptxas from its wheel):
     registers, spill bytes (stores/loads), shared memory. Returns a list of rows."""
     import torch
 
-    import sm90  # benchmarks/sm90.py (this script's folder is on sys.path)
     from ssm_edu.kernels import ssd as kernel
     from ssm_edu.kernels import ssd_first, ssd_ladder
 
-    s = shape or dict(b=4, L=4096, h=128, p=64, n=128, g=1)
-    meta = dict(device="meta")
-    x = torch.empty(s["b"], s["L"], s["h"], s["p"], dtype=torch.bfloat16, **meta)
-    dt, A, D = torch.empty(s["b"], s["L"], s["h"], **meta), torch.empty(s["h"], **meta), torch.empty(s["h"], **meta)
-    B = torch.empty(s["b"], s["L"], s["g"], s["n"], dtype=torch.bfloat16, **meta)
-    C = torch.empty_like(B)
+    x, dt, A, B, C, D = _meta_inputs(shape or dict(b=4, L=4096, h=128, p=64, n=128, g=1))
 
     def launches():
         ssd_first.ssd_first(x, dt, A, B, C)
@@ -357,19 +463,30 @@ def compile_all(shape=None):
         kernel.ssd_fwd(x, dt, A, B, C, 64, D=D)
         kernel.ssd_bwd(torch.empty_like(x), None, x, dt, A, B, C, 64, D=D)
 
-    log = record_ssd_launches(launches, {ssd_first: ["ssd_first_kernel"],
-                                         ssd_ladder: ["ssd_rung1_kernel", "ssd_rung2_kernel", "_ssd_cb"]})
-    out, seen = [], set()
-    for fn, grid, args, kwargs in log:
-        sig, ce, attrs, warps, stages = sm90.launch_signature(fn, args, kwargs)
-        label = fn.fn.__name__ + (f" side {ce['SIDE']}" if "SIDE" in ce else "")
-        if label in seen:
-            continue
-        seen.add(label)
-        k, regs, spill, _ = sm90.compile_sm90(fn, sig, ce, attrs, warps, stages, sass=False)
-        out.append(dict(kernel=label, grid=list(grid), warps=warps, stages=stages, registers=regs,
-                        spill_stores=spill[0], spill_loads=spill[1], shared_bytes=k.metadata.shared))
-    return out
+    return _compile_rows(record_ssd_launches(launches, {ssd_first: ["ssd_first_kernel"],
+                                                        ssd_ladder: ["ssd_rung1_kernel", "ssd_rung2_kernel",
+                                                                     "_ssd_cb"]}))
+
+
+def compile_one_head(chunks=None, stages=None):
+    """The backward's chunk kernel at ONE_HEAD as kernels/mamba3_ssd.py launches it (D, an initial state, the
+    final state's gradient, ``turns``, ``ddt_decay_only``), with ``chunks_per_program`` and ``num_stages``
+    (None: the launcher's choice). Rows labelled "(G = H, k chunks[, s stages])"."""
+    import torch
+
+    from ssm_edu.kernels import ssd as kernel
+
+    x, dt, A, B, C, D = _meta_inputs(ONE_HEAD)
+    h0 = torch.empty(x.shape[0], x.shape[2], x.shape[3], B.shape[3], device="meta")
+
+    def launches():
+        kernel.ssd_bwd(torch.empty_like(x), h0, x, dt, A, B, C, 64, D=D, initial_states=h0, ddt_decay_only=True,
+                       turns=True, chunks_per_program=chunks, num_stages=stages)
+
+    kernel.CHUNK_RUNS = True  # chunks=None: the launcher's rule (off by default in ssd_bwd)
+    log = [launch for launch in record_ssd_launches(launches) if launch[0].fn.__name__ == "_ssd_bwd_chunk"]
+    k = log[0][3]["CHUNKS"]
+    return _compile_rows(log, f" (G = H, {k} chunk{'s' * (k > 1)}{'' if stages is None else f', s{stages}'})")
 
 
 def record_ssd_launches(run, more=None):
@@ -387,16 +504,26 @@ def record_ssd_launches(run, more=None):
         kernel._num_sms = sms
 
 
+def _print_rows(rows):
+    print(f"{'kernel':42s} {'grid':>16s} warps stages regs spill(st/ld) smem")
+    for r in rows:
+        print(f"{r['kernel']:42s} {str(tuple(r['grid'])):>16s} {r['warps']:5d} {r['stages']:6d} "
+              f"{r['registers']:4d} {r['spill_stores']:5d}/{r['spill_loads']:<5d} {r['shared_bytes']:7d}", flush=True)
+
+
 def main():
     if "--worker" in sys.argv:
         worker(int(sys.argv[sys.argv.index("--worker") + 1]))
     elif "--compile" in sys.argv:
         print(f"sm_90 offline compile, {SHAPE_NAME} bf16 (the launchers' choices)")
-        print(f"{'kernel':24s} {'grid':>16s} warps stages regs spill(st/ld) smem")
         rows = compile_all()
-        for r in rows:
-            print(f"{r['kernel']:24s} {str(tuple(r['grid'])):>16s} {r['warps']:5d} {r['stages']:6d} "
-                  f"{r['registers']:4d} {r['spill_stores']:5d}/{r['spill_loads']:<5d} {r['shared_bytes']:7d}")
+        _print_rows(rows)
+        print("JSON " + json.dumps(rows))
+    elif "--compile-one-head" in sys.argv:  # the table of benchmarks/notes/ssd.md: chunks per program x stages
+        print("sm_90 offline compile of _ssd_bwd_chunk, B{b} L{L} H{h} P{p} N{n} G{g} bf16, as Mamba-3's path "
+              "launches it: the launcher's choice, then chunks per program x stages".format(**ONE_HEAD))
+        rows = compile_one_head() + [r for k in (1, 2, 4, 8) for st in (1, 2, 3) for r in compile_one_head(k, st)]
+        _print_rows(rows)
         print("JSON " + json.dumps(rows))
     else:
         sweep()

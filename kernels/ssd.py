@@ -79,7 +79,11 @@ reverse in four launches:
    every chunk's start: see kernels/mamba3_ssd.py.
 3. ``_ssd_bwd_chunk``, output side, one program per (batch, chunk, group, split
    of the group's heads), heads in turn: Σ_h M ∘ (dY X̄ᵀ), the gradient of C Bᵀ,
-   and with it dC and the diagonal part of dB; dC's part from S_{k-1}.
+   and with it dC and the diagonal part of dB; dC's part from S_{k-1}. Where a
+   split has one head (G = H, as on Mamba-3's path), one program per run of up to
+   8 chunks of that head instead, in turn: a loop over one head has one iteration
+   and nothing to pipeline, a loop over chunks overlaps the next chunk's loads with
+   this one's products (``chunks_per_program``; benchmarks/notes/ssd.md).
 4. ``_ssd_bwd_chunk``, input side: dX̄ = (M ∘ C Bᵀ)ᵀ dY + exp(α - a⁺_s) B dSᵀ,
    then dx, dΔ (with the softplus and dt_bias), dD and dB's part from dS_k.
 dB and dC are sums over the heads of a group: a program loops over heads and
@@ -588,6 +592,124 @@ def _ssd_bwd_dstates(
 
 
 @triton.jit
+def _chunk_start(B_ptr, C_ptr, L, H, G, P, N, bi, c, g, q, p, n, p_ok, IEEE: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Chunk c of batch bi: its B and C (Q, N) of group g, C Bᵀ transposed, and where its tiles lie."""
+    t = c * BLOCK_Q + q
+    t_ok = t < L
+    row = (bi * L + t).to(tl.int64)  # (Q,)
+    mask_bc = t_ok[:, None] & (n < N)[None, :]
+    bc_offs = (row[:, None] * G + g) * N + n[None, :]
+    Bc = tl.load(B_ptr + bc_offs, mask=mask_bc, other=0.0)  # (Q, N)
+    Cc = tl.load(C_ptr + bc_offs, mask=mask_bc, other=0.0)
+    CBt = _mm(Bc, tl.trans(Cc), IEEE)  # [s, t] = B_s · C_t (the forward's C Bᵀ, transposed)
+    # the offsets after the loads: SSD's input side compiles to 247 registers so, to 249 with them first (sm_90)
+    mask_x = t_ok[:, None] & p_ok[None, :]
+    st_mask = p_ok[:, None] & (n < N)[None, :]
+    x_tile = q[:, None] * (H * P) + p[None, :]  # (Q, BLOCK_P) offsets in (b, L, H, P)
+    st_tile = p[:, None] * N + n[None, :]  # (BLOCK_P, N) offsets in (b, c, H, P, N)
+    row0 = (bi * L + c * BLOCK_Q).to(tl.int64)  # the chunk's first (batch, time) row
+    return t_ok, row, row0, mask_bc, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt
+
+
+@triton.jit
+def _chunk_head(
+    x_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr, dx_ptr, ddt_ptr, dA_ptr, dD_ptr,
+    g_ptr, H, P, N, n_chunks, n_walk, h, bi, c, bc, pb, row0, part_offs, ddt_part,
+    q, p, p_ok, t_ok, last, causal, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt, dCBt, dB, dC,
+    OUT: tl.constexpr, IN: tl.constexpr, HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr, BLOCK_Q: tl.constexpr,
+    DDT_DECAY_ONLY: tl.constexpr,
+):
+    """Head h's part of chunk c (bc = bi n_chunks + c): stores dx, dD and its parts of dL/dΔ and dL/dA;
+    returns the chunk's sums over heads, dCBt, dB and dC, with the head's terms added."""
+    dot_t = Bc.dtype
+    A = tl.load(A_ptr + h).to(tl.float32)
+    raw = tl.load(dt_ptr + row0 * H + h + q * H, mask=t_ok, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        raw += tl.load(dt_bias_ptr + h).to(tl.float32)
+    dt = raw
+    if DT_SOFTPLUS:
+        u = tl.exp(tl.minimum(raw, 20.0))
+        v = 1.0 + u
+        dt = tl.where(raw > 20.0, raw, tl.where(v == 1.0, u, tl.log(v) * (u / (v - 1.0))))
+    dt = tl.where(t_ok, dt, 0.0)  # (Q,) Δ
+    a_cum = tl.cumsum(dt * (A * 1.4426950408889634), axis=0)  # log2 decay from the chunk's start to t
+    a_end = tl.sum(tl.where(last, a_cum, 0.0), axis=0)
+    x_offs = (row0 * H + h) * P + x_tile
+    x = tl.load(x_ptr + x_offs, mask=mask_x, other=0.0)
+    xf = x.to(tl.float32)
+    dy = tl.load(dout_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
+        dy = dy * zz * tl.sigmoid(zz)  # dL/d(y_ssm + D x)
+    if HAS_D:
+        if D_PER_DIM:
+            Dh = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dh = tl.load(D_ptr + h).to(tl.float32)
+    xb = xf * dt[:, None]  # X̄ = Δ x (Q, BLOCK_P)
+    xb_op = xb.to(dot_t)
+    dy_op = dy.to(dot_t)
+    s_offs = ((bi * n_chunks + c) * H + h).to(tl.int64) * (P * N) + st_tile
+    # step 1 backwards: the diagonal block T = M ∘ C Bᵀ, transposed
+    Lt = tl.exp2(tl.where(causal, a_cum[None, :] - a_cum[:, None], float("-inf")))  # [s, t] decay s -> t
+    Wt = (Lt * CBt).to(dot_t)
+    da = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dL/da_r, a_r = Δ_r A (natural log units)
+    ddt = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dL/dΔ through X̄ = Δ x
+    if OUT:
+        dCBt_h = Lt * _mm(xb_op, tl.trans(dy_op), IEEE)  # [s, t] = M[t, s] x̄_s · dy_t
+        dCBt += dCBt_h
+        # a_r enters M[t, s] for s < r <= t: dL/da_r sums Z = dL/dM ∘ M over those (s, t), no cancellation
+        Z = dCBt_h * CBt
+        da = tl.sum(tl.where(causal, tl.cumsum(Z, axis=0) - Z, 0.0), axis=1)  # row r: Σ_{s < r}, t >= r
+        # step 4 backwards: the entering state, read out by C_t, decayed by from_start[t] (a_r for r <= t)
+        S_prev = tl.load(st_ptr + s_offs, mask=st_mask, other=0.0)  # (BLOCK_P, N)
+        from_start = tl.exp2(a_cum)  # (Q,)
+        y_off = _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]  # (Q, BLOCK_P)
+        dC = _mma((dy * from_start[:, None]).to(dot_t), S_prev, dC, IEEE)  # (Q, N)
+        da += tl.cumsum(tl.sum(dy * y_off, axis=1), axis=0, reverse=True)
+    if IN:
+        dxb = _mm(Wt, dy_op, IEEE)  # dL/dX̄ (Q, BLOCK_P), diagonal part
+        # step 2 backwards: X̄_s reaches the state leaving the chunk decayed by to_end[s] (a_r for r > s)
+        dS = tl.load(dst_ptr + s_offs, mask=st_mask, other=0.0)  # (BLOCK_P, N)
+        to_end = tl.exp2(a_end - a_cum)  # (Q,)
+        dxb_s = _mm(Bc, tl.trans(dS), IEEE) * to_end[:, None]
+        dB = _mma((xf * (dt * to_end)[:, None]).to(dot_t), dS, dB, IEEE)  # (Q, N)
+        col = tl.sum(xb * dxb_s, axis=1)  # (Q,)
+        da += tl.cumsum(col, axis=0) - col  # Σ_{s < r}
+        # step 3 backwards: S_k = exp(α_k) S_prev + ..., and every a_r of the chunk is in α_k
+        if pb == 0:  # exp(α_k) <dS, S_prev>, from the reverse walk: its blocks of P summed here
+            for w in range(0, n_walk):
+                da += tl.load(g_ptr + (bc * H + h) * n_walk + w)
+        dxb += dxb_s
+        if not DDT_DECAY_ONLY:  # Δ's part as the input's weight (X̄ = Δ x)
+            ddt = tl.sum(xf * dxb, axis=1)
+        dx = dxb * dt[:, None]
+        if HAS_D:
+            dx += dy * Dh
+            tl.store(dD_ptr + ((bi * n_chunks + c) * H + h) * P + p, tl.sum(dy * xf, axis=0), mask=p_ok)
+        tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask_x)
+    ddt += A * da  # dL/dΔ
+    if DT_SOFTPLUS:
+        ddt = tl.where(raw > 20.0, ddt, ddt * tl.sigmoid(raw))
+    tl.store(ddt_ptr + pb * ddt_part + row0 * H + h + q * H, ddt, mask=t_ok)
+    tl.store(dA_ptr + part_offs * H + h, tl.sum(dt * da, axis=0))
+    return dCBt, dB, dC
+
+
+@triton.jit
+def _chunk_bc_store(dB_ptr, dC_ptr, G, N, n_parts, part0, part, g, n, row, mask_bc, Bc, Cc, dCBt, dB, dC,
+                    OUT: tl.constexpr, IEEE: tl.constexpr):
+    """Store the chunk's parts of dB and dC, C Bᵀ's gradient (summed over its heads) added first."""
+    offs = ((row[:, None] * n_parts + part0 + part) * G + g) * N + n[None, :]  # (b, L, n_parts, G, N)
+    if OUT:  # C Bᵀ's gradient, summed over the heads: dB_s += Σ_t dCBt[s, t] C_t, dC_t += Σ_s dCBt[s, t] B_s
+        dB = _mma(dCBt.to(Bc.dtype), Cc, dB, IEEE)
+        dC = _mma(tl.trans(dCBt).to(Bc.dtype), Bc, dC, IEEE)
+        tl.store(dC_ptr + offs, dC, mask=mask_bc)
+    tl.store(dB_ptr + offs, dB, mask=mask_bc)
+
+
+@triton.jit
 def _ssd_bwd_chunk(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr,
     dx_ptr, ddt_ptr, dA_ptr, dD_ptr, dB_ptr, dC_ptr, g_ptr,
@@ -595,8 +717,10 @@ def _ssd_bwd_chunk(
     SIDE: tl.constexpr, HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, DDT_DECAY_ONLY: tl.constexpr = False,
+    CHUNKS: tl.constexpr = 1,
 ):
     """One chunk of one group, the heads of one split in turn: every gradient but the states'.
+    With CHUNKS > 1 (one head per split, heads_per_split = 1): CHUNKS chunks in turn, of that head.
 
     SIDE 1, the output side (reads the entering states S_prev): dC, and C Bᵀ's gradient; SIDE 2, the
     input side (reads the leaving states' gradients dS): dx, dD, dB; SIDE 0 both.
@@ -607,129 +731,94 @@ def _ssd_bwd_chunk(
     from dC_ptr, the first part after dB's (part0 = 0 there: the output side launches first). ddt
     (n_blocks, b, L, H) and dA (n_blocks, b c, H): this launch's blocks of head dims at pb0 + pb.
     (Q, Q) tiles are transposed, [s, t]: s the input step, t the output step (t >= s).
+    The program's first axis is batch x chunk, or with CHUNKS > 1 batch x runs of CHUNKS chunks; the
+    per-head work (``_chunk_head``) is the same. Why runs: a loop over one head has one iteration, so
+    nothing overlaps a program's loads with its products; a loop over chunks is software-pipelined
+    (num_stages), the next chunk's tiles loading while this one computes.
     """
     OUT: tl.constexpr = SIDE != 2
     IN: tl.constexpr = SIDE != 1
     # this launch's blocks of ddt and dA, first of all (compiled for sm_90 the output side then spills 28/24
     # bytes; 48/36 with pb0 + pb in the offsets below, 44/32 with the pointers moved there)
-    ddt_ptr += pb0 * (tl.num_programs(0) // n_chunks).to(tl.int64) * L * H
-    dA_ptr += pb0 * tl.num_programs(0) * H
-    pid = tl.program_id(0)  # batch * n_chunks + chunk
+    if CHUNKS == 1:
+        n_bc = tl.num_programs(0)  # batch * chunks
+        n_b = tl.num_programs(0) // n_chunks
+    else:
+        n_b = tl.num_programs(0) // tl.cdiv(n_chunks, CHUNKS)
+        n_bc = n_b * n_chunks
+    ddt_ptr += pb0 * n_b.to(tl.int64) * L * H
+    dA_ptr += pb0 * n_bc * H
+    pid = tl.program_id(0)  # batch * n_chunks + chunk; with CHUNKS > 1, batch * runs + run
     g = tl.program_id(1)
     part = tl.program_id(2)  # split * (blocks of head dims) + block
     n_pb = tl.cdiv(P, BLOCK_P)
     split = part // n_pb
     pb = part % n_pb
-    bi = pid // n_chunks
-    c = pid % n_chunks
     q = tl.arange(0, BLOCK_Q)
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
-    t = c * BLOCK_Q + q
-    t_ok = t < L
     p_ok = p < P
-    row = (bi * L + t).to(tl.int64)  # (Q,)
     last = q == BLOCK_Q - 1
     causal = q[None, :] >= q[:, None]  # [s, t]: t >= s
-    mask_bc = t_ok[:, None] & (n < N)[None, :]
-    bc_offs = (row[:, None] * G + g) * N + n[None, :]
-    Bc = tl.load(B_ptr + bc_offs, mask=mask_bc, other=0.0)  # (Q, N)
-    Cc = tl.load(C_ptr + bc_offs, mask=mask_bc, other=0.0)
-    dot_t = Bc.dtype
-    CBt = _mm(Bc, tl.trans(Cc), IEEE)  # [s, t] = B_s · C_t (the forward's C Bᵀ, transposed)
-    dCBt = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)  # Σ over the heads of dL/d(C Bᵀ), transposed
-    dB = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
-    dC = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
-    mask_x = t_ok[:, None] & p_ok[None, :]
-    st_mask = p_ok[:, None] & (n < N)[None, :]
-    x_tile = q[:, None] * (H * P) + p[None, :]  # (Q, BLOCK_P) offsets in (b, L, H, P)
-    st_tile = p[:, None] * N + n[None, :]  # (BLOCK_P, N) offsets in (b, c, H, P, N)
-    row0 = (bi * L + c * BLOCK_Q).to(tl.int64)  # the chunk's first (batch, time) row
-    part_offs = pb * tl.num_programs(0) + pid  # this block of head dims' (b, c) slot of dA
-    # one block of head dims' part of ddt, (b, L, H): b L H in int64 (b = programs / chunks); L H (b c) in int32
-    # overflowed past 2^31 (float32 at L = 65536, H = 24: Q = 32, 2048 chunks) and wrote far outside ddt
-    ddt_part = (tl.num_programs(0) // n_chunks).to(tl.int64) * L * H
+    # one block of head dims' part of ddt, (b, L, H): b L H in int64; L H (b c) in int32 overflowed past
+    # 2^31 (float32 at L = 65536, H = 24: Q = 32, 2048 chunks) and wrote far outside ddt
+    ddt_part = n_b.to(tl.int64) * L * H
     HG = H // G
     h_first = g * HG + split * heads_per_split
-    for h in range(h_first, h_first + tl.minimum(heads_per_split, HG - split * heads_per_split)):
-        A = tl.load(A_ptr + h).to(tl.float32)
-        raw = tl.load(dt_ptr + row0 * H + h + q * H, mask=t_ok, other=0.0).to(tl.float32)
-        if HAS_DT_BIAS:
-            raw += tl.load(dt_bias_ptr + h).to(tl.float32)
-        dt = raw
-        if DT_SOFTPLUS:
-            u = tl.exp(tl.minimum(raw, 20.0))
-            v = 1.0 + u
-            dt = tl.where(raw > 20.0, raw, tl.where(v == 1.0, u, tl.log(v) * (u / (v - 1.0))))
-        dt = tl.where(t_ok, dt, 0.0)  # (Q,) Δ
-        a_cum = tl.cumsum(dt * (A * 1.4426950408889634), axis=0)  # log2 decay from the chunk's start to t
-        a_end = tl.sum(tl.where(last, a_cum, 0.0), axis=0)
-        x_offs = (row0 * H + h) * P + x_tile
-        x = tl.load(x_ptr + x_offs, mask=mask_x, other=0.0)
-        xf = x.to(tl.float32)
-        dy = tl.load(dout_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32)
-            dy = dy * zz * tl.sigmoid(zz)  # dL/d(y_ssm + D x)
-        if HAS_D:
-            if D_PER_DIM:
-                Dh = tl.load(D_ptr + h * P + p, mask=p_ok, other=0.0).to(tl.float32)[None, :]
-            else:
-                Dh = tl.load(D_ptr + h).to(tl.float32)
-        xb = xf * dt[:, None]  # X̄ = Δ x (Q, BLOCK_P)
-        xb_op = xb.to(dot_t)
-        dy_op = dy.to(dot_t)
-        s_offs = ((bi * n_chunks + c) * H + h).to(tl.int64) * (P * N) + st_tile
-        # step 1 backwards: the diagonal block T = M ∘ C Bᵀ, transposed
-        Lt = tl.exp2(tl.where(causal, a_cum[None, :] - a_cum[:, None], float("-inf")))  # [s, t] decay s -> t
-        Wt = (Lt * CBt).to(dot_t)
-        da = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dL/da_r, a_r = Δ_r A (natural log units)
-        ddt = tl.zeros([BLOCK_Q], dtype=tl.float32)  # dL/dΔ through X̄ = Δ x
-        if OUT:
-            dCBt_h = Lt * _mm(xb_op, tl.trans(dy_op), IEEE)  # [s, t] = M[t, s] x̄_s · dy_t
-            dCBt += dCBt_h
-            # a_r enters M[t, s] for s < r <= t: dL/da_r sums Z = dL/dM ∘ M over those (s, t), no cancellation
-            Z = dCBt_h * CBt
-            da = tl.sum(tl.where(causal, tl.cumsum(Z, axis=0) - Z, 0.0), axis=1)  # row r: Σ_{s < r}, t >= r
-            # step 4 backwards: the entering state, read out by C_t, decayed by from_start[t] (a_r for r <= t)
-            S_prev = tl.load(st_ptr + s_offs, mask=st_mask, other=0.0)  # (BLOCK_P, N)
-            from_start = tl.exp2(a_cum)  # (Q,)
-            y_off = _mm(Cc, tl.trans(S_prev), IEEE) * from_start[:, None]  # (Q, BLOCK_P)
-            dC = _mma((dy * from_start[:, None]).to(dot_t), S_prev, dC, IEEE)  # (Q, N)
-            da += tl.cumsum(tl.sum(dy * y_off, axis=1), axis=0, reverse=True)
-        if IN:
-            dxb = _mm(Wt, dy_op, IEEE)  # dL/dX̄ (Q, BLOCK_P), diagonal part
-            # step 2 backwards: X̄_s reaches the state leaving the chunk decayed by to_end[s] (a_r for r > s)
-            dS = tl.load(dst_ptr + s_offs, mask=st_mask, other=0.0)  # (BLOCK_P, N)
-            to_end = tl.exp2(a_end - a_cum)  # (Q,)
-            dxb_s = _mm(Bc, tl.trans(dS), IEEE) * to_end[:, None]
-            dB = _mma((xf * (dt * to_end)[:, None]).to(dot_t), dS, dB, IEEE)  # (Q, N)
-            col = tl.sum(xb * dxb_s, axis=1)  # (Q,)
-            da += tl.cumsum(col, axis=0) - col  # Σ_{s < r}
-            # step 3 backwards: S_k = exp(α_k) S_prev + ..., and every a_r of the chunk is in α_k
-            if pb == 0:  # exp(α_k) <dS, S_prev>, from the reverse walk: its blocks of P summed here
-                for w in range(0, n_walk):
-                    da += tl.load(g_ptr + (pid * H + h) * n_walk + w)
-            dxb += dxb_s
-            if not DDT_DECAY_ONLY:  # Δ's part as the input's weight (X̄ = Δ x)
-                ddt = tl.sum(xf * dxb, axis=1)
-            dx = dxb * dt[:, None]
-            if HAS_D:
-                dx += dy * Dh
-                tl.store(dD_ptr + ((bi * n_chunks + c) * H + h) * P + p, tl.sum(dy * xf, axis=0), mask=p_ok)
-            tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask_x)
-        ddt += A * da  # dL/dΔ
-        if DT_SOFTPLUS:
-            ddt = tl.where(raw > 20.0, ddt, ddt * tl.sigmoid(raw))
-        tl.store(ddt_ptr + pb * ddt_part + row0 * H + h + q * H, ddt, mask=t_ok)
-        tl.store(dA_ptr + part_offs * H + h, tl.sum(dt * da, axis=0))
+    if CHUNKS == 1:
+        bi = pid // n_chunks
+        c = pid % n_chunks
+        t_ok, row, row0, mask_bc, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt = _chunk_start(
+            B_ptr, C_ptr, L, H, G, P, N, bi, c, g, q, p, n, p_ok, IEEE, BLOCK_Q)
+        part_offs = pb * n_bc + pid  # this block of head dims' (b, c) slot of dA
+        dCBt = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)  # Σ over the heads of dL/d(C Bᵀ), transposed
+        dB = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+        dC = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+        for h in range(h_first, h_first + tl.minimum(heads_per_split, HG - split * heads_per_split)):
+            dCBt, dB, dC = _chunk_head(
+                x_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr, dx_ptr, ddt_ptr, dA_ptr,
+                dD_ptr, g_ptr, H, P, N, n_chunks, n_walk, h, bi, c, pid, pb, row0, part_offs, ddt_part,
+                q, p, p_ok, t_ok, last, causal, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt, dCBt, dB, dC,
+                OUT, IN, HAS_D, D_PER_DIM, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, IEEE, BLOCK_Q, DDT_DECAY_ONLY)
+        _chunk_bc_store(dB_ptr, dC_ptr, G, N, n_parts, part0, part, g, n, row, mask_bc, Bc, Cc, dCBt, dB, dC,
+                        OUT, IEEE)
+    else:
+        n_runs = tl.cdiv(n_chunks, CHUNKS)
+        bi = pid // n_runs
+        c0 = (pid % n_runs) * CHUNKS
+        for c in range(c0, tl.minimum(c0 + CHUNKS, n_chunks)):  # the loop the compiler pipelines
+            t_ok, row, row0, mask_bc, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt = _chunk_start(
+                B_ptr, C_ptr, L, H, G, P, N, bi, c, g, q, p, n, p_ok, IEEE, BLOCK_Q)
+            bc = bi * n_chunks + c
+            dCBt, dB, dC = _chunk_head(
+                x_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr, dx_ptr, ddt_ptr, dA_ptr,
+                dD_ptr, g_ptr, H, P, N, n_chunks, n_walk, h_first, bi, c, bc, pb, row0, pb * n_bc + bc, ddt_part,
+                q, p, p_ok, t_ok, last, causal, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt,
+                tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32), tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32),
+                tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32), OUT, IN, HAS_D, D_PER_DIM, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, IEEE, BLOCK_Q, DDT_DECAY_ONLY)
+            _chunk_bc_store(dB_ptr, dC_ptr, G, N, n_parts, part0, part, g, n, row, mask_bc, Bc, Cc, dCBt, dB,
+                            dC, OUT, IEEE)
 
-    offs = ((row[:, None] * n_parts + part0 + part) * G + g) * N + n[None, :]  # (b, L, n_parts, G, N)
-    if OUT:  # C Bᵀ's gradient, summed over the heads: dB_s += Σ_t dCBt[s, t] C_t, dC_t += Σ_s dCBt[s, t] B_s
-        dB = _mma(dCBt.to(dot_t), Cc, dB, IEEE)
-        dC = _mma(tl.trans(dCBt).to(dot_t), Bc, dC, IEEE)
-        tl.store(dC_ptr + offs, dC, mask=mask_bc)
-    tl.store(dB_ptr + offs, dB, mask=mask_bc)
+
+# Runs of chunks per program (``_chunks_per_program``) as ssd_bwd's automatic choice where a program has one head.
+# Off until a GPU has timed it (benchmarks/sweep_ssd.py's "one head" entries) and run tests/test_ssd_bwd_chunks.py:
+# the offline sm_90 compile predicts 1050-1300 us against 1591 us at Mamba-3's path shape (benchmarks/notes/ssd.md),
+# but no run has checked the 214 KB of shared memory its output side asks for at 3 stages on a real device.
+CHUNK_RUNS = False
+
+
+def _chunks_per_program(programs, n_chunks, sms):
+    """Chunks per program of the chunk kernel where each program has one head; ``programs`` (b G splits P
+    blocks) times the chunks is the one-chunk grid. The most of 8, 4, 2 that leaves at least 4 programs per SM
+    (the kernel runs one program per SM: with 4 waves or more the last, partial one idles the GPU for at most
+    a fifth of the launch), else 1. At Mamba-3's path shape (B4 L4096 H = G = 32, 64 chunks, 132 SMs): 8, i.e.
+    1024 programs on the output side and 2048 on the input side (8192 and 16384 with one chunk each).
+    Compiled for sm_90 (``benchmarks/sweep_ssd.py --compile-one-head``) the run length changes nothing but the
+    loop's bound; float32 products spill kilobytes in the loop, so they keep one chunk."""
+    for k in (8, 4, 2):
+        if programs * triton.cdiv(n_chunks, k) >= 4 * sms:
+            return k
+    return 1
 
 
 def _bwd_q_max(ieee, BLOCK_N):
@@ -744,8 +833,8 @@ def bwd_chunk_len(chunk_size, dtype, N):
 
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-            initial_states=None, y_pre=None, block_q=None, block_p=None, n_split=None, sides=None,
-            num_warps=None, num_stages=None, stop_after=None, ddt_decay_only=False, turns=False):
+            initial_states=None, y_pre=None, block_q=None, block_p=None, n_split=None, chunks_per_program=None,
+            sides=None, num_warps=None, num_stages=None, stop_after=None, ddt_decay_only=False, turns=False):
     """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
 
     dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
@@ -753,7 +842,11 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     the forward's output before the gate (``ssd_fwd(..., return_pre_gate=True)``; recomputed if None).
     The keyword arguments after it override the launch parameters (benchmarks and tests only):
     ``sides`` "split" runs the chunk kernel's output and input sides as two launches, "fused" as one;
-    ``stop_after`` ("states", "dstates" or "side1") returns None after that launch (to time the kernels).
+    ``chunks_per_program`` (where a program of the chunk kernel has one head, heads_per_split = 1, as on
+    Mamba-3's path where G = H): each program walks that many chunks of its head in turn, so that the
+    compiler pipelines their loads (None: ``_chunks_per_program`` picks when ``CHUNK_RUNS`` is on; 1 where a
+    program has several heads, and for float32); ``stop_after`` ("states", "dstates", "side1" or "side2") returns None after that launch
+    (to time the kernels).
     ``ddt_decay_only``: ddt holds Δ's part through the decays alone, not its part as the input's
     weight (Mamba-3's path through these kernels accounts for that part itself; see kernels/mamba3_ssd.py).
     ``turns`` (Mamba-3's path, where B and C are keys and queries turned pair by pair): the dict also holds
@@ -766,8 +859,8 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     derivative in that angle is "turns" + <dhT, J hT> (see kernels/mamba3_ssd.py).
     """
     given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
-    knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, sides=sides, num_warps=num_warps,
-                 num_stages=num_stages, stop_after=stop_after)
+    knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, chunks_per_program=chunks_per_program,
+                 sides=sides, num_warps=num_warps, num_stages=num_stages, stop_after=stop_after)
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         grads = ssd_bwd(f(dy), f(dhT), chunk_size=chunk_size, dt_softplus=dt_softplus, y_pre=f(y_pre),
@@ -814,6 +907,13 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     n_split = min(n_split, HG)
     heads_per_split = triton.cdiv(HG, n_split)
     n_split = triton.cdiv(HG, heads_per_split)  # no empty split
+    if chunks_per_program is None:  # runs of chunks where a program has one head, half-precision products only
+        one = not CHUNK_RUNS or heads_per_split > 1 or ieee or interpreting()
+        chunks_per_program = 1 if one else _chunks_per_program(b * G * n_split * min(n_pb.values()), n_chunks, sms)
+    elif chunks_per_program > 1 and heads_per_split > 1:
+        raise ValueError(f"chunks_per_program={chunks_per_program} needs one head per program of the chunk "
+                         f"kernel; got {heads_per_split} (pass n_split={HG})")
+    n_runs = triton.cdiv(n_chunks, chunks_per_program)  # runs of chunks per batch row, one program each
     n_walk = triton.cdiv(P, walk_p)
 
     # the states entering each chunk and the gradients of those leaving it: (b, c, H, P, N), x's dtype
@@ -866,13 +966,14 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     part0 = pb0 = 0
     for side in side_ids:
         chunk_extra = {} if interpreting() else dict(num_warps=num_warps or 8, num_stages=stages[side])
-        _ssd_bwd_chunk[(b * n_chunks, G, parts[side])](
+        _ssd_bwd_chunk[(b * n_runs, G, parts[side])](
             x, dt, A, B, C, dummy if D is None else D.contiguous(), z_, dy, bias_, states, dstates,
             dx, ddt, dA, dD, dB, dC, g_alpha,
             L, H, G, P, N, n_chunks, heads_per_split, part0, dBC.shape[2], pb0, n_walk,
             SIDE=side, HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
             HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
-            BLOCK_Q=Q, BLOCK_P=side_p[side], BLOCK_N=BLOCK_N, DDT_DECAY_ONLY=bool(ddt_decay_only), **chunk_extra)
+            BLOCK_Q=Q, BLOCK_P=side_p[side], BLOCK_N=BLOCK_N, DDT_DECAY_ONLY=bool(ddt_decay_only),
+            CHUNKS=chunks_per_program, **chunk_extra)
         if stop_after == f"side{side}":
             return None
         part0, pb0 = part0 + parts[side], pb0 + n_pb[side]
