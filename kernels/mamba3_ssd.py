@@ -307,13 +307,15 @@ def _rotate_bwd_heads(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_
                       dB_ptr, dC_ptr, dtheta_ptr, ddt_ptr, dr_ptr, dpsi0_ptr,
                       L, H, G, N2, n_tiles, n_iblk, n_hblk, dk_row, dq_row,
                       N_DK: tl.constexpr, N_DQ: tl.constexpr, HEADS: tl.constexpr, HAS_GPSI: tl.constexpr,
-                      BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr, JOINED: tl.constexpr, ATOMIC: tl.constexpr):
+                      BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr, JOINED: tl.constexpr, ATOMIC: tl.constexpr,
+                      STAGES: tl.constexpr = 1):
     # ``_rotate_bwd``'s tiled form (tiles = SSD's chunks, every carry from the boundary sums) with one program
     # per (batch, group, block of HEADS heads; block of pairs; tile): B's and C's tile loaded once, dB and dC
     # summed over the heads in registers and stored once, plainly when one program has all the group's heads
     # (n_hblk = 1), else added atomically (ATOMIC). Per head: θ, Δ, r, the entering angle, the carry, the parts
     # of dL/dk̃ and dL/dq, and the stores of dθ, dΔ's and dr's parts and dΦ_{-1}. The parts' loops unrolled
-    # (N_DK, N_DQ constexpr): the head loop is the innermost, its loads independent of the previous head's.
+    # (N_DK, N_DQ constexpr): the head loop is the innermost, its loads independent of the previous head's, and
+    # with STAGES > 1 Triton pipelines them (through shared memory: 75 KB at 3 stages, compiled for sm_90).
     pid, pi = tl.program_id(0), tl.program_id(1)  # (batch * G + group) * n_hblk + block of heads; pairs
     c = tl.program_id(2)  # the tile
     bg, hb = pid // n_hblk, pid % n_hblk
@@ -335,7 +337,7 @@ def _rotate_bwd_heads(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_
     dce = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
     dco = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
     at = (c + 1) * BLOCK_L < L  # the tile ends at a chunk boundary: its carry is the boundary's sum
-    for j in range(0, HEADS):
+    for j in tl.range(0, HEADS, num_stages=STAGES):  # STAGES > 1: the next heads' loads in flight (cp.async)
         h = head0 + j
         ph = bi * H + h
         if HAS_GPSI:  # the last tile's carry: the final angle's gradient
@@ -396,6 +398,7 @@ MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which h
 # without atomics. Off (one head a program, ``_rotate_bwd``) until a GPU has timed it (benchmarks/sweep_mamba3.py,
 # "heads loop") and run tests/test_mamba3_ssd.py; True: the automatic choice (``_auto_heads``).
 ROT_BWD_HEADS = False
+ROT_BWD_STAGES = 3  # the head loop's pipeline depth (1: no loads ahead)
 PROGRAMS_PER_SM = 4  # the automatic choice keeps at least this many of the head loop's programs per SM
 
 
@@ -409,6 +412,12 @@ def _auto_heads(hpg, grid, device):
     while heads % 2 == 0 and grid * (hpg // heads) < PROGRAMS_PER_SM * sms:
         heads //= 2
     return heads
+
+
+def _bwd_option(rotate, key, default):
+    """A launch option of the rotation's backward from ``rotate`` (a dict), or ``default``."""
+    value = rotate.get(key) if isinstance(rotate, dict) else None
+    return default if value is None else value
 
 
 def _bwd_heads(rotate):
@@ -425,11 +434,12 @@ def _bwd_heads(rotate):
 
 def _form(form):
     """The rotation's form (``ROTATE`` for None), refused with a clear error if unknown. ``form`` may be a dict
-    with "form" and "bwd_heads" (``_bwd_heads``)."""
+    with "form" and the backward's launch options "bwd_heads" (``_bwd_heads``) and "bwd_stages" (the head
+    loop's pipeline depth, ``ROT_BWD_STAGES`` by default)."""
     if isinstance(form, dict):
-        unknown = set(form) - {"form", "bwd_heads"}
+        unknown = set(form) - {"form", "bwd_heads", "bwd_stages"}
         if unknown:
-            raise ValueError(f"the rotation's options are 'form' and 'bwd_heads'; got {sorted(unknown)}")
+            raise ValueError(f"the rotation's options are 'form', 'bwd_heads' and 'bwd_stages'; got {sorted(unknown)}")
         _bwd_heads(form)
         form = form.get("form")
     form = form or ROTATE
@@ -504,7 +514,7 @@ def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK
     ddt_dr = torch.empty(2, b, L, H, n_iblk, **f32)  # dΔ, dr: one part per block of pairs
     dpsi0 = torch.empty(b, H, N2, **f32)
     extra = {} if interpreting() else dict(num_warps=4)
-    heads = _bwd_heads(form)
+    heads, form_arg = _bwd_heads(form), form
     form = _form(form)
     tiles = form in TILED and bounds is not None and BLOCK_L == Q and n_tiles <= MAX_TILES
     if tiles and heads != 1:
@@ -521,7 +531,7 @@ def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK
             bounds.contiguous(), dB, dC, dtheta, ddt_dr[0], ddt_dr[1], dpsi0,
             L, H, G, N2, n_tiles, n_iblk, n_hblk, dk_row, dq_row, N_DK=n_dk, N_DQ=n_dq, HEADS=heads,
             HAS_GPSI=gpsi is not None, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, JOINED=form == "joined",
-            ATOMIC=n_hblk > 1, **extra)
+            ATOMIC=n_hblk > 1, STAGES=_bwd_option(form_arg, "bwd_stages", ROT_BWD_STAGES), **extra)
         ddt, dr = sum_parts(ddt_dr, -1)
         return dB, dC, dtheta, ddt, dr, dpsi0
     dB.zero_(), dC.zero_()
