@@ -699,7 +699,9 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
                return_final_state=False, rotate=None, fused_rotation=None):
     """The SISO scan through the rotation and the SSD kernels; arguments and results as
     ``kernels.mamba3.mamba3_triton``. ``rotate``: the rotation's form ("walk", "tiles" or "joined",
-    ``ROTATE`` by default; see ``_rotate_forward``). ``fused_rotation`` (``FUSED_ROTATION`` by default):
+    ``ROTATE`` by default; see ``_rotate_forward``), or a dict with "form" and the backward's launch options
+    "bwd_heads" (heads per program of the tiled backward: 1 one head, 0 automatic; ``ROT_BWD_HEADS``) and
+    "bwd_stages" (``_form``). ``fused_rotation`` (``FUSED_ROTATION`` by default):
     the forward in one kernel that turns B and C in registers (``kernels/mamba3_ssd_fwd.py``); without
     gradients it also applies the gate and needs no other launch (but B's and C's permutation), with them
     the backward recomputes k̃ and q (``_FusedScan``). A dict instead of True: the same, with these launch
