@@ -98,6 +98,24 @@ now reads the parts (1.07 GB) and sums them in registers: 2.7 GB, about 0.67
 ms, less. And x's two gradients, SSD's and the correction's, are summed as
 the second is written (201 MB, where writing it and adding took 335 MB).
 
+The backward's heads in one program (``ROT_BWD_HEADS``, off until timed; ``rotate=dict(bwd_heads=k)``). In
+tiles, ``_rotate_bwd`` runs one program per head, and every head's program adds its dB and dC atomically into
+the group's (b, L, G, N) float32 sums and reads the group's tile of B and C again. At B4 L4096 H32 N128 G1
+that is 2 x 32 x 2.1M = 134M contended float32 atomic adds onto 4.2M addresses, and 32 reads of B and C (268
+MB from L2), beside about 1.39 GB from memory (dL/dk̃'s three parts and dL/dq's one, 1.07 GB; θ in and dθ out,
+2 x 134 MB; dΔ's and dr's parts, 17 MB): 325 us at 4.3 TB/s, where the H200 took 806 us. ``_rotate_bwd_heads``
+runs one program per (batch, group, block of heads; pairs; tile): it loads B's and C's tile once, sums dB and
+dC over the heads in registers and stores them once, plainly when it has all the group's heads (the atomics
+only when the heads are split over programs). The heads' loop is its innermost (the parts' loops unrolled), and
+Triton pipelines its loads (``ROT_BWD_STAGES`` = 3: the next heads' θ and gradient parts on their way through
+shared memory while one head is computed). Automatic (``_auto_heads``): all the group's heads unless the grid
+would have fewer than 4 programs an SM, then halved until it has; at the goal shape 4 x 1 x 4 x 64 = 1024
+programs, 7.8 an H200 SM: all 32 heads. Compiled for sm_90: 216 registers, no spill, 75 KB of shared memory,
+2 blocks of 4 warps an SM (240 registers and 4 KB without the pipeline). Prediction (H200): the 134M atomics
+and 260 MB of L2 reads gone, 16.8 MB of plain stores in their place; 350-450 us for the kernel against 806
+(its floor 325 us; two blocks an SM and a grid of 3.9 waves are the risk), the path's forward and backward
+350-450 us less. Not yet timed.
+
 The rotation inside SSD's forward (``FUSED_ROTATION``, off until timed; ``fused_rotation=``): one kernel,
 ``kernels/mamba3_ssd_fwd.py``, turns the group's B and C in registers chunk by chunk, builds the trapezoid's
 mask whole (γ_t on the diagonal: no correction) and applies D and the gate: about 370 MB of traffic where
