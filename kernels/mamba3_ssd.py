@@ -516,7 +516,10 @@ def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK
     None (zero), (b, L, H, N), or parts (b, L, parts, H, N) that sum to it (SSD's backward's, float32). With
     ``bounds`` (b, H, cdiv(L, Q), N/2), the sums of dΦ from every chunk boundary on (dΦ_T included), the walk
     restarts from them at each boundary; then if the tiles are the chunks and ``form`` (``ROTATE`` by default)
-    is "tiles" or "joined", every tile runs at once ("joined": with contiguous rows, as the forward's).
+    is "tiles" or "joined", every tile runs at once ("joined": with contiguous rows, as the forward's). Every
+    tile at once, ``form`` as a dict may add "bwd_heads" (``_bwd_heads``; ``ROT_BWD_HEADS`` by default): k > 1
+    heads of a group a program (``_rotate_bwd_heads``: dB, dC summed in registers, stored plainly when k is the
+    group's heads), 0 the automatic choice (``_auto_heads``); and "bwd_stages", its loop's pipeline depth.
 
     Traffic the parts save at B4 L4096 H32 P64 N128 (268 MB a part; three of dL/dk̃, one of dL/dq): summed
     in PyTorch first they moved 3.2 GB and this kernel then read 0.54 GB; read here, 1.07 GB. dΔ's and dr's

@@ -508,7 +508,8 @@ def test_rotation_backward_head_loop(G, angles, gen):
     1e-6 in float32 (the same arithmetic, but the order of the heads' sums), and against float64 autograd;
     all the group's heads (plain stores) and, for G = 1, blocks of 2 (atomic sums); with and without an
     initial angle and the final angle's gradient; batch 1, L = 37 (not a multiple of the tile), N/2 = 3;
-    dL/dk̃ in 3 parts and dL/dq in 1 (as SSD's backward hands them over), joined rows and even/odd loads."""
+    dL/dk̃ in 3 parts and dL/dq in 1 (as SSD's backward hands them over) or none, joined rows and even/odd
+    loads."""
     from ssm_edu.kernels import mamba3_ssd
 
     b, L, H, N = 1, 37, 4, 6
@@ -522,8 +523,8 @@ def test_rotation_backward_head_loop(G, angles, gen):
                                                BLOCK_L, BLOCK_I)
     counted = _Launches(mamba3_ssd._rotate_bwd_heads)
 
-    def run(heads, form="joined"):
-        return mamba3_ssd._rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK_I,
+    def run(heads, form="joined", k=gk, q=gq):
+        return mamba3_ssd._rotate_backward(B, C, theta, dt, r, psi_tiles, k, q, gpsi, BLOCK_L, BLOCK_I,
                                            bounds=bounds, Q=BLOCK_L, form=dict(form=form, bwd_heads=heads))
 
     with pytest.MonkeyPatch.context() as mp:
@@ -539,6 +540,9 @@ def test_rotation_backward_head_loop(G, angles, gen):
                     continue
                 assert rel_error(a, o) < 1e-6, f"d{name}, {heads} heads {form}: {rel_error(a, o):.3g} from one head"
                 assert rel_error(a, e) < tolerance(torch.float32), f"d{name}, {heads} heads {form}: float64"
+        if G == 1:  # no dL/dq: nothing read, zero (as the launch per head)
+            for name, a, o in zip(("B", "C", "theta", "dt", "r", "psi0"), run(H, q=None), run(1, q=None)):
+                assert rel_error(a, o) < 1e-6, f"d{name} without dL/dq: {rel_error(a, o):.3g}"
         with pytest.raises(ValueError, match="must divide the heads per group"):
             run(3)
 
