@@ -148,6 +148,29 @@ def rotate_config(kernel="fwd", dtype=torch.bfloat16, tiles=False, joined=False)
     return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), programs
 
 
+def rotate_heads_config(heads=0, joined=True, stages=None):
+    """The rotation's tiled backward with a loop over heads (``_rotate_bwd_heads``) at the goal shape, as
+    ``_rotate_backward`` launches it for ``rotate=dict(form=..., bwd_heads=heads)`` (0: the automatic choice
+    on an H200's 132 SMs, all 32 heads of the group: plain stores of dB, dC); ``stages``: the head loop's
+    pipeline depth (``ROT_BWD_STAGES`` by default; 1: no loads ahead)."""
+    rot = _mod("mamba3_ssd")
+    s = GOAL
+    Q = _mod("ssd").bwd_chunk_len(64, torch.bfloat16, s["N"])
+    BLOCK_L, BLOCK_I = rot._blocks(s["N"] // 2, Q)
+    n_iblk, n_tiles, hpg = -(-(s["N"] // 2) // BLOCK_I), -(-s["L"] // BLOCK_L), s["H"] // s["G"]
+    heads = heads or rot._auto_heads(hpg, s["b"] * s["G"] * n_iblk * n_tiles, torch.device("meta"))
+    n_hblk = hpg // heads
+    fn = rot._rotate_bwd_heads
+    pointers = {name: ("*bf16" if name in ("B_ptr", "C_ptr") else "*fp32")
+                for name in inspect.signature(fn.fn).parameters if name.endswith("_ptr")}
+    ints = dict(L=s["L"], H=s["H"], G=s["G"], N2=s["N"] // 2, n_tiles=n_tiles, n_iblk=n_iblk, n_hblk=n_hblk,
+                dk_row=4 * s["H"] * s["N"], dq_row=4 * s["H"] * s["N"])
+    ce = dict(N_DK=3, N_DQ=1, HEADS=heads, HAS_GPSI=False, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, JOINED=joined,
+              ATOMIC=n_hblk > 1, STAGES=stages or rot.ROT_BWD_STAGES)
+    programs = s["b"] * s["G"] * n_hblk * n_iblk * n_tiles
+    return fn, pointers, ints, ce, dict(num_warps=4, num_stages=1), programs
+
+
 def fused_rot_config(dtype=torch.bfloat16, z=False, state=False, **knobs):
     """The forward with the rotation inside the chunk walk (kernels/mamba3_ssd_fwd.py) at the goal shape, as
     ``fused_forward`` launches it (with D; z: the gate too; state: an initial state and angle, and the final
@@ -246,6 +269,11 @@ CONFIGS = [  # (label, builder, arguments): the defaults, then the sweep's varia
     ("ssd path: rotate bwd tiles", rotate_config, dict(kernel="bwd", tiles=True)),
     ("ssd path: rotate tiles joined", rotate_config, dict(kernel="tiles", joined=True)),
     ("ssd path: rotate bwd joined", rotate_config, dict(kernel="bwd", tiles=True, joined=True)),
+    ("ssd path: rot bwd heads32", rotate_heads_config, {}),
+    ("ssd path: rot bwd heads32 s1", rotate_heads_config, dict(stages=1)),
+    ("ssd path: rot bwd heads32 s2", rotate_heads_config, dict(stages=2)),
+    ("ssd path: rot bwd heads8", rotate_heads_config, dict(heads=8)),
+    ("ssd path: rot bwd heads32 tiles", rotate_heads_config, dict(joined=False)),
     ("fused rot fwd default", fused_rot_config, {}),
     ("fused rot fwd gate", fused_rot_config, dict(z=True)),
     ("fused rot fwd gate, states", fused_rot_config, dict(z=True, state=True)),

@@ -33,6 +33,10 @@ if os.environ.get("SWEEP_SMALL"):  # a dry run of the whole script on a CPU (int
 # Variants with knobs are the fused kernel's; path "ssd" is kernels/mamba3_ssd.py (the SISO default), whose
 # knob ``rotate`` picks the form of its rotation ("walk", "tiles" or "joined", the default), ``fused_rotation`` its
 # forward with the rotation inside the chunk walk (kernels/mamba3_ssd_fwd.py; a dict: with those launch options);
+# ``rotate`` as a dict adds the backward's launch options: "bwd_heads" (heads per program of _rotate_bwd's tiled
+# form, 0 automatic: "heads loop", _rotate_bwd_heads; 1 the launch per head) and "bwd_stages" (the head loop's
+# pipeline depth). The heads loop is off by default (mamba3_ssd.ROT_BWD_HEADS = False): it turns on after a GPU
+# run of "heads loop" against "one head a program" and tests/test_mamba3_ssd.py on the GPU.
 # "gate" (forward only, not a kernel knob) passes z, as the suite's rows and the peer's 669 us (H200) do.
 VARIANTS = [
     ("fwd fused kernel", "fwd", dict(path="fused")),
@@ -51,6 +55,8 @@ VARIANTS = [
     ("fwd+bwd through SSD, walk", "fwd+bwd", dict(path="ssd", rotate="walk")),
     ("fwd+bwd through SSD, tiles rotation", "fwd+bwd", dict(path="ssd", rotate="tiles")),
     ("fwd+bwd through SSD, fused rotation", "fwd+bwd", dict(path="ssd", fused_rotation=True)),
+    ("fwd+bwd through SSD, heads loop", "fwd+bwd", dict(path="ssd", rotate=dict(bwd_heads=0))),
+    ("fwd+bwd through SSD, one head a program", "fwd+bwd", dict(path="ssd", rotate=dict(bwd_heads=1))),
     ("fwd+bwd group heads (no atomics)", "fwd+bwd", dict(bwd_heads=0)),
     ("fwd+bwd one chunk launch", "fwd+bwd", dict(bwd_split=False)),
     ("fwd+bwd rows16", "fwd+bwd", dict(bwd_max_rows=16)),
@@ -69,8 +75,12 @@ VARIANTS = [
     ("fwd fused rotation q64 bp64 w8", "fwd", dict(path="ssd", fused_rotation=dict(block_q=64))),
     ("fwd fused rotation stages1", "fwd", dict(path="ssd", fused_rotation=dict(num_stages=1))),
     ("fwd fused rotation exact trig", "fwd", dict(path="ssd", fused_rotation=dict(fast_trig=False))),
+    ("fwd+bwd heads loop stages1", "fwd+bwd", dict(path="ssd", rotate=dict(bwd_heads=0, bwd_stages=1))),
+    ("fwd+bwd heads loop stages2", "fwd+bwd", dict(path="ssd", rotate=dict(bwd_heads=0, bwd_stages=2))),
+    ("fwd+bwd heads loop 8 heads", "fwd+bwd", dict(path="ssd", rotate=dict(bwd_heads=8))),
+    ("fwd+bwd heads loop 2 heads", "fwd+bwd", dict(path="ssd", rotate=dict(bwd_heads=2))),
 ]
-CORE = 20
+CORE = 22
 
 
 def child(labels):

@@ -423,7 +423,8 @@ def mamba3_triton(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, ini
     the initial state included (the backward pass is ``kernels/mamba3_bwd.py``).
     ``path``: ``"fused"`` or ``"ssd"`` (``kernels/mamba3_ssd.py``, SISO float32
     and bfloat16 only; other inputs take the fused kernel); ``SISO_PATH`` by default. ``rotate``: that
-    path's rotation, "walk", "tiles" or "joined" (``kernels/mamba3_ssd.py``'s ``ROTATE`` by default);
+    path's rotation, "walk", "tiles" or "joined" (``kernels/mamba3_ssd.py``'s ``ROTATE`` by default), or a
+    dict with "form" and its backward's launch options "bwd_heads", "bwd_stages" (``mamba3_ssd._form``);
     ``fused_rotation``: that path's forward with the rotation inside the chunk walk (its ``FUSED_ROTATION`` by
     default).
     """

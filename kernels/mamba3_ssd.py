@@ -98,6 +98,24 @@ now reads the parts (1.07 GB) and sums them in registers: 2.7 GB, about 0.67
 ms, less. And x's two gradients, SSD's and the correction's, are summed as
 the second is written (201 MB, where writing it and adding took 335 MB).
 
+The backward's heads in one program (``ROT_BWD_HEADS``, off until timed; ``rotate=dict(bwd_heads=k)``). In
+tiles, ``_rotate_bwd`` runs one program per head, and every head's program adds its dB and dC atomically into
+the group's (b, L, G, N) float32 sums and reads the group's tile of B and C again. At B4 L4096 H32 N128 G1
+that is 2 x 32 x 2.1M = 134M contended float32 atomic adds onto 4.2M addresses, and 32 reads of B and C (268
+MB from L2), beside about 1.39 GB from memory (dL/dk̃'s three parts and dL/dq's one, 1.07 GB; θ in and dθ out,
+2 x 134 MB; dΔ's and dr's parts, 17 MB): 325 us at 4.3 TB/s, where the H200 took 806 us. ``_rotate_bwd_heads``
+runs one program per (batch, group, block of heads; pairs; tile): it loads B's and C's tile once, sums dB and
+dC over the heads in registers and stores them once, plainly when it has all the group's heads (the atomics
+only when the heads are split over programs). The heads' loop is its innermost (the parts' loops unrolled), and
+Triton pipelines its loads (``ROT_BWD_STAGES`` = 3: the next heads' θ and gradient parts on their way through
+shared memory while one head is computed). Automatic (``_auto_heads``): all the group's heads unless the grid
+would have fewer than 4 programs an SM, then halved until it has; at the goal shape 4 x 1 x 4 x 64 = 1024
+programs, 7.8 an H200 SM: all 32 heads. Compiled for sm_90: 216 registers, no spill, 75 KB of shared memory,
+2 blocks of 4 warps an SM (240 registers and 4 KB without the pipeline). Prediction (H200): the 134M atomics
+and 260 MB of L2 reads gone, 16.8 MB of plain stores in their place; 350-450 us for the kernel against 806
+(its floor 325 us; two blocks an SM and a grid of 3.9 waves are the risk), the path's forward and backward
+350-450 us less. Not yet timed.
+
 The rotation inside SSD's forward (``FUSED_ROTATION``, off until timed; ``fused_rotation=``): one kernel,
 ``kernels/mamba3_ssd_fwd.py``, turns the group's B and C in registers chunk by chunk, builds the trapezoid's
 mask whole (γ_t on the diagonal: no correction) and applies D and the gate: about 370 MB of traffic where
@@ -210,17 +228,24 @@ def _rotate_tiles(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, k_ptr, q_ptr, psi_tile
 
 @triton.jit
 def _grad_parts(ptr, n_parts, row_stride, row, h, H, N, t_ok, c0, i, m, JOINED: tl.constexpr,
-                BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr):
+                BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr, UNROLL: tl.constexpr = False):
     """A gradient given as n_parts parts (b, L, n_parts, H, N), rows row_stride elements apart, summed at a
     tile's rows (BLOCK_L,) and pairs (BLOCK_I,): its even and its odd entries, float32 (BLOCK_L, BLOCK_I)
-    each; zero for n_parts = 0 (``pairs_at`` reads each part)."""
+    each; zero for n_parts = 0 (``pairs_at`` reads each part). UNROLL (n_parts a constexpr): no loop over
+    the parts, so that a loop around this one is the innermost (the one Triton pipelines)."""
     base = row * row_stride + h * N  # (BLOCK_L,) part 0 of each row
     even = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
     odd = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
-    for j in range(0, n_parts):
-        e, o = pairs_at(ptr, base + j * (H * N), t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
-        even += e
-        odd += o
+    if UNROLL:
+        for j in tl.static_range(n_parts):
+            e, o = pairs_at(ptr, base + j * (H * N), t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+            even += e
+            odd += o
+    else:
+        for j in range(0, n_parts):
+            e, o = pairs_at(ptr, base + j * (H * N), t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+            even += e
+            odd += o
     return even, odd
 
 
@@ -295,6 +320,75 @@ def _rotate_bwd(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, d
         tl.store(dpsi0_ptr + pid * N2 + i, carry, mask=i_ok)
 
 
+@triton.jit
+def _rotate_bwd_heads(B_ptr, C_ptr, theta_ptr, dt_ptr, r_ptr, psi_tiles_ptr, dk_ptr, dq_ptr, gpsi_ptr, bounds_ptr,
+                      dB_ptr, dC_ptr, dtheta_ptr, ddt_ptr, dr_ptr, dpsi0_ptr,
+                      L, H, G, N2, n_tiles, n_iblk, n_hblk, dk_row, dq_row,
+                      N_DK: tl.constexpr, N_DQ: tl.constexpr, HEADS: tl.constexpr, HAS_GPSI: tl.constexpr,
+                      BLOCK_L: tl.constexpr, BLOCK_I: tl.constexpr, JOINED: tl.constexpr, ATOMIC: tl.constexpr,
+                      STAGES: tl.constexpr = 1):
+    # ``_rotate_bwd``'s tiled form (tiles = SSD's chunks, every carry from the boundary sums) with one program
+    # per (batch, group, block of HEADS heads; block of pairs; tile): B's and C's tile loaded once, dB and dC
+    # summed over the heads in registers and stored once, plainly when one program has all the group's heads
+    # (n_hblk = 1), else added atomically (ATOMIC). Per head: θ, Δ, r, the entering angle, the carry, the parts
+    # of dL/dk̃ and dL/dq, and the stores of dθ, dΔ's and dr's parts and dΦ_{-1}. The parts' loops unrolled
+    # (N_DK, N_DQ constexpr): the head loop is the innermost, its loads independent of the previous head's, and
+    # with STAGES > 1 Triton pipelines them (through shared memory: 75 KB at 3 stages, compiled for sm_90).
+    pid, pi = tl.program_id(0), tl.program_id(1)  # (batch * G + group) * n_hblk + block of heads; pairs
+    c = tl.program_id(2)  # the tile
+    bg, hb = pid // n_hblk, pid % n_hblk
+    bi, g = bg // G, bg % G
+    head0 = g * (H // G) + hb * HEADS
+    i = pi * BLOCK_I + tl.arange(0, BLOCK_I)
+    i_ok = i < N2
+    N = 2 * N2
+    t = c * BLOCK_L + tl.arange(0, BLOCK_L)
+    t_ok = t < L
+    row = (bi * L + t).to(tl.int64)
+    m = t_ok[:, None] & i_ok[None, :]
+    c0 = 2 * pi * BLOCK_I  # the tile's first entry of each row
+    src = (row * G + g) * N  # (BLOCK_L,) rows of B and C
+    be, bo = pairs_at(B_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+    ce, co = pairs_at(C_ptr, src, t_ok, c0, i, m, N, JOINED, BLOCK_L, BLOCK_I)
+    dbe = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
+    dbo = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
+    dce = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
+    dco = tl.zeros([BLOCK_L, BLOCK_I], dtype=tl.float32)
+    at = (c + 1) * BLOCK_L < L  # the tile ends at a chunk boundary: its carry is the boundary's sum
+    for j in tl.range(0, HEADS, num_stages=STAGES):  # STAGES > 1: the next heads' loads in flight (cp.async)
+        h = head0 + j
+        ph = bi * H + h
+        if HAS_GPSI:  # the last tile's carry: the final angle's gradient
+            carry = tl.load(gpsi_ptr + ph * N2 + i, mask=i_ok & ((c + 1) * BLOCK_L >= L),
+                            other=0.0).to(tl.float32)
+        else:
+            carry = tl.zeros([BLOCK_I], dtype=tl.float32)
+        carry = tl.load(bounds_ptr + (ph * n_tiles + c + 1).to(tl.int64) * N2 + i, mask=i_ok & at, other=carry)
+        psi = tl.load(psi_tiles_ptr + (ph * n_tiles + c).to(tl.int64) * N2 + i, mask=i_ok, other=0.0)
+        th, dt, inc, phi = _phi_tile(theta_ptr, dt_ptr, psi, row, h, H, N2, i, t_ok, i_ok)
+        cs, sn = tl.cos(phi), tl.sin(phi)
+        r = tl.load(r_ptr + row * H + h, mask=t_ok, other=0.0).to(tl.float32)
+        gke, gko = _grad_parts(dk_ptr, N_DK, dk_row, row, h, H, N, t_ok, c0, i, m, JOINED, BLOCK_L, BLOCK_I, True)
+        ke, ko = be * cs - bo * sn, be * sn + bo * cs  # k = Rot(Φ) B, before the scale r
+        tl.store(dr_ptr + (row * H + h) * n_iblk + pi, tl.sum(gke * ke + gko * ko, axis=1), mask=t_ok)
+        gke, gko = gke * r[:, None], gko * r[:, None]  # dL/dk
+        dbe += gke * cs + gko * sn  # Rot(Φ)ᵀ dk, summed over the heads
+        dbo += gko * cs - gke * sn
+        dphi = gko * ke - gke * ko  # (BLOCK_L, BLOCK_I)
+        gqe, gqo = _grad_parts(dq_ptr, N_DQ, dq_row, row, h, H, N, t_ok, c0, i, m, JOINED, BLOCK_L, BLOCK_I, True)
+        qe, qo = ce * cs - co * sn, ce * sn + co * cs
+        dce += gqe * cs + gqo * sn
+        dco += gqo * cs - gqe * sn
+        dphi += gqo * qe - gqe * qo
+        total = tl.sum(dphi, axis=0)
+        after = carry[None, :] + total[None, :] - tl.cumsum(dphi, axis=0) + dphi  # Σ_{s>=t} dΦ_s
+        tl.store(dtheta_ptr + (row * H + h)[:, None] * N2 + i[None, :], after * dt[:, None], mask=m)
+        tl.store(ddt_ptr + (row * H + h) * n_iblk + pi, tl.sum(after * th, axis=1), mask=t_ok)
+        tl.store(dpsi0_ptr + ph * N2 + i, carry + total, mask=i_ok & (c == 0))  # the first tile: dΦ_{-1}
+    put_pairs(dB_ptr, src, t_ok, c0, i, m, N, dbe, dbo, JOINED, ATOMIC, BLOCK_L, BLOCK_I)
+    put_pairs(dC_ptr, src, t_ok, c0, i, m, N, dce, dco, JOINED, ATOMIC, BLOCK_L, BLOCK_I)
+
+
 def _blocks(N2, Q=None):
     """Rows of a tile and angle pairs per program: small tiles, several programs per head on a GPU. With Q
     (the SSD backward's chunk length, a power of two >= 16) the tiles divide the chunks."""
@@ -317,8 +411,55 @@ TILED = ("tiles", "joined")  # the forms that run every tile at once
 MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which holds no more; past it, the walk
 
 
+# The rotation's backward in tiles with one program per (batch, group, block of heads) instead of per head
+# (``_rotate_bwd_heads``): B's and C's tiles read once, dB and dC summed over the heads in registers and stored
+# without atomics. Off (one head a program, ``_rotate_bwd``) until a GPU has timed it (benchmarks/sweep_mamba3.py,
+# "heads loop") and run tests/test_mamba3_ssd.py; True: the automatic choice (``_auto_heads``).
+ROT_BWD_HEADS = False
+ROT_BWD_STAGES = 3  # the head loop's pipeline depth (1: no loads ahead)
+PROGRAMS_PER_SM = 4  # the automatic choice keeps at least this many of the head loop's programs per SM
+
+
+def _auto_heads(hpg, grid, device):
+    """Heads per program of ``_rotate_bwd_heads``: all the group's heads (``hpg``; plain stores), halved while
+    the grid (``grid`` programs at one block of heads per group) would have fewer than PROGRAMS_PER_SM
+    programs per SM. At B4 L4096 H32 N128 G1 on an H200 (132 SMs): 4 x 4 x 64 = 1024 programs, 7.8 per SM:
+    all 32 heads."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    heads = hpg
+    while heads % 2 == 0 and grid * (hpg // heads) < PROGRAMS_PER_SM * sms:
+        heads //= 2
+    return heads
+
+
+def _bwd_option(rotate, key, default):
+    """A launch option of the rotation's backward from ``rotate`` (a dict), or ``default``."""
+    value = rotate.get(key) if isinstance(rotate, dict) else None
+    return default if value is None else value
+
+
+def _bwd_heads(rotate):
+    """Heads per program of the rotation's tiled backward from ``rotate`` (a form, or a dict with "form" and
+    "bwd_heads"): 1 the launch per head (``_rotate_bwd``), 0 the automatic choice, k > 1 blocks of k heads
+    (``_rotate_bwd_heads``); ``ROT_BWD_HEADS`` when not given (False: 1, True: 0)."""
+    heads = rotate.get("bwd_heads") if isinstance(rotate, dict) else None
+    if heads is None:
+        return 0 if ROT_BWD_HEADS else 1
+    if not isinstance(heads, int) or heads < 0:
+        raise ValueError(f"bwd_heads must be an integer >= 0 (0: automatic); got {heads!r}")
+    return heads
+
+
 def _form(form):
-    """The rotation's form (``ROTATE`` for None), refused with a clear error if unknown."""
+    """The rotation's form (``ROTATE`` for None), refused with a clear error if unknown. ``form`` may be a dict
+    with "form" and the backward's launch options "bwd_heads" (``_bwd_heads``) and "bwd_stages" (the head
+    loop's pipeline depth, ``ROT_BWD_STAGES`` by default)."""
+    if isinstance(form, dict):
+        unknown = set(form) - {"form", "bwd_heads", "bwd_stages"}
+        if unknown:
+            raise ValueError(f"the rotation's options are 'form', 'bwd_heads' and 'bwd_stages'; got {sorted(unknown)}")
+        _bwd_heads(form)
+        form = form.get("form")
     form = form or ROTATE
     if form not in FORMS:
         raise ValueError(f"the rotation's form must be one of {', '.join(map(repr, FORMS))}; got {form!r}")
@@ -375,7 +516,10 @@ def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK
     None (zero), (b, L, H, N), or parts (b, L, parts, H, N) that sum to it (SSD's backward's, float32). With
     ``bounds`` (b, H, cdiv(L, Q), N/2), the sums of dΦ from every chunk boundary on (dΦ_T included), the walk
     restarts from them at each boundary; then if the tiles are the chunks and ``form`` (``ROTATE`` by default)
-    is "tiles" or "joined", every tile runs at once ("joined": with contiguous rows, as the forward's).
+    is "tiles" or "joined", every tile runs at once ("joined": with contiguous rows, as the forward's). Every
+    tile at once, ``form`` as a dict may add "bwd_heads" (``_bwd_heads``; ``ROT_BWD_HEADS`` by default): k > 1
+    heads of a group a program (``_rotate_bwd_heads``: dB, dC summed in registers, stored plainly when k is the
+    group's heads), 0 the automatic choice (``_auto_heads``); and "bwd_stages", its loop's pipeline depth.
 
     Traffic the parts save at B4 L4096 H32 P64 N128 (268 MB a part; three of dL/dk̃, one of dL/dq): summed
     in PyTorch first they moved 3.2 GB and this kernel then read 0.54 GB; read here, 1.07 GB. dΔ's and dr's
@@ -387,12 +531,31 @@ def _rotate_backward(B, C, theta, dt, r, psi_tiles, gk, gq, gpsi, BLOCK_L, BLOCK
     f32 = dict(device=B.device, dtype=torch.float32)
     dtheta = torch.empty(b, L, H, N2, **f32)
     (n_dk, dk_row, gk), (n_dq, dq_row, gq) = (_parts(g, dtheta) for g in (gk, gq))  # None: nothing read
-    dB, dC = torch.zeros(b, L, G, N, **f32), torch.zeros(b, L, G, N, **f32)  # atomic sums over the group's heads
+    dB, dC = torch.empty(b, L, G, N, **f32), torch.empty(b, L, G, N, **f32)  # zeroed where summed atomically
     ddt_dr = torch.empty(2, b, L, H, n_iblk, **f32)  # dΔ, dr: one part per block of pairs
     dpsi0 = torch.empty(b, H, N2, **f32)
     extra = {} if interpreting() else dict(num_warps=4)
-    form = form or ROTATE
+    heads, form_arg = _bwd_heads(form), form
+    form = _form(form)
     tiles = form in TILED and bounds is not None and BLOCK_L == Q and n_tiles <= MAX_TILES
+    if tiles and heads != 1:
+        hpg = H // G
+        heads = heads or _auto_heads(hpg, b * G * n_iblk * n_tiles, B.device)
+        if hpg % heads:
+            raise ValueError(f"bwd_heads must divide the heads per group ({hpg}); got {heads}")
+    if tiles and heads > 1:  # one program per (batch, group, block of heads; pairs; tile)
+        n_hblk = hpg // heads
+        if n_hblk > 1:
+            dB.zero_(), dC.zero_()
+        _rotate_bwd_heads[(b * G * n_hblk, n_iblk, n_tiles)](
+            B, C, theta, dt, r, psi_tiles, gk, gq, dtheta if gpsi is None else gpsi.contiguous(),
+            bounds.contiguous(), dB, dC, dtheta, ddt_dr[0], ddt_dr[1], dpsi0,
+            L, H, G, N2, n_tiles, n_iblk, n_hblk, dk_row, dq_row, N_DK=n_dk, N_DQ=n_dq, HEADS=heads,
+            HAS_GPSI=gpsi is not None, BLOCK_L=BLOCK_L, BLOCK_I=BLOCK_I, JOINED=form == "joined",
+            ATOMIC=n_hblk > 1, STAGES=_bwd_option(form_arg, "bwd_stages", ROT_BWD_STAGES), **extra)
+        ddt, dr = sum_parts(ddt_dr, -1)
+        return dB, dC, dtheta, ddt, dr, dpsi0
+    dB.zero_(), dC.zero_()
     _rotate_bwd[(b * H, n_iblk, n_tiles if tiles else 1)](
         B, C, theta, dt, r, psi_tiles, gk, gq, dtheta if gpsi is None else gpsi.contiguous(),
         dtheta if bounds is None else bounds.contiguous(), dB, dC, dtheta, ddt_dr[0], ddt_dr[1], dpsi0,
@@ -557,7 +720,9 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
                return_final_state=False, rotate=None, fused_rotation=None):
     """The SISO scan through the rotation and the SSD kernels; arguments and results as
     ``kernels.mamba3.mamba3_triton``. ``rotate``: the rotation's form ("walk", "tiles" or "joined",
-    ``ROTATE`` by default; see ``_rotate_forward``). ``fused_rotation`` (``FUSED_ROTATION`` by default):
+    ``ROTATE`` by default; see ``_rotate_forward``), or a dict with "form" and the backward's launch options
+    "bwd_heads" (heads per program of the tiled backward: 1 one head, 0 automatic; ``ROT_BWD_HEADS``) and
+    "bwd_stages" (``_form``). ``fused_rotation`` (``FUSED_ROTATION`` by default):
     the forward in one kernel that turns B and C in registers (``kernels/mamba3_ssd_fwd.py``); without
     gradients it also applies the gate and needs no other launch (but B's and C's permutation), with them
     the backward recomputes k̃ and q (``_FusedScan``). A dict instead of True: the same, with these launch

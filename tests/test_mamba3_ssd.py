@@ -463,3 +463,116 @@ def test_fused_forward_check_can_fail(gen, monkeypatch):
     monkeypatch.setattr(mamba3_ssd_fwd, "_turned", _turned_backwards)
     y, _ = fused_run(args, kw, torch.float32, 16)
     assert rel_error(y, y_ref) > 100 * tolerance(torch.float32)
+
+
+# ---------------------------------------------------------------- the rotation's backward, one program per heads
+
+
+class _Launches:
+    """A stand-in for a jitted kernel that counts its launches (the interpreter looks the kernel up at each
+    call of its launcher) and passes them on."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+def _rotation_reference(B, C, theta, dt, r, psi0, gk, gq, gpsi, H, Q):
+    """Float64 autograd through the rotation: dB, dC, dθ, dΔ, dr, dΦ_{-1}, and the boundary sums of dΦ
+    (b, H, cdiv(L, Q), N/2) that SSD's backward would hand to ``_rotate_backward`` (dΦ_T included)."""
+    G = B.shape[2]
+    leaves = [t.double().requires_grad_() for t in (B, C, theta, dt, r, psi0)]
+    Bd, Cd, thd, dtd, rd, p0 = leaves
+    phi = cumulative_angle(dtd, thd, p0)  # (b, L, H, N/2)
+    heads = lambda M: M.repeat_interleave(H // G, dim=2)[:, :, :, None]  # noqa: E731
+    k = rotate_pairs(heads(Bd), phi[:, :, :, None])[:, :, :, 0] * rd[..., None]
+    q = rotate_pairs(heads(Cd), phi[:, :, :, None])[:, :, :, 0]
+    phi.retain_grad()
+    loss = (k * gk.double()).sum() + (q * gq.double()).sum()
+    if gpsi is not None:
+        loss = loss + (phi[:, -1] * gpsi.double()).sum()
+    loss.backward()
+    after = phi.grad.flip(1).cumsum(1).flip(1)  # Σ_{s>=t} dΦ_s
+    bounds = after[:, ::Q].permute(0, 2, 1, 3).float().contiguous()
+    return [t.grad for t in leaves], bounds
+
+
+@pytest.mark.parametrize("angles", [True, False], ids=["angles", "no-angles"])
+@pytest.mark.parametrize("G", [1, 2], ids=["G1", "G2"])
+def test_rotation_backward_head_loop(G, angles, gen):
+    """``_rotate_bwd_heads`` (rotate=dict(bwd_heads=k): one program per (batch, group, block of k heads), dB
+    and dC summed over the heads in registers) against the launch per head (``_rotate_bwd``, atomics), within
+    1e-6 in float32 (the same arithmetic, but the order of the heads' sums), and against float64 autograd;
+    all the group's heads (plain stores) and, for G = 1, blocks of 2 (atomic sums); with and without an
+    initial angle and the final angle's gradient; batch 1, L = 37 (not a multiple of the tile), N/2 = 3;
+    dL/dk̃ in 3 parts and dL/dq in 1 (as SSD's backward hands them over) or none, joined rows and even/odd
+    loads."""
+    from ssm_edu.kernels import mamba3_ssd
+
+    b, L, H, N = 1, 37, 4, 6
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
+    B, C, theta, r = rnd(b, L, G, N), rnd(b, L, G, N), rnd(b, L, H, N // 2), rnd(b, L, H)
+    dt, psi0 = rnd(b, L, H).abs(), rnd(b, H, N // 2) if angles else torch.zeros(b, H, N // 2, device=DEVICE)
+    gk, gq, gpsi = rnd(b, L, 3, H, N), rnd(b, L, 1, H, N), rnd(b, H, N // 2) if angles else None
+    BLOCK_L, BLOCK_I = mamba3_ssd._blocks(N // 2, 16)
+    ref, bounds = _rotation_reference(B, C, theta, dt, r, psi0, gk.sum(2), gq.sum(2), gpsi, H, BLOCK_L)
+    *_, psi_tiles = mamba3_ssd._rotate_forward(B, C, theta, dt, r, psi0 if angles else None, torch.float32,
+                                               BLOCK_L, BLOCK_I)
+    counted = _Launches(mamba3_ssd._rotate_bwd_heads)
+
+    def run(heads, form="joined", k=gk, q=gq):
+        return mamba3_ssd._rotate_backward(B, C, theta, dt, r, psi_tiles, k, q, gpsi, BLOCK_L, BLOCK_I,
+                                           bounds=bounds, Q=BLOCK_L, form=dict(form=form, bwd_heads=heads))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mamba3_ssd, "_rotate_bwd_heads", counted)
+        one = run(1)
+        assert counted.grids == [], "one head a program: the launch per head"
+        runs = [(H // G, "joined"), (H // G, "tiles")] + ([(2, "joined")] if G == 1 else [])
+        for heads, form in runs:
+            got = run(heads, form)
+            assert counted.grids[-1] == (b * G * (H // G // heads), 1, -(-L // BLOCK_L)), counted.grids
+            for name, a, o, e in zip(("B", "C", "theta", "dt", "r", "psi0"), got, one, ref):
+                if name == "psi0" and not angles:
+                    continue
+                assert rel_error(a, o) < 1e-6, f"d{name}, {heads} heads {form}: {rel_error(a, o):.3g} from one head"
+                assert rel_error(a, e) < tolerance(torch.float32), f"d{name}, {heads} heads {form}: float64"
+        if G == 1:  # no dL/dq: nothing read, zero (as the launch per head)
+            for name, a, o in zip(("B", "C", "theta", "dt", "r", "psi0"), run(H, q=None), run(1, q=None)):
+                assert rel_error(a, o) < 1e-6, f"d{name} without dL/dq: {rel_error(a, o):.3g}"
+        with pytest.raises(ValueError, match="must divide the heads per group"):
+            run(3)
+
+
+@pytest.mark.parametrize("G,state", [(1, True), (2, False)], ids=["G1-state", "G2-no-state"])
+def test_rotation_backward_head_loop_through_the_path(G, state, gen, ssd_path, monkeypatch):
+    """The path's gradients (mamba3_ssd, every input; with ``state`` an initial state and angle and the final
+    ones' gradients) with ``ROT_BWD_HEADS`` on and all the group's heads a program, against the launch per head
+    (within 1e-6) and against the float64 loop; and the automatic rule's choices."""
+    from ssm_edu.kernels import mamba3_ssd
+
+    b, L, H, P, N, chunk = 1, 37, 4, 3, 6, 16
+    args, kw = inputs(gen, b=b, L=L, H=H, P=P, G=G, N=N, R=None, state=True)
+    wy = torch.randn(args[0].shape, generator=gen)
+    ref = grads("naive", args, kw, wy, F64, chunk, state, final=state)
+    one = grads("triton", args, kw, wy, torch.float32, chunk, state, final=state, path="ssd",
+                rotate=dict(bwd_heads=1))
+    counted = _Launches(mamba3_ssd._rotate_bwd_heads)
+    monkeypatch.setattr(mamba3_ssd, "_rotate_bwd_heads", counted)
+    monkeypatch.setattr(mamba3_ssd, "ROT_BWD_HEADS", True)
+    monkeypatch.setattr(mamba3_ssd, "_auto_heads", lambda hpg, grid, device: hpg)  # the rule, at any size
+    got = grads("triton", args, kw, wy, torch.float32, chunk, state, final=state)
+    assert len(counted.grids) == 1 and counted.grids[0][0] == b * G, counted.grids
+    for name, g, o, e in zip(NAMES, got, one, ref):
+        if e is None:
+            continue
+        assert rel_error(g, o) < 1e-6, f"d{name}: {rel_error(g, o):.3g} from one head a program"
+        assert grad_error(g, e) < tolerance(torch.float32), f"d{name}: {grad_error(g, e):.3g}"
+    monkeypatch.undo()
+    meta = torch.device("meta")  # 132 SMs, as an H200
+    assert mamba3_ssd._auto_heads(32, 4 * 4 * 64, meta) == 32  # the goal shape: 1024 programs, all heads
+    assert mamba3_ssd._auto_heads(32, 64, meta) == 2  # halved until 4 programs an SM (528)
+    assert mamba3_ssd._auto_heads(3, 8, meta) == 3
