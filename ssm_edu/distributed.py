@@ -54,6 +54,7 @@ import pathlib
 import pickle
 import tempfile
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -470,8 +471,13 @@ def _rank_main(rank, world, store_path, out_dir, fn, args, timeout):
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     store = dist.FileStore(store_path, world)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout))
+    try:
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout))
+    except RuntimeError as err:  # the meeting itself failed, before fn ran: run_ranks may start again
+        with open(os.path.join(out_dir, f"{rank}.meeting"), "w") as f:
+            f.write(str(err))
+        raise
     try:
         result = fn(*args)
         with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
@@ -522,37 +528,67 @@ def run_ranks(fn, world: int, *args, timeout: float = 60.0) -> list:
     directory (no port, so parallel runs never collide) and have ``timeout``
     seconds for everything: every collective times out, and a run that is
     still going at the deadline is killed and raises ``TimeoutError``.
-    A rank that raises stops the others and re-raises its error here.
+    A rank that raises stops the others and re-raises its error here. Processes that
+    fail to meet (gloo's connections between them, before ``fn`` runs) are started
+    again, up to ``MEETING_TRIES`` times in all, with a warning.
     The processes see no GPU (``CUDA_VISIBLE_DEVICES=""``): they compute on
     CPU on every machine, and a GPU machine gives the same results as a laptop.
     """
+    return _retry_meetings(lambda tmp: _run_once(fn, world, args, timeout, tmp))
+
+
+# How many times run_ranks starts its processes when they fail to meet. gloo connects every pair of processes
+# over TCP on 127.0.0.1 after the FileStore has given them each other's addresses; on a loaded machine (a CI
+# run of two test workers with a book build beside them, 2 cores) that connection was once closed by the
+# peer ("Gloo connectFullMesh failed ... Connection closed by peer"), before any rank ran fn. A failure
+# to meet is retried with fresh processes and a fresh store; an error of fn itself never is.
+MEETING_TRIES = 3
+
+
+def _retry_meetings(run_once, tries=None):
+    """``run_once(tmp)`` in a fresh temporary directory, again while it fails with a rank that could not join the
+    process group (a ``<rank>.meeting`` file in ``tmp``, written by ``_rank_main``), at most ``tries`` times."""
+    tries = MEETING_TRIES if tries is None else tries
+    for attempt in range(1, tries + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return run_once(tmp)
+            except Exception:
+                met = not any(name.endswith(".meeting") for name in os.listdir(tmp))
+                if met or attempt == tries:
+                    raise
+        warnings.warn(f"run_ranks: the processes failed to meet (gloo's connections); starting again "
+                      f"({attempt} of {tries - 1} retries)", RuntimeWarning, stacklevel=3)
+
+
+def _run_once(fn, world, args, timeout, tmp):
+    """One start of ``run_ranks``'s processes, meeting through a FileStore in ``tmp``: the results by rank."""
     import torch.multiprocessing as mp
 
     method = "forkserver" if start_forkserver() else "spawn"
-    with tempfile.TemporaryDirectory() as tmp:
-        with _environment(_HIDE_GPUS):  # a spawned process (or a forkserver restarted here) inherits it
-            ctx = mp.start_processes(_rank_main, args=(world, os.path.join(tmp, "store"), tmp, fn, args, timeout),
-                                     nprocs=world, join=False, start_method=method)
-        if method == "forkserver":  # started (or restarted) here, with the GPUs hidden: it is this module's
-            from multiprocessing import forkserver
+    with _environment(_HIDE_GPUS):  # a spawned process (or a forkserver restarted here) inherits it
+        ctx = mp.start_processes(_rank_main, args=(world, os.path.join(tmp, "store"), tmp, fn, args, timeout),
+                                 nprocs=world, join=False, start_method=method)
+    if method == "forkserver":  # started (or restarted) here, with the GPUs hidden: it is this module's
+        from multiprocessing import forkserver
 
-            _FORKSERVER["pid"] = getattr(forkserver._forkserver, "_forkserver_pid", None)
-        deadline = time.monotonic() + timeout
-        try:
-            while not ctx.join(timeout=max(0.01, deadline - time.monotonic())):
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"run_ranks: {getattr(fn, '__name__', fn)} on {world} ranks did not finish "
-                                       f"within {timeout} s")
-        finally:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-                p.join(timeout=5)
-        results = []
-        for r in range(world):
-            with open(os.path.join(tmp, f"{r}.pkl"), "rb") as f:
-                results.append(pickle.load(f))
-        return results
+        _FORKSERVER["pid"] = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=max(0.01, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"run_ranks: {getattr(fn, '__name__', fn)} on {world} ranks did not finish "
+                                   f"within {timeout} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+            p.join(timeout=5)
+    results = []
+    for r in range(world):
+        with open(os.path.join(tmp, f"{r}.pkl"), "rb") as f:
+            results.append(pickle.load(f))
+    return results
 
 
 def load_results(device: str | None = None, mode: str | None = None) -> list[dict]:

@@ -178,6 +178,45 @@ def test_run_ranks_times_out():
     assert time.monotonic() - start < 15
 
 
+def test_failed_meetings_start_again_and_errors_of_fn_do_not():
+    """run_ranks's retry (``_retry_meetings``): a start whose ranks could not join the process group (their
+    ``<rank>.meeting`` files) runs again in a fresh directory, with a warning; any other error is raised at once;
+    a meeting that keeps failing is raised after MEETING_TRIES starts."""
+    from ssm_edu.distributed import MEETING_TRIES, _retry_meetings
+
+    calls = []
+
+    def flaky(tmp):
+        calls.append(tmp)
+        if len(calls) == 1:
+            open(os.path.join(tmp, "1.meeting"), "w").close()
+            raise RuntimeError("Gloo connectFullMesh failed")
+        return ["rank 0", "rank 1"]
+
+    with pytest.warns(RuntimeWarning, match="failed to meet"):
+        assert _retry_meetings(flaky) == ["rank 0", "rank 1"]
+    assert len(calls) == 2 and calls[0] != calls[1]
+
+    def broken(tmp):  # fn's own error: no meeting file
+        calls.append(tmp)
+        raise ValueError("math domain error")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        _retry_meetings(broken)
+    assert len(calls) == 1
+
+    def never(tmp):
+        calls.append(tmp)
+        open(os.path.join(tmp, "0.meeting"), "w").close()
+        raise RuntimeError("Gloo connectFullMesh failed")
+
+    calls.clear()
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="connectFullMesh"):
+        _retry_meetings(never)
+    assert len(calls) == MEETING_TRIES
+
+
 def test_run_ranks_reraises_a_rank_error():
     with pytest.raises(Exception, match="math domain error"):
         run_ranks(__import__("math").sqrt, 2, -1.0, timeout=TIMEOUT)
