@@ -61,6 +61,18 @@ def ordered(paths) -> list[pathlib.Path]:
     return sorted(paths, key=lambda p: (rank.get(p.name, len(rank)), p.name))
 
 
+def _schedule_chunk(n):
+    """``--maxschedchunk n`` where the installed pytest-xdist has that option (3.2 on); an older one would refuse
+    the whole command line, so it gets none (and hands out its default runs of tests)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(v) for v in version("pytest-xdist").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return []
+    return ["--maxschedchunk", str(n)] if (major, minor) >= (3, 2) else []
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_tests")
     parser.add_argument("files", nargs="*", type=pathlib.Path)
@@ -77,7 +89,7 @@ def main(argv=None) -> int:
     xml = args.out / "pytest.xml"
     # -v: xdist prints each result as it comes, so a run cut short by its time limit still shows what passed
     cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider", "-v", "--tb=short",
-           "-n", str(args.jobs), "--dist", "load", "--maxschedchunk", "2", f"--timeout={args.timeout}",
+           "-n", str(args.jobs), "--dist", "load", *_schedule_chunk(2), f"--timeout={args.timeout}",
            f"--junitxml={xml}", *map(str, files)]
     log = args.out / "pytest.out"
     jsonl = args.out / "tests.jsonl"

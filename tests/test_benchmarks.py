@@ -130,3 +130,15 @@ def test_profile_script_tables_a_case(tmp_path, capsys):
     with pytest.raises(SystemExit):
         profile_ops.main(["spiral"])
     assert "unknown case(s) spiral" in capsys.readouterr().err
+
+
+def test_gpu_tests_asks_for_short_schedule_chunks_only_where_xdist_has_them(monkeypatch):
+    """pytest-xdist gained --maxschedchunk in 3.2; an older one refuses the whole command, so none is passed."""
+    import importlib.metadata
+
+    from benchmarks.gpu_tests import _schedule_chunk
+
+    for installed, expected in (("3.8.0", ["--maxschedchunk", "2"]), ("3.2.1", ["--maxschedchunk", "2"]),
+                                ("3.1.0", []), ("2.5.0", [])):
+        monkeypatch.setattr(importlib.metadata, "version", lambda name, v=installed: v)
+        assert _schedule_chunk(2) == expected, installed
