@@ -132,7 +132,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreting, next_pow2, sum_parts
+from ._launch import interpreting, next_pow2, num_sms, sum_parts
 from ._pairs import pairs_at, put_pairs
 
 __all__ = ["mamba3_ssd", "rotate", "supported"]
@@ -425,7 +425,7 @@ def _auto_heads(hpg, grid, device):
     the grid (``grid`` programs at one block of heads per group) would have fewer than PROGRAMS_PER_SM
     programs per SM. At B4 L4096 H32 N128 G1 on an H200 (132 SMs): 4 x 4 x 64 = 1024 programs, 7.8 per SM:
     all 32 heads."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    sms = num_sms(device)
     heads = hpg
     while heads % 2 == 0 and grid * (hpg // heads) < PROGRAMS_PER_SM * sms:
         heads //= 2
@@ -442,9 +442,7 @@ def _bwd_heads(rotate):
     """Heads per program of the rotation's tiled backward from ``rotate`` (a form, or a dict with "form" and
     "bwd_heads"): 1 the launch per head (``_rotate_bwd``), 0 the automatic choice, k > 1 blocks of k heads
     (``_rotate_bwd_heads``); ``ROT_BWD_HEADS`` when not given (False: 1, True: 0)."""
-    heads = rotate.get("bwd_heads") if isinstance(rotate, dict) else None
-    if heads is None:
-        return 0 if ROT_BWD_HEADS else 1
+    heads = _bwd_option(rotate, "bwd_heads", 0 if ROT_BWD_HEADS else 1)
     if not isinstance(heads, int) or heads < 0:
         raise ValueError(f"bwd_heads must be an integer >= 0 (0: automatic); got {heads!r}")
     return heads
@@ -730,7 +728,7 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
 
     Differentiable in every tensor argument (the initial state included).
     """
-    from ssm_edu.mamba3 import Mamba3State, _carried_in, _gamma_scale, _heads, _start, rotate_pairs
+    from ssm_edu.mamba3 import _carried_in, _gamma_scale, _heads, _start
 
     if not supported(x):
         raise ValueError(f"mamba3 through SSD takes SISO float32 or bfloat16 x (b, L, H, P); got {tuple(x.shape)} "
@@ -742,18 +740,22 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
     state_tensors = initial_state if isinstance(initial_state, tuple) else (initial_state,)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, lam, theta, D, z, *state_tensors))
-    if fused and not needs_grad:
-        return _fused_no_grad(x, dt, A, B, C, lam, theta, D, z, chunk_size, initial_state, return_final_state,
-                              launch)
-    dtf, Af, lamf = dt.float(), A.float(), lam.float()
-    gamma, w = _gamma_scale(dtf, lamf)  # (b, L, H): γ_t and the weight below the diagonal
-    dts = (-(dtf * Af)).clamp_min(TINY)  # Δ̃: SSD's decay exp(-Δ̃) is α
+    dtf, lamf = dt.float(), lam.float()
     h0 = psi0 = None
     if isinstance(initial_state, torch.Tensor):
         h0 = initial_state.float()
     elif initial_state is not None:
         h_, psi0, kp, xp = (t.float() for t in _start(initial_state, x[:, :, :, None], B.shape[-1]))
         h0 = _carried_in(h_, xp, kp, dtf, lamf)  # the β-term of step 0, folded in
+    if fused and not needs_grad:  # one launch (B's and C's permutation aside), the gate and D inside
+        from .mamba3_ssd_fwd import fused_forward
+
+        y, hT, psiT = fused_forward(x, dt, A, lam, theta, B, C, D, z, h0, _reduced(psi0), chunk_size,
+                                    return_final_state, **launch)
+        return _result(y, hT, psiT, x, B, return_final_state)
+    Af = A.float()
+    gamma, w = _gamma_scale(dtf, lamf)  # (b, L, H): γ_t and the weight below the diagonal
+    dts = (-(dtf * Af)).clamp_min(TINY)  # Δ̃: SSD's decay exp(-Δ̃) is α
     # Δ̃ weighs the input only as Δ̃ r = w: its gradient is its part through the decays alone. SSD's
     # backward leaves the weight's part out (ddt_decay_only), and r sees a constant Δ̃; autograd through
     # r = w / Δ̃ would add that part and SSD's subtract it again, a cancellation that cost float32 dA
@@ -767,27 +769,14 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
         y, hT, psiT = _Scan.apply(chunk_size, bool(return_final_state), rotate, *args)
     if z is not None:
         y = y * torch.nn.functional.silu(z.to(x.dtype))
-    if not return_final_state:
-        return y
-    k_last = rotate_pairs(_heads(B[:, -1:].float(), H)[:, 0], psiT)  # Rot(Φ_{L-1}) B_{L-1}: the next β-term
-    return y, Mamba3State(hT, psiT, k_last, x[:, -1].to(torch.float32, copy=True))
+    return _result(y, hT, psiT, x, B, return_final_state)
 
 
-def _fused_no_grad(x, dt, A, B, C, lam, theta, D, z, chunk_size, initial_state, return_final_state, launch):
-    """``mamba3_ssd`` without gradients, through the fused kernel: B's and C's permutation, one launch (the
-    gate and D inside), and with an initial state its β-term folded in first."""
-    from ssm_edu.mamba3 import Mamba3State, _carried_in, _heads, _start, rotate_pairs
+def _result(y, hT, psiT, x, B, return_final_state):
+    """y, or y and the ``Mamba3State`` after the last step: its state and angle, and the β-term's key
+    Rot(Φ_{L-1}) B_{L-1} and input x_{L-1} that the next step needs."""
+    from ssm_edu.mamba3 import Mamba3State, _heads, rotate_pairs
 
-    from .mamba3_ssd_fwd import fused_forward
-
-    h0 = psi0 = None
-    if isinstance(initial_state, torch.Tensor):
-        h0 = initial_state
-    elif initial_state is not None:
-        h_, psi0, kp, xp = (t.float() for t in _start(initial_state, x[:, :, :, None], B.shape[-1]))
-        h0 = _carried_in(h_, xp, kp, dt.float(), lam.float())
-    y, hT, psiT = fused_forward(x, dt, A, lam, theta, B, C, D, z, h0, _reduced(psi0), chunk_size,
-                                return_final_state, **launch)
     if not return_final_state:
         return y
     k_last = rotate_pairs(_heads(B[:, -1:].float(), x.shape[2])[:, 0], psiT)  # Rot(Φ_{L-1}) B_{L-1}

@@ -65,7 +65,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreting, next_pow2
+from ._launch import interpreting, next_pow2, num_sms
 from .mamba3 import _trig
 
 __all__ = ["fused_forward", "permute_pairs"]
@@ -178,8 +178,6 @@ def _m3_ssd_fwd(
             So = So * tl.exp2(a_end) + tl.dot(tl.trans(ko), xw)
         y += ys * tl.exp2(a_cum)[:, None]  # the state entering the chunk, decayed to t
 
-        x_offs = (row[:, None] * H + h) * P + p[None, :]
-        mask_x = t_ok[:, None] & p_ok[None, :]
         if HAS_D:
             y += x.to(tl.float32) * Dh
         if HAS_Z:
@@ -218,8 +216,7 @@ def launch_config(x, N, chunk_size=64, block_p=None, block_q=None, num_warps=Non
     Q = block_q or min(max(next_pow2(chunk_size), 16), 32)
     if block_p is None:  # P blocks of 32 only when the (batch, head) pairs cannot fill half the GPU
         block_p = max(16, min(next_pow2(P), 64))
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
-        if block_p == 64 and 2 * b * H < sms:
+        if block_p == 64 and 2 * b * H < num_sms(x.device):
             block_p = 32
     fast = x.dtype != torch.float32 if fast_trig is None else bool(fast_trig)
     return (dict(BLOCK_Q=Q, BLOCK_P=block_p, BLOCK_I=BLOCK_I, FAST=fast),

@@ -128,6 +128,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreting, next_pow2, sum_parts
+from ._launch import num_sms as _num_sms  # a module name the offline compiles replace
 
 __all__ = ["ssd_triton", "ssd_fwd", "ssd_bwd"]
 
@@ -337,10 +338,6 @@ def _ssd_seg_fix(
             corr = corr * zz * tl.sigmoid(zz)
         y = tl.load(y_ptr + x_offs, mask=mask_x, other=0.0).to(tl.float32) + corr
         tl.store(y_ptr + x_offs, y.to(y_ptr.dtype.element_ty), mask=mask_x)
-
-
-def _num_sms(device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 # Shared memory, in the rough units of _smem_bytes: calibrated on an H100 (228 KiB per SM) where float32
@@ -795,7 +792,8 @@ def _ssd_bwd_chunk(
                 dD_ptr, g_ptr, H, P, N, n_chunks, n_walk, h_first, bi, c, bc, pb, row0, pb * n_bc + bc, ddt_part,
                 q, p, p_ok, t_ok, last, causal, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt,
                 tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32), tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32),
-                tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32), OUT, IN, HAS_D, D_PER_DIM, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, IEEE, BLOCK_Q, DDT_DECAY_ONLY)
+                tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32),
+                OUT, IN, HAS_D, D_PER_DIM, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, IEEE, BLOCK_Q, DDT_DECAY_ONLY)
             _chunk_bc_store(dB_ptr, dC_ptr, G, N, n_parts, part0, part, g, n, row, mask_bc, Bc, Cc, dCBt, dB,
                             dC, OUT, IEEE)
 
