@@ -98,7 +98,7 @@ now reads the parts (1.07 GB) and sums them in registers: 2.7 GB, about 0.67
 ms, less. And x's two gradients, SSD's and the correction's, are summed as
 the second is written (201 MB, where writing it and adding took 335 MB).
 
-The backward's heads in one program (``ROT_BWD_HEADS``, off until timed; ``rotate=dict(bwd_heads=k)``). In
+The backward's heads in one program (``ROT_BWD_HEADS``, the default; ``rotate=dict(bwd_heads=k)``). In
 tiles, ``_rotate_bwd`` runs one program per head, and every head's program adds its dB and dC atomically into
 the group's (b, L, G, N) float32 sums and reads the group's tile of B and C again. At B4 L4096 H32 N128 G1
 that is 2 x 32 x 2.1M = 134M contended float32 atomic adds onto 4.2M addresses, and 32 reads of B and C (268
@@ -114,13 +114,15 @@ programs, 7.8 an H200 SM: all 32 heads. Compiled for sm_90: 216 registers, no sp
 2 blocks of 4 warps an SM (240 registers and 4 KB without the pipeline). Prediction (H200): the 134M atomics
 and 260 MB of L2 reads gone, 16.8 MB of plain stores in their place; 350-450 us for the kernel against 806
 (its floor 325 us; two blocks an SM and a grid of 3.9 waves are the risk), the path's forward and backward
-350-450 us less. Not yet timed.
+350-450 us less. Measured on an H100: the path's forward and backward 4094 us against 4665 us, 571 us less.
 
-The rotation inside SSD's forward (``FUSED_ROTATION``, off until timed; ``fused_rotation=``): one kernel,
+The rotation inside SSD's forward (``FUSED_ROTATION``; ``fused_rotation=``): one kernel,
 ``kernels/mamba3_ssd_fwd.py``, turns the group's B and C in registers chunk by chunk, builds the trapezoid's
 mask whole (γ_t on the diagonal: no correction) and applies D and the gate: about 370 MB of traffic where
 this path moves 1.0 GB. With gradients (``_FusedScan``) the backward recomputes k̃, q and the tiles' angles
-with the rotation kernel, then runs ``_Scan``'s backward (``_scan_backward``).
+with the rotation kernel, then runs ``_Scan``'s backward (``_scan_backward``). Measured on an H100 (B4
+L4096 H32 P64 N128 bf16): the forward 664 us where the path above takes 1151 us, but forward and backward 4848
+us against 4687 us; so by default (``FUSED_ROTATION = "no_grad"``) it runs only where no gradient is needed.
 
 Not covered (the fused kernel takes them): MIMO, and float16, where r (about
 1 / |A|) can push k̃ past float16's range.
@@ -403,9 +405,13 @@ def _blocks(N2, Q=None):
 # (all three in one run) "joined" 1214 and 5187 us, "tiles" 2577 and 10025 us, the walk 2601 and 11243 us.
 ROTATE = "joined"
 # The forward with the rotation inside the chunk walk (kernels/mamba3_ssd_fwd.py): k̃ and q never written, the
-# diagonal and the gate in the same kernel; training recomputes k̃ and q in the backward (``_FusedScan``). Off
-# until timed against the path above (benchmarks/sweep_mamba3.py, "fused rotation").
-FUSED_ROTATION = False
+# diagonal and the gate in the same kernel; training recomputes k̃ and q in the backward (``_FusedScan``).
+# Measured on an H100 (torch 2.11, Triton 3.6; benchmarks/sweep_mamba3.py at B4 L4096 H32 P64 N128 bf16): the
+# forward 664 us against 1151 us for the path above (mamba_ssm's mamba3_siso_combined: 713-717 us on the same
+# GPU in an earlier run); forward and backward 4848 us against 4687 us (the recomputation costs more than the
+# fused forward saves). So "no_grad": the fused kernel where no gradient is needed, the path above where one is.
+# True: the fused kernel always (``_FusedScan`` with gradients); False: never.
+FUSED_ROTATION = "no_grad"
 FORMS = ("walk", "tiles", "joined")
 TILED = ("tiles", "joined")  # the forms that run every tile at once
 MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which holds no more; past it, the walk
@@ -413,9 +419,11 @@ MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which h
 
 # The rotation's backward in tiles with one program per (batch, group, block of heads) instead of per head
 # (``_rotate_bwd_heads``): B's and C's tiles read once, dB and dC summed over the heads in registers and stored
-# without atomics. Off (one head a program, ``_rotate_bwd``) until a GPU has timed it (benchmarks/sweep_mamba3.py,
-# "heads loop") and run tests/test_mamba3_ssd.py; True: the automatic choice (``_auto_heads``).
-ROT_BWD_HEADS = False
+# without atomics. True: the automatic choice (``_auto_heads``); False: one head a program (``_rotate_bwd``).
+# Measured on an H100 (torch 2.11, Triton 3.6; benchmarks/sweep_mamba3.py, the whole path's forward and
+# backward at B4 L4096 H32 P64 N128 bf16): 4094 us with all 32 heads a program and 3 stages, against 4665 us
+# one head a program (8 heads 4213, 2 heads 4608; 2 stages 4119, 1 stage 4274). tests/test_mamba3_ssd.py passed.
+ROT_BWD_HEADS = True
 ROT_BWD_STAGES = 3  # the head loop's pipeline depth (1: no loads ahead)
 PROGRAMS_PER_SM = 4  # the automatic choice keeps at least this many of the head loop's programs per SM
 
@@ -723,8 +731,9 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
     "bwd_stages" (``_form``). ``fused_rotation`` (``FUSED_ROTATION`` by default):
     the forward in one kernel that turns B and C in registers (``kernels/mamba3_ssd_fwd.py``); without
     gradients it also applies the gate and needs no other launch (but B's and C's permutation), with them
-    the backward recomputes k̃ and q (``_FusedScan``). A dict instead of True: the same, with these launch
-    options of that kernel (block_p, block_q, num_warps, num_stages; benchmarks).
+    the backward recomputes k̃ and q (``_FusedScan``); "no_grad" (the default): that kernel where no gradient
+    is needed, the rotation and SSD's kernels where one is. A dict instead of True: the fused kernel always,
+    with these launch options (block_p, block_q, num_warps, num_stages; benchmarks).
 
     Differentiable in every tensor argument (the initial state included).
     """
@@ -736,10 +745,14 @@ def mamba3_ssd(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64, initia
     b, L, H, P = x.shape
     _form(rotate)  # an unknown form is refused on either path
     fused = FUSED_ROTATION if fused_rotation is None else fused_rotation
+    if fused not in (True, False, "no_grad") and not isinstance(fused, dict):
+        raise ValueError(f"fused_rotation must be True, False, \"no_grad\" or a dict of launch options; got {fused!r}")
     launch = fused if isinstance(fused, dict) else {}  # the fused kernel's launch options (benchmarks)
     state_tensors = initial_state if isinstance(initial_state, tuple) else (initial_state,)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, lam, theta, D, z, *state_tensors))
+    if fused == "no_grad":  # the fused kernel only where it wins: without gradients (FUSED_ROTATION's comment)
+        fused = not needs_grad
     dtf, lamf = dt.float(), lam.float()
     h0 = psi0 = None
     if isinstance(initial_state, torch.Tensor):

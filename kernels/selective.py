@@ -67,12 +67,14 @@ exp2 moved to an FMA polynomial. Floors: 128 us for one exp2 per (b, d, t, n) at
 per second; with the softplus and the gate (exp2, lg2, rcp, exp2, rcp per
 (d, t)) 21 MUFU operations per (d, t), 168 us ("nsplit", TN = 4: 36, 288 us;
 TN = 2: 26, 208 us). Bytes: u, Δ, z, y (b·D·L each) and B, C (b·N·L each),
-about 270 MB, 85 us of HBM. Forward plus backward: 12.7 ms.
+about 270 MB, 85 us of HBM. Forward plus backward (training, below): 2230 us on an H100, against 3018 us
+for mamba_ssm's CUDA kernels in the same run (benchmarks/sweep_selective.py, torch 2.11, Triton 3.6).
 Offline sm_90 compile (ptxas -v, goal shape, Triton 3.6): "rows" BLOCK_D 128,
 4 warps: 190 registers masked, 168 even, 238 with prefetch 1; "nsplit" TN = 4,
 BLOCK_L = 8, 1 warp: 80 registers, 96 with prefetch; no spills.
 
-Knobs of "nsplit" towards the goal (not yet timed; the default does not use them):
+Knobs of "nsplit" towards the goal (timed on an H100 in the table below; not yet the default, see
+``DEFAULT_NSPLIT``):
 
 * ``share`` 1: the per-(d, t) work once per (d, t). u, Δ, z are loaded as (BLOCK_D, BLOCK_L) tiles, one
   element per thread; softplus, Δ u, D u, the gate and the store happen there; Δ and Δ u go to the TN
@@ -96,17 +98,24 @@ elements per warp-iteration = BLOCK_D BLOCK_L N / warps):
     config (BLOCK_L 8, prefetch 1)            regs  instr/elem  MUFU/elem   warps/SM   measured
     "nsplit" TN 2 (the default)                128     0.545       0.047         8       408 us
     "nsplit" TN 4                               96     0.838       0.063        16    560-602 us
-    TN 2 share 1 + softplus_poly               128     0.372       0.039         8
-    TN 2 share 2 + softplus_poly               166     0.342       0.039         8
-    TN 4 share 1 + softplus_poly               122     0.448       0.039        16
-    TN 4 share 2 + softplus_poly, 2 warps      128     0.370       0.039        16
-    TN 4 share 2 + softplus_poly, 4 / 8 warps  128     0.354       0.039        16
+    TN 2 share 1 + softplus_poly               128     0.372       0.039         8       358 us
+    TN 2 share 2 + softplus_poly               166     0.342       0.039         8       397 us
+    TN 4 share 1 + softplus_poly               122     0.448       0.039        16       385 us
+    TN 4 share 2 + softplus_poly, 2 warps      128     0.370       0.039        16       464 us
+    TN 4 share 2 + softplus_poly, 4 / 8 warps  128     0.354       0.039        16       417 us (4)
     TN 4 share 2 + softplus_poly + exp_poly 4  128     0.465       0.031        16
 
 The measured times of the first two are 1.30 and 1.2 times the issue time at 1.755 GHz (instructions /
-(528 schedulers)); the same factors predict 235-265 us for the share 2 forms (MUFU pipe alone: 181 us),
-so ``exp_poly`` should lose: it moves work from the MUFU pipe, which is not the limit, to the issue
-slots, which are. benchmarks/sweep_selective.py times them all.
+(528 schedulers)); the same factors predicted 235-265 us for the share 2 forms (MUFU pipe alone: 181 us),
+and ``exp_poly`` to lose: it moves work from the MUFU pipe, which is not the limit, to the issue
+slots, which are. Measured (benchmarks/sweep_selective.py; H100, torch 2.11, Triton 3.6, goal shape) the
+shared forms run at 1.5 to 2.2 times their issue time, not 1.2-1.3: fewer instructions, and more waiting
+(not profiled yet; the likely wait is the layout conversions through shared memory that spread Δ and Δ u to
+the TN threads of a channel). The
+best, TN 2 share 1 with the log-free softplus: 358 us, 36% of the 128 us floor (TN 2 with
+``softplus_poly`` alone: 376 us); float32 against float64 1.8e-7 in the interpreter, as without the knobs
+(1.5e-7). At B8 D4096 L2048 the share 2 form lost to TN 2 without knobs (805 against 745 us); share 1 was not
+timed at the other shapes.
 
 Where the state lives. The carry h (BLOCK_D, N) stays in registers, in
 float32, for the whole sequence; the scanned block lives in registers while
@@ -150,8 +159,11 @@ channel along N (4 by default), NPT modes and the block's steps in each thread's
 Offline sm_90 compile (Triton 3.7.1; ``benchmarks/compile_selective.py --bwd``): 255 registers, no spills,
 about 50 lane-instructions per element, of which the sums over the channel lanes for dB and dC are the
 largest part (6 shuffles and 6 adds per element by ``tl.sum``'s butterfly). Measured on an H100 (torch 2.11,
-Triton 3.6, 2026-12-07), forward plus backward at the goal shape: 8.5 ms (mamba_ssm's CUDA: 3.0 ms; floor
-256 us), about 9 times the backward's issue-bound time: the kernel waits rather than issues. Its main loop
+Triton 3.6) with four warps a program, forward plus backward at the goal shape: 8.5 ms (mamba_ssm's CUDA: 3.0
+ms; floor 256 us), about 9 times the backward's issue-bound time: the kernel waits rather than issues. One
+warp a program (the default since: no sums across warps) took the backward to 1802 us and forward plus
+backward to 2230 us, against CUDA's 3018 us in the same run (benchmarks/sweep_selective.py). The four-warp
+form's main loop
 has 29 barriers and 17 layout conversions through shared memory per block of 8 steps, and 255 registers
 leave two warps per scheduler to hide them (benchmarks/notes/selective.md: the analysis, and the knobs to
 time next). A reduce-scatter of dB and dC by inline-assembly shuffles was tried and removed: which lane holds
@@ -183,6 +195,10 @@ DEFAULT_VARIANT = "rows"  # forward only; training (checkpoints for the backward
 # The knobs of "nsplit" where it is the default (N = 16, the blocks tile D and L; see _default_variant).
 # Change them only for a form measured faster on an H100 whose float32 check against float64 holds
 # (benchmarks/sweep_selective.py), and keep benchmarks/compile_selective.py's table in this docstring true.
+# Measured on an H100 (torch 2.11, Triton 3.6, goal shape): share 1 with softplus_poly 358 us, no knobs 408 us
+# (docstring). Chapter 7's ladder ends at the default, and its committed log ends at "prefetch again" (this
+# default) and "share the per-step work" (share 2): share 1 becomes the default together with a sweep whose
+# ladder has it as its last rung (benchmarks/sweep_selective.py's RUNGS), so that the page and the code agree.
 DEFAULT_NSPLIT = dict(tn=2, share=0, softplus_poly=False, num_warps=1)
 
 

@@ -799,10 +799,12 @@ def _ssd_bwd_chunk(
 
 
 # Runs of chunks per program (``_chunks_per_program``) as ssd_bwd's automatic choice where a program has one head.
-# Off until a GPU has timed it (benchmarks/sweep_ssd.py's "one head" entries) and run tests/test_ssd_bwd_chunks.py:
-# the offline sm_90 compile predicts 1050-1300 us against 1591 us at Mamba-3's path shape (benchmarks/notes/ssd.md),
-# but no run has checked the 214 KB of shared memory its output side asks for at 3 stages on a real device.
-CHUNK_RUNS = False
+# Measured on an H100 (torch 2.11, Triton 3.6; benchmarks/sweep_ssd.py's "one head" entries, the two sides of the
+# chunk kernel at B4 L4096 H = G = 32 P64 N128 bf16): one chunk a program 1700 us; runs of 2, 4, 8: 1493, 1531,
+# 1553 us; 8 with 3 stages 1482 us; the launcher's choice (8) 1549 us: about 9% less, where the offline compile
+# predicted 1050-1300 us. tests/test_ssd_bwd_chunks.py passed there.
+CHUNK_RUNS = True
+INPUT_SIDE_P = 64  # the chunk kernel's input side, P block where a program has several heads (ssd_bwd)
 
 
 def _chunks_per_program(programs, n_chunks, sms):
@@ -905,6 +907,13 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     n_split = min(n_split, HG)
     heads_per_split = triton.cdiv(HG, n_split)
     n_split = triton.cdiv(HG, heads_per_split)  # no empty split
+    if not block_p and q_max == 64 and heads_per_split > 1 and 2 in side_p and not interpreting():
+        # the input side on whole heads of 64 where a program walks several heads (SSD's G < H): it spills (offline
+        # sm_90 compile) but measured faster on an H100 (benchmarks/sweep_ssd.py, "P blocks of 64"; torch 2.11,
+        # Triton 3.6): fwd+bwd at B4 L4096 H128 P64 N128 G1 bf16 3878 us against 4482 us with blocks of 32. Not
+        # timed where a program has one head (Mamba-3's path, tuned with runs of chunks at 32): kept there.
+        side_p[2] = min(BLOCK_P, INPUT_SIDE_P)
+        n_pb[2] = triton.cdiv(P, side_p[2])
     if chunks_per_program is None:  # runs of chunks where a program has one head, half-precision products only
         one = not CHUNK_RUNS or heads_per_split > 1 or ieee or interpreting()
         chunks_per_program = 1 if one else _chunks_per_program(b * G * n_split * min(n_pb.values()), n_chunks, sms)

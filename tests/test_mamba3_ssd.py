@@ -443,6 +443,36 @@ def test_fused_rotation_flag_and_launch_options(gen, ssd_path, monkeypatch):
     assert len(calls) == 2
 
 
+def test_fused_rotation_without_gradients_only(gen, ssd_path, monkeypatch):
+    """``FUSED_ROTATION = "no_grad"`` (the default): the fused kernel where no gradient is needed, the rotation
+    and SSD's kernels (``_Scan``, never ``_FusedScan``) where one is; both equal to the loop. A value that is
+    none of True, False, "no_grad" or a dict is refused, naming the argument."""
+    from ssm_edu.kernels import mamba3_ssd, mamba3_ssd_fwd
+
+    assert mamba3_ssd.FUSED_ROTATION == "no_grad"
+    calls, scans = [], []
+    plain = mamba3_ssd_fwd.fused_forward
+    monkeypatch.setattr(mamba3_ssd_fwd, "fused_forward", lambda *a, **k: calls.append(k) or plain(*a, **k))
+    for name in ("_Scan", "_FusedScan"):
+        cls = getattr(mamba3_ssd, name)
+        monkeypatch.setattr(cls, "apply", (lambda f, n: lambda *a: scans.append(n) or f(*a))(cls.apply, name))
+    args, kw = inputs(gen, b=1, L=21, H=2, P=8, G=1, N=8)
+    ref = mamba3(*args, **kw, impl="naive")
+    x = [dev(t) for t in args]
+    with torch.no_grad():
+        y = mamba3(*x, D=dev(kw["D"]), z=dev(kw["z"]), impl="triton")
+    assert rel_error(y, ref) < tolerance(torch.float32) and len(calls) == 1 and scans == []
+    xg = [t.clone().requires_grad_() for t in x]
+    y = mamba3(*xg, D=dev(kw["D"]), z=dev(kw["z"]), impl="triton")
+    assert rel_error(y.detach(), ref) < tolerance(torch.float32) and len(calls) == 1 and scans == ["_Scan"]
+    y.sum().backward()
+    assert all(t.grad is not None for t in xg)
+    from ssm_edu.kernels.mamba3 import mamba3_triton
+
+    with pytest.raises(ValueError, match="fused_rotation"):
+        mamba3_triton(*x, path="ssd", fused_rotation="always")
+
+
 @triton.jit
 def _turned_backwards(ptr, rows, t_ok, i, i_ok, N2, cs, sn):
     """``mamba3_ssd_fwd._turned`` with the sine's sign flipped: each pair turned by -Φ."""

@@ -1,5 +1,6 @@
 """Chapter 7's ladder data (ssm_edu.selective.ladder): the compile table and a sweep log merged rung by rung.
-The log here is a made-up fixture with the sweep's fields, never book data."""
+The logs here are made-up fixtures with the sweep's fields, never book data, except in the last test, which reads
+the committed GPU log the chapter reads."""
 
 import matplotlib
 
@@ -63,3 +64,20 @@ def test_the_backward_timing_log_skips_dry_runs_and_keys_its_rows(tmp_path, monk
     log = sel.bwd_timing_log()
     assert log["device"] == "GPU X" and log["configs"] == {("S", 4, 1): row}
     assert sel.bwd_timing_log("GPU Y") is None
+
+
+def test_the_committed_gpu_log_times_every_rung_and_the_peer():
+    """Chapter 7 reads the newest GPU log: every rung measured at its goal shape, with the fraction of the floor,
+    the rung the log calls the default among them, and mamba_ssm's CUDA kernel at the same shape."""
+    import pytest
+
+    log = sweep_log()
+    if log is None:
+        pytest.skip("no GPU log of benchmarks/sweep_selective.py in this copy")
+    assert log["device"] and log["torch"] and log["triton"] and log["date"] and log["goal_shape"]
+    rungs = ladder(log)
+    assert [r["index"] for r in rungs] == list(range(len(log["rungs"]))) and rungs[0]["label"] == "first kernel"
+    assert all(r["median_us"] and r["fraction_of_floor"] and r["floor_us"] for r in rungs)
+    assert sum("the default" in r["change"] for r in rungs) == 1
+    goal = [r for r in log["rows"] if r["shape"] == log["goal_shape"] and r.get("median_us")]
+    assert [r for r in goal if r["kind"] == "cuda_fwd"]

@@ -87,13 +87,14 @@ def test_fused_sides(case, one_chunk, monkeypatch):
 
 
 def test_several_heads_per_program_refuse_runs():
-    """Runs of chunks need one head per program: with 2 heads per split the launcher says so."""
+    """Runs of chunks need one head per program: with 2 heads per split (n_split=1 given: on a GPU the
+    automatic split would give each program one head here) the launcher says so."""
     from ssm_edu.kernels.ssd import ssd_bwd
 
     args, kw = make(1, 20, 4, 3, 2, 4, seed=1)
     f32 = [a.float().to(DEVICE) for a in args]
     with pytest.raises(ValueError, match="n_split=2"):
-        ssd_bwd(torch.ones_like(f32[0]), None, *f32, chunk_size=16, chunks_per_program=2)
+        ssd_bwd(torch.ones_like(f32[0]), None, *f32, chunk_size=16, n_split=1, chunks_per_program=2)
 
 
 def mamba3_call(args, kw, wy, wh, **knobs):

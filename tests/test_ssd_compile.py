@@ -1,12 +1,17 @@
 """The SSD kernels compile for an H100 without one (benchmarks/sweep_ssd.py --compile): every kernel the
 first kernel, the ladder, the forward and the backward launch at the goal shape (bf16), within the H100's
 227 KB of shared memory per block and with at most 64 bytes of spill per thread (the backward's output side
-spills 28 under Triton 3.7.1). A subprocess: the script turns the interpreter off before importing kernels."""
+spills 28 under Triton 3.7.1), but for the backward's input side on whole heads of 64 (``INPUT_SIDE_P``), which
+spills about 124 bytes and measured faster than blocks of 32 without spill on an H100 (3878 against 4482 us
+forward and backward at the goal shape): at most 192 there. A subprocess: the script turns the interpreter off
+before importing kernels."""
 
 import json
 import pathlib
 import subprocess
 import sys
+
+SPILL = {"_ssd_bwd_chunk side 2": 192}  # bytes per thread allowed, where measured faster with the spill
 
 
 def test_ssd_kernels_compile_for_sm90_without_spilling():
@@ -19,5 +24,6 @@ def test_ssd_kernels_compile_for_sm90_without_spilling():
             "_ssd_bwd_dstates", "_ssd_bwd_chunk side 1", "_ssd_bwd_chunk side 2"} <= names, names
     for r in rows:
         assert 0 < r["registers"] <= 255, r
-        assert r["spill_stores"] <= 64 and r["spill_loads"] <= 64, r
+        allowed = SPILL.get(r["kernel"], 64)
+        assert r["spill_stores"] <= allowed and r["spill_loads"] <= allowed, r
         assert r["shared_bytes"] <= 227 * 1024, r

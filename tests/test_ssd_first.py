@@ -90,3 +90,19 @@ def test_sweep_log_reader_on_the_dry_run_fixture():
     assert {e["group"] for e in log["entries"]} >= {"ladder", "fwd+bwd", "backward", "forward"}
     default = ssd_ladder_log()
     assert default is None or not default["dry"]
+
+
+def test_the_committed_gpu_log_times_every_rung_and_the_peer():
+    """Chapter 8's ladder reads the newest GPU log: every rung of RUNGS measured at the goal shape, with its
+    floor, and mamba_ssm's forward beside them (the figure's dotted line)."""
+    from ssm_edu.kernels.ssd_ladder import RUNGS
+    from ssm_edu.ssd import ssd_ladder_log, ssd_ladder_rows
+
+    log = ssd_ladder_log()
+    if log is None:
+        pytest.skip("no GPU log of benchmarks/sweep_ssd.py in this copy")
+    assert log["device"] and log["torch"] and log["triton"] and log["date"] and log["shape"]
+    rows = ssd_ladder_rows(log)
+    assert [r["name"] for r in rows] == [name for name, *_ in RUNGS]
+    assert all(r["us"] and r["fraction"] and r["status"] == "ok" for r in rows)
+    assert [e["median_us"] for e in log["entries"] if e["name"] == "mamba_ssm fwd" and e.get("median_us")]
