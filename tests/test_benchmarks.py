@@ -142,3 +142,29 @@ def test_gpu_tests_asks_for_short_schedule_chunks_only_where_xdist_has_them(monk
                                 ("3.1.0", []), ("2.5.0", [])):
         monkeypatch.setattr(importlib.metadata, "version", lambda name, v=installed: v)
         assert _schedule_chunk(2) == expected, installed
+
+
+def test_mamba3_sweep_writes_the_log_chapter_9_reads(tmp_path):
+    """benchmarks/sweep_mamba3.py, a dry run on the CPU (SWEEP_SMALL, the interpreter, one variant): with OUT set it
+    writes sweep_mamba3-<gpu>.json with the fields that chapter 9 reads through ``results.newest_log``, marked as
+    a dry run so that the chapter never quotes it; the committed H100 log has what the chapter quotes."""
+    import os
+
+    from ssm_edu import results
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SWEEP_SMALL": "1", "TRITON_INTERPRET": "1", "OUT": str(tmp_path)}
+    script = root / "benchmarks" / "sweep_mamba3.py"
+    out = subprocess.run([sys.executable, str(script), "fwd through SSD, fused rotation"],
+                         cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    doc = json.loads((tmp_path / "sweep_mamba3-cpu-dry-run.json").read_text())
+    assert doc["dry_run"] is True and {"device", "torch", "triton", "date", "shape", "dtype"} <= set(doc)
+    assert [r["label"] for r in doc["results"]] == ["fwd through SSD, fused rotation",
+                                                    "fwd through SSD, fused rotation, gate"]
+    assert all(r["status"] == "ok" and r["us"] > 0 for r in doc["results"])
+    assert results.newest_log(tmp_path, "sweep_mamba3-*.json", lambda d: not d.get("dry_run")) is None
+    log = results.newest_log(results.DATA / "logs", "sweep_mamba3-*.json", lambda d: not d.get("dry_run"))
+    quoted = {"fwd through SSD, fused rotation", "fwd through SSD", "fwd through SSD, tiles rotation",
+              "fwd+bwd through SSD, fused rotation", "fwd+bwd through SSD"}
+    assert log is not None and quoted <= {r["label"] for r in log["results"] if r and r.get("us")}
