@@ -25,6 +25,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 SHAPE = dict(b=4, L=4096, h=32, p=64, n=128, g=1)
 if os.environ.get("SWEEP_SMALL"):  # a dry run of the whole script on a CPU (interpreter, tiny shape)
     SHAPE = dict(b=1, L=40, h=2, p=16, n=8, g=1)
@@ -84,7 +85,6 @@ CORE = 22
 
 def child(labels):
     """Run the variants named in ``labels`` in this process; one JSON line per variant on stdout."""
-    sys.path.insert(0, ROOT)
     import torch
 
     import ssm_edu
@@ -248,7 +248,6 @@ def main():
             f.writelines(log)
         import datetime
 
-        sys.path.insert(0, ROOT)
         from benchmarks.suite import gpu_slug
 
         b, L, h, p, n, g = (SHAPE[k] for k in ("b", "L", "h", "p", "n", "g"))

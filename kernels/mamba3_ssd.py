@@ -114,15 +114,19 @@ programs, 7.8 an H200 SM: all 32 heads. Compiled for sm_90: 216 registers, no sp
 2 blocks of 4 warps an SM (240 registers and 4 KB without the pipeline). Prediction (H200): the 134M atomics
 and 260 MB of L2 reads gone, 16.8 MB of plain stores in their place; 350-450 us for the kernel against 806
 (its floor 325 us; two blocks an SM and a grid of 3.9 waves are the risk), the path's forward and backward
-350-450 us less. Measured on an H100: the path's forward and backward 4094 us against 4665 us, 571 us less.
+350-450 us less. Measured on an H100 (torch 2.11, Triton 3.6; benchmarks/sweep_mamba3.py): the path's
+forward and backward 4094 us with all 32 heads a program and 3 stages, against 4665 us one head a program,
+571 us less (8 heads 4213, 2 heads 4608; 2 stages 4119, 1 stage 4274).
 
 The rotation inside SSD's forward (``FUSED_ROTATION``; ``fused_rotation=``): one kernel,
 ``kernels/mamba3_ssd_fwd.py``, turns the group's B and C in registers chunk by chunk, builds the trapezoid's
 mask whole (γ_t on the diagonal: no correction) and applies D and the gate: about 370 MB of traffic where
 this path moves 1.0 GB. With gradients (``_FusedScan``) the backward recomputes k̃, q and the tiles' angles
-with the rotation kernel, then runs ``_Scan``'s backward (``_scan_backward``). Measured on an H100 (B4
-L4096 H32 P64 N128 bf16): the forward 664 us where the path above takes 1151 us, but forward and backward 4848
-us against 4687 us; so by default (``FUSED_ROTATION = "no_grad"``) it runs only where no gradient is needed.
+with the rotation kernel, then runs ``_Scan``'s backward (``_scan_backward``). Measured on an H100 (torch
+2.11, Triton 3.6; benchmarks/sweep_mamba3.py at B4 L4096 H32 P64 N128 bf16): the forward 664 us where the path
+above takes 1151 us (mamba_ssm's mamba3_siso_combined: 713-717 us on the same GPU in an earlier run), but
+forward and backward 4848 us against 4687 us: the recomputation costs more than the fused forward saves. So
+by default (``FUSED_ROTATION = "no_grad"``) it runs only where no gradient is needed.
 
 Not covered (the fused kernel takes them): MIMO, and float16, where r (about
 1 / |A|) can push k̃ past float16's range.
@@ -404,12 +408,8 @@ def _blocks(N2, Q=None):
 # "tiles" 2925 us forward, 12000 us forward and backward, against 2963 and 13004 us for the walk; on an H200
 # (all three in one run) "joined" 1214 and 5187 us, "tiles" 2577 and 10025 us, the walk 2601 and 11243 us.
 ROTATE = "joined"
-# The forward with the rotation inside the chunk walk (kernels/mamba3_ssd_fwd.py): k̃ and q never written, the
-# diagonal and the gate in the same kernel; training recomputes k̃ and q in the backward (``_FusedScan``).
-# Measured on an H100 (torch 2.11, Triton 3.6; benchmarks/sweep_mamba3.py at B4 L4096 H32 P64 N128 bf16): the
-# forward 664 us against 1151 us for the path above (mamba_ssm's mamba3_siso_combined: 713-717 us on the same
-# GPU in an earlier run); forward and backward 4848 us against 4687 us (the recomputation costs more than the
-# fused forward saves). So "no_grad": the fused kernel where no gradient is needed, the path above where one is.
+# The forward with the rotation inside the chunk walk (kernels/mamba3_ssd_fwd.py; the docstring has its
+# measurements): "no_grad", the fused kernel where no gradient is needed and the path above where one is;
 # True: the fused kernel always (``_FusedScan`` with gradients); False: never.
 FUSED_ROTATION = "no_grad"
 FORMS = ("walk", "tiles", "joined")
@@ -419,10 +419,8 @@ MAX_TILES = 65535  # "tiles" puts the tiles on a grid's third dimension, which h
 
 # The rotation's backward in tiles with one program per (batch, group, block of heads) instead of per head
 # (``_rotate_bwd_heads``): B's and C's tiles read once, dB and dC summed over the heads in registers and stored
-# without atomics. True: the automatic choice (``_auto_heads``); False: one head a program (``_rotate_bwd``).
-# Measured on an H100 (torch 2.11, Triton 3.6; benchmarks/sweep_mamba3.py, the whole path's forward and
-# backward at B4 L4096 H32 P64 N128 bf16): 4094 us with all 32 heads a program and 3 stages, against 4665 us
-# one head a program (8 heads 4213, 2 heads 4608; 2 stages 4119, 1 stage 4274). tests/test_mamba3_ssd.py passed.
+# without atomics. True: the automatic choice (``_auto_heads``), measured faster (the docstring); False: one
+# head a program (``_rotate_bwd``).
 ROT_BWD_HEADS = True
 ROT_BWD_STAGES = 3  # the head loop's pipeline depth (1: no loads ahead)
 PROGRAMS_PER_SM = 4  # the automatic choice keeps at least this many of the head loop's programs per SM

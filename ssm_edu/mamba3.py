@@ -427,6 +427,15 @@ def mamba3_vectorized(x, dt, A, B, C, lam, theta, D=None, z=None, chunk_size=64,
 # ---------------------------------------------------------------- public entry point
 
 
+def sweep_log(device: str | None = None) -> dict | None:
+    """The newest ``book/data/benchmarks/logs/sweep_mamba3-<gpu>.json`` (``benchmarks/sweep_mamba3.py``) measured
+    on a GPU, never a dry run's; of ``device`` when given. None where none is stored (a copy of ``ssm_edu``
+    installed without the book's data has none)."""
+    from .results import DATA, newest_log
+
+    return newest_log(DATA / "logs", "sweep_mamba3-*.json", lambda doc: not doc.get("dry_run"), device)
+
+
 def _check_shapes(op, shapes, lead, x, dt, A, B, C, lam, theta, D, z, state, state_name):
     """Shapes shared by the scan (``lead`` = "batch L") and the step (``lead`` = "batch")."""
     spec = shapes.check("x", x, f"{lead} H P", f"{lead} H R P")

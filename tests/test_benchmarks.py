@@ -151,6 +151,7 @@ def test_mamba3_sweep_writes_the_log_chapter_9_reads(tmp_path):
     import os
 
     from ssm_edu import results
+    from ssm_edu.mamba3 import sweep_log
 
     root = pathlib.Path(__file__).resolve().parents[1]
     env = {**os.environ, "SWEEP_SMALL": "1", "TRITON_INTERPRET": "1", "OUT": str(tmp_path)}
@@ -164,7 +165,7 @@ def test_mamba3_sweep_writes_the_log_chapter_9_reads(tmp_path):
                                                     "fwd through SSD, fused rotation, gate"]
     assert all(r["status"] == "ok" and r["us"] > 0 for r in doc["results"])
     assert results.newest_log(tmp_path, "sweep_mamba3-*.json", lambda d: not d.get("dry_run")) is None
-    log = results.newest_log(results.DATA / "logs", "sweep_mamba3-*.json", lambda d: not d.get("dry_run"))
+    log = sweep_log()
     quoted = {"fwd through SSD, fused rotation", "fwd through SSD", "fwd through SSD, tiles rotation",
               "fwd+bwd through SSD, fused rotation", "fwd+bwd through SSD"}
     assert log is not None and quoted <= {r["label"] for r in log["results"] if r and r.get("us")}
