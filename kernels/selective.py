@@ -907,11 +907,16 @@ def _default_variant(Dg, N, L, training, tn):
     "nsplit" with 2 threads per channel (16 channels and 8 steps per one-warp program, the next block
     prefetched) where it was measured fastest and checked on an H100: N = 16, no masks (16 | D per group,
     8 | L), forward only. 408 us against "rows"' 611 us at B8 D2048 L2048 N16 bf16 (torch 2.11, Triton
-    3.6; the whole sweep is in this module's docstring). Everywhere else "rows", the form the H100 test
-    suite ran on odd sizes.
+    3.6; the whole sweep is in this module's docstring). Above 32 modes "nsplit" with 4 modes per thread.
+    Everywhere else "rows", the form the H100 test suite ran on odd sizes.
     """
     if training:  # checkpoints every 8 steps for the backward pass; at most 8 modes per thread
         return "nsplit", tn or max(2, next_pow2(N) // 8)
+    if not interpreting() and next_pow2(N) > 32:
+        # "rows" would fall back to "nloop", whose loop over the modes is unrolled: at N = 64 (sm_90, Triton
+        # 3.7) it took 72 s of one core to compile and spilled 736 bytes; "nsplit" with 4 modes per thread
+        # compiles in about 1 s without spilling (benchmarks/compile_selective.py's offline compile)
+        return "nsplit", tn or next_pow2(N) // 4
     if interpreting() or N != 16:
         return DEFAULT_VARIANT, tn
     _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, DEFAULT_NSPLIT["num_warps"],

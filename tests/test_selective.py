@@ -213,6 +213,22 @@ KNOBS = [("rows", dict(prefetch=1)), ("rows", dict(prefetch=2, block_l=4)), ("ns
          ("nsplit", dict(tn=2, segments=3, block_l=2)), ("nsplit", dict(tn=2, share=2, segments=2, block_l=4))]
 
 
+@pytest.mark.parametrize("segments", [1, 2])
+def test_selective_scan_triton_many_modes(segments):
+    """More than 32 modes: the GPU's forward default there, "nsplit" with 4 modes per thread (N = 64: 16 threads
+    per channel), on odd L and N, with and without segments."""
+    from ssm_edu.kernels.selective import selective_scan_fwd
+
+    for case in [(1, 3, 37, 64, 3), (2, 4, 20, 33, 2)]:
+        args, kw = inputs(*case, dtype=torch.float32)
+        ref_y, ref_h = selective_scan(*args, **kw, return_last_state=True, impl="naive")
+        dev = [x.to(DEVICE) for x in args]
+        kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+        y, h, _, meta = selective_scan_fwd(*dev, **kwd, variant="nsplit", tn=16, segments=segments)
+        assert meta["TN"] == 16 and meta.get("SEGS", 1) == segments
+        assert rel_error(y, ref_y) < 1e-5 and rel_error(h, ref_h) < 1e-5, (case, rel_error(y, ref_y))
+
+
 @pytest.mark.parametrize("variant,knobs", KNOBS, ids=str)
 @pytest.mark.parametrize("case", [(1, 3, 11, 3, 3), (2, 4, 8, 4, None), (1, 2, 1, 1, None)], ids=str)
 def test_selective_scan_triton_knobs(variant, knobs, case):
