@@ -90,6 +90,13 @@ FWD = [  # (label, knobs, fp32 check): the goal shape's forward variants
     ("nsplit tn4 share2 w2", dict(NS, tn=4, share=2, num_warps=2), False),
     ("nsplit tn2 spoly *", dict(NS, tn=2, softplus_poly=True), True),
     ("nsplit tn4 pf1", dict(NS, tn=4), False),
+    # 2026-12-08, from the offline compile (benchmarks/compile_selective.py, Triton 3.7.1): at the goal shape the
+    # grid has 1024 one-warp programs (8 warps per SM) whatever the registers, so these trade instructions per
+    # element (share 2: 0.326-0.361 against share 1's 0.399) and ILP (TN = 1: 16 modes a thread) for registers
+    ("nsplit tn2 share2 spoly pf0 *", dict(S2, tn=2, prefetch=0), True),
+    ("nsplit tn2 share2 spoly bl4 pf0", dict(S2, tn=2, block_l=4, prefetch=0), False),
+    ("nsplit tn1 share1 spoly", dict(NS, tn=1, share=1, softplus_poly=True), False),
+    ("nsplit tn1 share1 spoly bl4", dict(NS, tn=1, share=1, softplus_poly=True, block_l=4), False),
 ]
 BWD = [  # (label, knobs of selective_scan_bwd): forward plus backward at the goal shape
     ("bwd tn4 w1 (default)", {}),
