@@ -34,8 +34,10 @@ carried state, reduces over N against C and writes y. Three forms of the block
 * ``"nloop"``: a loop over the N state modes (unrolled), each scanning a
   (BLOCK_D, BLOCK_L) tile and accumulating its share of y, the loop order of
   mamba_ssm's CUDA kernel. Tiles are wide in t, so the scan crosses threads.
-  "rows" falls back to it for N > 32. (Training's forward is "nsplit": see
-  Backward.)
+  "rows" asked for with N > 32 falls back to it; the launcher's own choice
+  there is "nsplit" with 4 modes per thread (``_default_variant``: the
+  unrolled loop compiles for over a minute at N = 64 and spills). (Training's
+  forward is "nsplit": see Backward.)
 
 Knobs of "rows" and "nsplit" (``selective_scan_fwd`` arguments, for the
 benchmarks): ``prefetch`` 1 loads the next block's u, Δ, z at the top of the
