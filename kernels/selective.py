@@ -918,7 +918,7 @@ def _default_variant(Dg, N, L, training, tn):
         # "rows" would fall back to "nloop", whose loop over the modes is unrolled: at N = 64 (sm_90, Triton
         # 3.7) it took 72 s of one core to compile and spilled 736 bytes; "nsplit" with 4 modes per thread
         # compiles in about 1 s without spilling (benchmarks/compile_selective.py's offline compile)
-        return "nsplit", tn or next_pow2(N) // 4
+        return "nsplit", tn or min(32, next_pow2(N) // 4)  # at most a warp's threads per channel
     if interpreting() or N != 16:
         return DEFAULT_VARIANT, tn
     _, meta, _ = _blocks(Dg, N, L, False, "nsplit", None, None, DEFAULT_NSPLIT["num_warps"],
