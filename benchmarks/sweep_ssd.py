@@ -3,7 +3,8 @@
     python benchmarks/sweep_ssd.py            about 60-90 s on an H100 (compiles included)
     SSD_DRY=1 python benchmarks/sweep_ssd.py  a dry run on a CPU: Triton's interpreter, a tiny shape
     python benchmarks/sweep_ssd.py --compile  no GPU: compile every kernel for sm_90, print registers,
-                                              spills and shared memory
+                                              spills, shared memory and the SASS main loop's
+                                              instructions, LDL/STL and HGMMA
     python benchmarks/sweep_ssd.py --compile-one-head   no GPU: the backward's chunk kernel at Mamba-3's
                                               path shape, 1, 2, 4, 8 chunks per program x 1-3 stages
 
@@ -15,15 +16,18 @@ them (benchmarks/ssd.py's ``ssd_inputs``); chunk 64. Entries, in order of priori
 - fwd+bwd: ``ssd(impl="triton")`` forward and backward, gradients of x, dt, A, B, C, D checked
   against the vectorized form's in float32 (each error in the log; wrong above 0.1, as the suite's
   check allows 10 times the bf16 tolerance); the backward alone, and its kernels one by one
-  (``ssd_bwd``'s ``stop_after``); the backward's knobs;
+  (``ssd_bwd``'s ``stop_after``); the backward's knobs, among them ``dxb_apart`` (the input side without
+  its spill: ``SSD_ONLY="dxb apart,default,backward alone,walks + output side" SSD_BUDGET=300``, which
+  also runs "one head: dxb apart");
 - forward knobs: ``ssd_fwd``'s chunk length, P block and warps;
 - peers: mamba_ssm's ``mamba_chunk_scan_combined`` (chunk 256) forward and fwd+bwd, when
   ``benchmarks/peers.py`` finds it (its autotuning compiles last);
 - one head: the backward's chunk kernel alone (both sides) at B4 L4096 H32 P64 N128 G32, one group per
   head as Mamba-3's path has it, called as kernels/mamba3_ssd.py calls ``ssd_bwd`` (D, ``turns``,
   ``ddt_decay_only``), for 1, 2, 4, 8 chunks per program (1: one program per chunk, as before runs),
-  8 with 2 and 3 stages, and the launcher's choice. Its time is that of ``ssd_bwd(stop_after="side2")``
-  less ``stop_after="dstates"`` (the walks), with the output side's (``side1``) logged apart; its floor,
+  8 with 2 and 3 stages, the launcher's choice, and it with ``dxb_apart``. Its time is that of
+  ``ssd_bwd(stop_after="side2")`` less ``stop_after="dstates"`` (the walks), with the output side's (``side1``)
+  logged apart; its floor,
   the bytes the two sides move (``one_head_bytes``). Checked first: the plain call's gradients against
   the vectorized form's in float32, and the path's (dB and dC summed from their parts) against those.
   Last in the list: ``SSD_ONLY="one head" SSD_BUDGET=300`` runs them.
@@ -89,10 +93,16 @@ def entries():
          dict(bwd=dict(stop_after="dstates"))),
         ("backward", "walks + output side", "... and the chunk kernel's output side",
          dict(bwd=dict(stop_after="side1"))),
+        ("backward", "backward, dxb apart", "ssd_bwd, the input side's two parts of dL/dX̄ apart (dxb_apart)",
+         dict(bwd=dict(dxb_apart=True))),
         ("fwd+bwd", "sides fused", "the chunk kernel's two sides in one launch", dict(knobs=dict(sides="fused"))),
         ("fwd+bwd", "1 stage", "no software pipelining of the chunk kernel's head loop",
          dict(knobs=dict(num_stages=1))),
         ("fwd+bwd", "P blocks of 64", "the input side on whole heads (spills)", dict(knobs=dict(block_p=64))),
+        ("fwd+bwd", "dxb apart", "the input side's two parts of dL/dX̄ apart: no spill in its head loop",
+         dict(knobs=dict(dxb_apart=True))),
+        ("fwd+bwd", "dxb apart 3 stages", "... and 3 pipeline stages on the input side (the output side's)",
+         dict(knobs=dict(dxb_apart=True, num_stages=3))),
         ("fwd+bwd", "n_split 1", "every head of a group in one program", dict(knobs=dict(n_split=1))),
         ("fwd+bwd", "n_split 4", "the heads of a group over 4 programs", dict(knobs=dict(n_split=4))),
         ("fwd+bwd", "Q 32", "backward chunks of 32 (twice the state traffic)", dict(knobs=dict(block_q=32))),
@@ -106,7 +116,7 @@ def entries():
     # alone: runs of chunks per program (1: the launch before runs), and the pipeline's stages
     runs = [(f"one head: {k} chunk{'s' * (k > 1)}", dict(chunks_per_program=k)) for k in (1, 2, 4, 8)]
     runs += [(f"one head: 8 chunks {n} stages", dict(chunks_per_program=8, num_stages=n)) for n in (2, 3)]
-    runs += [("one head: launcher's choice", {})]
+    runs += [("one head: launcher's choice", {}), ("one head: dxb apart", dict(dxb_apart=True))]
     out += [("one head", name, "_ssd_bwd_chunk (both sides) at {}, chunks_per_program={}".format(
         ONE_HEAD_NAME, knobs.get("chunks_per_program", "None")), dict(one_head=knobs)) for name, knobs in runs]
     only = os.environ.get("SSD_ONLY")
@@ -430,20 +440,39 @@ def _meta_inputs(s):
 
 
 def _compile_rows(log, suffix=""):
-    """Compile each recorded launch for sm_90 (once per kernel and side): one row each."""
+    """Compile each recorded launch for sm_90 (once per kernel, side and ``DXB_APART``): one row each, with the
+    local-memory instructions (LDL, STL) of its SASS's main loop."""
     import sm90  # benchmarks/sm90.py (this script's folder is on sys.path)
 
     out, seen = [], set()
     for fn, grid, args, kwargs in log:
         sig, ce, attrs, warps, stages = sm90.launch_signature(fn, args, kwargs)
         label = fn.fn.__name__ + (f" side {ce['SIDE']}" if "SIDE" in ce else "") + suffix
+        label += " (dxb apart)" if ce.get("DXB_APART") else ""
         if label in seen:
             continue
         seen.add(label)
-        k, regs, spill, _ = sm90.compile_sm90(fn, sig, ce, attrs, warps, stages, sass=False)
+        k, regs, spill, sass = sm90.compile_sm90(fn, sig, ce, attrs, warps, stages)
         out.append(dict(kernel=label, grid=list(grid), warps=warps, stages=stages, registers=regs,
-                        spill_stores=spill[0], spill_loads=spill[1], shared_bytes=k.metadata.shared))
+                        spill_stores=spill[0], spill_loads=spill[1], shared_bytes=k.metadata.shared,
+                        **loop_counts(sass)))
     return out
+
+
+def loop_counts(sass):
+    """The main loop of a kernel's SASS (the longest backward branch; none: the whole kernel): its instructions,
+    local-memory loads and stores (LDL, STL: spill traffic in every iteration) and HGMMA."""
+    import re
+
+    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", sass, re.M)]
+    lo, hi = 0, max((a for a, _ in ins), default=0)
+    loops = [(int(m.group(1), 16), a) for a, text in ins for m in [re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)]
+             if m and int(m.group(1), 16) < a]
+    if loops:
+        lo, hi = max(loops, key=lambda r: r[1] - r[0])
+    body = [re.sub(r"^@!?U?P\w+\s+", "", text).split()[0] for a, text in ins if lo <= a <= hi]
+    count = lambda op: sum(1 for name in body if name.split(".")[0] == op)  # noqa: E731
+    return dict(loop_instructions=len(body), loop_ldl=count("LDL"), loop_stl=count("STL"), loop_hgmma=count("HGMMA"))
 
 
 def compile_all(shape=None):
@@ -462,6 +491,7 @@ def compile_all(shape=None):
         ssd_ladder.ssd_rung2(x, dt, A, B, C)
         kernel.ssd_fwd(x, dt, A, B, C, 64, D=D)
         kernel.ssd_bwd(torch.empty_like(x), None, x, dt, A, B, C, 64, D=D)
+        kernel.ssd_bwd(torch.empty_like(x), None, x, dt, A, B, C, 64, D=D, dxb_apart=True)  # the input side again
 
     return _compile_rows(record_ssd_launches(launches, {ssd_first: ["ssd_first_kernel"],
                                                         ssd_ladder: ["ssd_rung1_kernel", "ssd_rung2_kernel",
@@ -505,10 +535,11 @@ def record_ssd_launches(run, more=None):
 
 
 def _print_rows(rows):
-    print(f"{'kernel':42s} {'grid':>16s} warps stages regs spill(st/ld) smem")
+    print(f"{'kernel':52s} {'grid':>16s} warps stages regs spill(st/ld) smem    loop: instr LDL/STL HGMMA")
     for r in rows:
-        print(f"{r['kernel']:42s} {str(tuple(r['grid'])):>16s} {r['warps']:5d} {r['stages']:6d} "
-              f"{r['registers']:4d} {r['spill_stores']:5d}/{r['spill_loads']:<5d} {r['shared_bytes']:7d}", flush=True)
+        print(f"{r['kernel']:52s} {str(tuple(r['grid'])):>16s} {r['warps']:5d} {r['stages']:6d} "
+              f"{r['registers']:4d} {r['spill_stores']:5d}/{r['spill_loads']:<5d} {r['shared_bytes']:7d} "
+              f"{r['loop_instructions']:11d} {r['loop_ldl']:3d}/{r['loop_stl']:<3d} {r['loop_hgmma']:5d}", flush=True)
 
 
 def main():

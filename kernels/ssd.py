@@ -615,10 +615,16 @@ def _chunk_head(
     q, p, p_ok, t_ok, last, causal, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt, dCBt, dB, dC,
     OUT: tl.constexpr, IN: tl.constexpr, HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr, BLOCK_Q: tl.constexpr,
-    DDT_DECAY_ONLY: tl.constexpr,
+    DDT_DECAY_ONLY: tl.constexpr, DXB_APART: tl.constexpr = False,
 ):
     """Head h's part of chunk c (bc = bi n_chunks + c): stores dx, dD and its parts of dL/dΔ and dL/dA;
-    returns the chunk's sums over heads, dCBt, dB and dC, with the head's terms added."""
+    returns the chunk's sums over heads, dCBt, dB and dC, with the head's terms added.
+    DXB_APART (input side): dL/dX̄'s two parts, (M ∘ C Bᵀ)ᵀ dY and the states' exp(α - a⁺_s) B dSᵀ, are
+    joined by a fused multiply-add, not an addition, which Triton folds into the first product as its
+    accumulator. B dSᵀ then fed a product: a "chained dot", for which Triton puts the 8 warps on the 64 rows
+    alone, so each warpgroup computed all of it (twice its HGMMA, 32 registers a thread instead of 16), and at
+    P blocks of 64 the head loop spilled (benchmarks/notes/ssd.md). One rounding less: equal up to float32
+    rounding (bit for bit in the interpreter, whose fma is a product and a sum)."""
     dot_t = Bc.dtype
     A = tl.load(A_ptr + h).to(tl.float32)
     raw = tl.load(dt_ptr + row0 * H + h + q * H, mask=t_ok, other=0.0).to(tl.float32)
@@ -670,7 +676,8 @@ def _chunk_head(
         # step 2 backwards: X̄_s reaches the state leaving the chunk decayed by to_end[s] (a_r for r > s)
         dS = tl.load(dst_ptr + s_offs, mask=st_mask, other=0.0)  # (BLOCK_P, N)
         to_end = tl.exp2(a_end - a_cum)  # (Q,)
-        dxb_s = _mm(Bc, tl.trans(dS), IEEE) * to_end[:, None]
+        bds = _mm(Bc, tl.trans(dS), IEEE)  # B dSᵀ (Q, BLOCK_P)
+        dxb_s = bds * to_end[:, None]
         dB = _mma((xf * (dt * to_end)[:, None]).to(dot_t), dS, dB, IEEE)  # (Q, N)
         col = tl.sum(xb * dxb_s, axis=1)  # (Q,)
         da += tl.cumsum(col, axis=0) - col  # Σ_{s < r}
@@ -678,7 +685,10 @@ def _chunk_head(
         if pb == 0:  # exp(α_k) <dS, S_prev>, from the reverse walk: its blocks of P summed here
             for w in range(0, n_walk):
                 da += tl.load(g_ptr + (bc * H + h) * n_walk + w)
-        dxb += dxb_s
+        if DXB_APART:  # no addition for Triton to fold into dxb's product: B dSᵀ feeds no product (see above)
+            dxb = tl.fma(bds, to_end[:, None], dxb)
+        else:
+            dxb += dxb_s  # compiled as the accumulator of dxb's product (Triton folds the addition into it)
         if not DDT_DECAY_ONLY:  # Δ's part as the input's weight (X̄ = Δ x)
             ddt = tl.sum(xf * dxb, axis=1)
         dx = dxb * dt[:, None]
@@ -714,7 +724,7 @@ def _ssd_bwd_chunk(
     SIDE: tl.constexpr, HAS_D: tl.constexpr, D_PER_DIM: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, DDT_DECAY_ONLY: tl.constexpr = False,
-    CHUNKS: tl.constexpr = 1,
+    CHUNKS: tl.constexpr = 1, DXB_APART: tl.constexpr = False,
 ):
     """One chunk of one group, the heads of one split in turn: every gradient but the states'.
     With CHUNKS > 1 (one head per split, heads_per_split = 1): CHUNKS chunks in turn, of that head.
@@ -776,7 +786,7 @@ def _ssd_bwd_chunk(
                 x_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, dout_ptr, dt_bias_ptr, st_ptr, dst_ptr, dx_ptr, ddt_ptr, dA_ptr,
                 dD_ptr, g_ptr, H, P, N, n_chunks, n_walk, h, bi, c, pid, pb, row0, part_offs, ddt_part,
                 q, p, p_ok, t_ok, last, causal, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt, dCBt, dB, dC,
-                OUT, IN, HAS_D, D_PER_DIM, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, IEEE, BLOCK_Q, DDT_DECAY_ONLY)
+                OUT, IN, HAS_D, D_PER_DIM, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, IEEE, BLOCK_Q, DDT_DECAY_ONLY, DXB_APART)
         _chunk_bc_store(dB_ptr, dC_ptr, G, N, n_parts, part0, part, g, n, row, mask_bc, Bc, Cc, dCBt, dB, dC,
                         OUT, IEEE)
     else:
@@ -793,7 +803,7 @@ def _ssd_bwd_chunk(
                 q, p, p_ok, t_ok, last, causal, mask_x, st_mask, x_tile, st_tile, Bc, Cc, CBt,
                 tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32), tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32),
                 tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32),
-                OUT, IN, HAS_D, D_PER_DIM, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, IEEE, BLOCK_Q, DDT_DECAY_ONLY)
+                OUT, IN, HAS_D, D_PER_DIM, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, IEEE, BLOCK_Q, DDT_DECAY_ONLY, DXB_APART)
             _chunk_bc_store(dB_ptr, dC_ptr, G, N, n_parts, part0, part, g, n, row, mask_bc, Bc, Cc, dCBt, dB,
                             dC, OUT, IEEE)
 
@@ -805,6 +815,11 @@ def _ssd_bwd_chunk(
 # predicted 1050-1300 us. tests/test_ssd_bwd_chunks.py passed there.
 CHUNK_RUNS = True
 INPUT_SIDE_P = 64  # the chunk kernel's input side, P block where a program has several heads (ssd_bwd)
+# The input side's two parts of dL/dX̄ joined by an FMA (``_chunk_head``'s DXB_APART), wherever it runs. Offline
+# sm_90 compile at B4 L4096 H128 P64 N128 G1 bf16 (P blocks of 64, 8 warps, 2 stages; Triton 3.7.1): 124/104 bytes
+# of spill and 17 LDL in the head loop (1112 instructions, 24 HGMMA) become 32/24 bytes, none in the loop (1023, 16
+# HGMMA). Not timed on a GPU yet: off until then (benchmarks/sweep_ssd.py, "dxb apart" entries).
+INPUT_SIDE_DXB_APART = False
 
 
 def _chunks_per_program(programs, n_chunks, sms):
@@ -834,7 +849,8 @@ def bwd_chunk_len(chunk_size, dtype, N):
 
 def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
             initial_states=None, y_pre=None, block_q=None, block_p=None, n_split=None, chunks_per_program=None,
-            sides=None, num_warps=None, num_stages=None, stop_after=None, ddt_decay_only=False, turns=False):
+            sides=None, num_warps=None, num_stages=None, stop_after=None, ddt_decay_only=False, turns=False,
+            dxb_apart=None):
     """Gradients of ``ssd_fwd``'s y (and final state) with respect to every input.
 
     dy (b, L, H, P) and dhT (b, H, P, N) (either may be None) -> a dict with dx, ddt, dA, dB, dC, and dD, dz,
@@ -846,7 +862,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     Mamba-3's path where G = H): each program walks that many chunks of its head in turn, so that the
     compiler pipelines their loads (None: ``_chunks_per_program`` picks when ``CHUNK_RUNS`` is on; 1 where a
     program has several heads, and for float32); ``stop_after`` ("states", "dstates", "side1" or "side2") returns None after that launch
-    (to time the kernels).
+    (to time the kernels); ``dxb_apart`` the input side's ``DXB_APART`` (None: ``INPUT_SIDE_DXB_APART``).
     ``ddt_decay_only``: ddt holds Δ's part through the decays alone, not its part as the input's
     weight (Mamba-3's path through these kernels accounts for that part itself; see kernels/mamba3_ssd.py).
     ``turns`` (Mamba-3's path, where B and C are keys and queries turned pair by pair): the dict also holds
@@ -860,7 +876,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     """
     given = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     knobs = dict(block_q=block_q, block_p=block_p, n_split=n_split, chunks_per_program=chunks_per_program,
-                 sides=sides, num_warps=num_warps, num_stages=num_stages, stop_after=stop_after)
+                 sides=sides, num_warps=num_warps, num_stages=num_stages, stop_after=stop_after, dxb_apart=dxb_apart)
     if interpreting() and any(t is not None and t.dtype != torch.float32 for t in (dy, dhT, *given.values())):
         f = lambda t: None if t is None else t.float()  # noqa: E731  (the interpreter computes in float32 only)
         grads = ssd_bwd(f(dy), f(dhT), chunk_size=chunk_size, dt_softplus=dt_softplus, y_pre=f(y_pre),
@@ -922,6 +938,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
                          f"kernel; got {heads_per_split} (pass n_split={HG})")
     n_runs = triton.cdiv(n_chunks, chunks_per_program)  # runs of chunks per batch row, one program each
     n_walk = triton.cdiv(P, walk_p)
+    dxb_apart = INPUT_SIDE_DXB_APART if dxb_apart is None else bool(dxb_apart)
 
     # the states entering each chunk and the gradients of those leaving it: (b, c, H, P, N), x's dtype
     states = torch.empty(b, n_chunks, H, P, N, device=dev, dtype=x.dtype)
@@ -980,7 +997,7 @@ def ssd_bwd(dy, dhT, x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
             SIDE=side, HAS_D=D is not None, D_PER_DIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
             HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), IEEE=ieee,
             BLOCK_Q=Q, BLOCK_P=side_p[side], BLOCK_N=BLOCK_N, DDT_DECAY_ONLY=bool(ddt_decay_only),
-            CHUNKS=chunks_per_program, **chunk_extra)
+            CHUNKS=chunks_per_program, DXB_APART=side != 1 and dxb_apart, **chunk_extra)
         if stop_after == f"side{side}":
             return None
         part0, pb0 = part0 + parts[side], pb0 + n_pb[side]
