@@ -34,6 +34,12 @@ def inputs(batch, D, L, N, G=None, gen=None, options=True, dtype=torch.float64):
     return [x.to(dtype) for x in args], {k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
 
+def on_device(args, kw):
+    """``inputs``' tensors moved to DEVICE (the kernels' device): (args, kw)."""
+    kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    return [x.to(DEVICE) for x in args], kwd
+
+
 # (batch, D, L, N, G): L = 1, odd L, batch 1, groups, L not a multiple of the blocks
 CASES = [(1, 1, 1, 1, None), (1, 3, 7, 4, None), (2, 4, 13, 3, 2), (2, 6, 33, 4, 3), (1, 2, 100, 16, None)]
 
@@ -176,8 +182,7 @@ def test_selective_scan_triton(case, dtype, options):
     args, kw = inputs(batch, D, L, N, G, options=options, dtype=dtype)
     ref_y, ref_h = selective_scan(*[x.double() for x in args], **{k: (v.double() if isinstance(v, torch.Tensor) else v)
                                   for k, v in kw.items()}, return_last_state=True, impl="naive")
-    dev = [x.to(DEVICE) for x in args]
-    kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    dev, kwd = on_device(args, kw)
     y, h = selective_scan(*dev, **kwd, return_last_state=True, impl="triton")
     assert y.dtype == dtype and h.dtype == dtype and y.shape == ref_y.shape and h.shape == ref_h.shape
     assert y.device.type == DEVICE.type
@@ -193,8 +198,7 @@ def test_selective_scan_triton_variants_and_blocks(variant, block_l):
 
     args, kw = inputs(1, 3, 11, 3, 3, dtype=torch.float32)
     ref_y, ref_h = selective_scan(*args, **kw, return_last_state=True, impl="naive")
-    dev = [x.to(DEVICE) for x in args]
-    kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    dev, kwd = on_device(args, kw)
     y, h, _, _ = selective_scan_fwd(*dev, **kwd, variant=variant, block_l=block_l, block_d=2)
     assert rel_error(y, ref_y) < 1e-5 and rel_error(h, ref_h) < 1e-5
 
@@ -222,8 +226,7 @@ def test_selective_scan_triton_many_modes(segments):
     for case in [(1, 3, 37, 64, 3), (2, 4, 20, 33, 2)]:
         args, kw = inputs(*case, dtype=torch.float32)
         ref_y, ref_h = selective_scan(*args, **kw, return_last_state=True, impl="naive")
-        dev = [x.to(DEVICE) for x in args]
-        kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+        dev, kwd = on_device(args, kw)
         y, h, _, meta = selective_scan_fwd(*dev, **kwd, variant="nsplit", tn=16, segments=segments)
         assert meta["TN"] == 16 and meta.get("SEGS", 1) == segments
         assert rel_error(y, ref_y) < 1e-5 and rel_error(h, ref_h) < 1e-5, (case, rel_error(y, ref_y))
@@ -238,8 +241,7 @@ def test_selective_scan_triton_knobs(variant, knobs, case):
     batch, D, L, N, G = case
     args, kw = inputs(batch, D, L, N, G, dtype=torch.float32)
     ref_y, ref_h = selective_scan(*args, **kw, return_last_state=True, impl="naive")
-    dev = [x.to(DEVICE) for x in args]
-    kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    dev, kwd = on_device(args, kw)
     if knobs.get("exp_poly", 0) > 1 and (triton_next_pow2(N) // min(knobs["tn"], triton_next_pow2(N))) % knobs["exp_poly"]:
         with pytest.raises(ValueError, match="exp_poly"):  # fewer modes per thread than the polynomial's period
             selective_scan_fwd(*dev, **kwd, variant=variant, **knobs)
@@ -310,8 +312,7 @@ def test_selective_scan_triton_non_contiguous():
     """Any strides: time-major storage, a group slice of B, every other channel of C."""
     gen = torch.Generator().manual_seed(7)
     args, kw = inputs(2, 4, 9, 3, 2, gen, dtype=torch.float32)
-    u, delta, A, B, C = [x.to(DEVICE) for x in args]
-    kwd = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    (u, delta, A, B, C), kwd = on_device(args, kw)
     ref = selective_scan(u, delta, A, B, C, **kwd, impl="naive")
     u_t = u.transpose(1, 2).contiguous().transpose(1, 2)  # (b, D, L) stored (b, L, D)
     B_big = torch.zeros(2, 2, 3, 2, 9, device=DEVICE)
