@@ -120,17 +120,9 @@ def _compile(fn, ce, pointers, num_warps, shape):
 
 def loop_counts(sass):
     """Instruction counts of the main loop: the body of the last backward branch that spans over 0x400 bytes."""
-    ins = []
-    for line in sass.splitlines():
-        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
-        if m:
-            ins.append((int(m.group(1), 16), m.group(2)))
-    loop = ins
-    for addr, text in ins:
-        target = re.search(r"0x([0-9a-f]+)", text.split("BRA")[-1]) if "BRA" in text else None
-        if target and 0x400 < addr - int(target.group(1), 16):
-            lo = int(target.group(1), 16)
-            loop = [x for x in ins if lo <= x[0] <= addr]
+    ins, loops = sm90.sass_loops(sass)
+    main = [(lo, hi) for lo, hi in loops if hi - lo > 0x400]
+    loop = [x for x in ins if main[-1][0] <= x[0] <= main[-1][1]] if main else ins
     count = lambda pattern: sum(1 for _, t in loop if re.search(pattern, t))  # noqa: E731
     return dict(n=len(loop), mufu=count(r"MUFU\."), ex2=count(r"MUFU\.EX2"), rcp=count(r"MUFU\.RCP"),
                 lg2=count(r"MUFU\.LG2"), ffma=count(r"FFMA"), shfl=count(r"SHFL"), lds=count(r"\bLDS"),

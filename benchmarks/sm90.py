@@ -82,6 +82,18 @@ def dump(k, sass, directory, label):
 TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
+def sass_loops(sass):
+    """A kernel's SASS (``compile_sm90``'s) as (address, instruction) pairs, and its loops: the (target, address)
+    of every backward branch (a BRA to an earlier address), in address order."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", sass, re.M)]
+    loops = []
+    for addr, text in ins:
+        target = re.search(r"0x([0-9a-f]+)", text.split("BRA")[-1]) if "BRA" in text else None
+        if target and int(target.group(1), 16) < addr:
+            loops.append((int(target.group(1), 16), addr))
+    return ins, loops
+
+
 def record_launches(kernels, run):
     """Call ``run()`` with the kernels ``kernels`` ({module: [names]}) replaced by recorders: each
     ``kernel[grid](...)`` appends (kernel, grid, args, kwargs) to the list returned, in order, instead of

@@ -464,12 +464,10 @@ def loop_counts(sass):
     local-memory loads and stores (LDL, STL: spill traffic in every iteration) and HGMMA."""
     import re
 
-    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", sass, re.M)]
-    lo, hi = 0, max((a for a, _ in ins), default=0)
-    loops = [(int(m.group(1), 16), a) for a, text in ins for m in [re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)]
-             if m and int(m.group(1), 16) < a]
-    if loops:
-        lo, hi = max(loops, key=lambda r: r[1] - r[0])
+    import sm90  # benchmarks/sm90.py (this script's folder is on sys.path)
+
+    ins, loops = sm90.sass_loops(sass)
+    lo, hi = max(loops, key=lambda r: r[1] - r[0]) if loops else (0, max((a for a, _ in ins), default=0))
     body = [re.sub(r"^@!?U?P\w+\s+", "", text).split()[0] for a, text in ins if lo <= a <= hi]
     count = lambda op: sum(1 for name in body if name.split(".")[0] == op)  # noqa: E731
     return dict(loop_instructions=len(body), loop_ldl=count("LDL"), loop_stl=count("STL"), loop_hgmma=count("HGMMA"))
